@@ -1,0 +1,51 @@
+# pgcast developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+TOOLS := .tools
+POETRY_HOME := $(TOOLS)/poetry
+POETRY := $(POETRY_HOME)/bin/poetry
+VENV := .venv
+RUN := $(VENV)/bin
+export POETRY_VIRTUALENVS_IN_PROJECT := true
+export POETRY_VIRTUALENVS_CREATE := true
+export POETRY_CACHE_DIR := $(CURDIR)/$(TOOLS)/cache
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup run dev test test_reload check soak bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(POETRY):
+	$(PYTHON) -m venv $(POETRY_HOME)
+	$(POETRY_HOME)/bin/pip install --quiet 'poetry>=2.0,<3'
+
+$(VENV)/.installed: $(POETRY) pyproject.toml poetry.lock
+	$(POETRY) install --no-interaction --quiet
+	touch $@
+
+setup: $(VENV)/.installed ## Install Poetry (into .tools/) and the project (into .venv/)
+
+run: setup ## Start embedded Postgres (unless DATABASE_URL is set), migrate, serve on HOST:PORT
+	$(RUN)/pgcast serve
+
+dev: setup ## Like run, with auto-reload on code changes
+	$(RUN)/pgcast serve --reload
+
+test: setup ## The whole suite (unit + integrated + external), in parallel
+	$(RUN)/pytest -n auto
+
+test_reload: setup ## Re-run the tests whenever a file changes
+	$(RUN)/ptw . -- -n auto
+
+check: setup ## Lint, format check, strict typing, layer contract, models match migrations
+	$(RUN)/ruff check .
+	$(RUN)/ruff format --check .
+	$(RUN)/mypy
+	$(RUN)/lint-imports
+	$(RUN)/pgcast migrate --check
+
+clean: ## Remove the virtualenv, tools and local data
+	rm -rf $(VENV) $(TOOLS) .data

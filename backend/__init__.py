@@ -1,0 +1,1 @@
+"""pgcast: live streams and work queues on PostgreSQL."""

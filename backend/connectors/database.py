@@ -1,0 +1,94 @@
+"""The connection pool every service shares, and URL helpers.
+
+Services speak SQL through asyncpg directly: the hot paths (group commit, the hub's read,
+queue claims) are single statements where an ORM would only add overhead. SQLAlchemy models
+in `backend.entities` remain the schema's source of truth for Alembic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import anyio
+import asyncpg
+import orjson
+
+from backend.core.errors import DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
+    Pool = asyncpg.Pool
+
+# Errors that mean "the database is not reachable right now", as opposed to a bad statement.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionFailureError,
+    TimeoutError,
+)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """asyncpg wants plain postgresql:// URLs."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """SQLAlchemy needs the driver named in the scheme."""
+    plain = asyncpg_dsn(url).replace("postgres://", "postgresql://", 1)
+    return plain.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def _init_connection(conn: Connection) -> None:
+    """jsonb travels as text decoded by orjson; events keep their raw JSON bytes elsewhere."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        format="text",
+    )
+
+
+async def connect(url: str, *, connect_timeout: float = 10) -> Connection:
+    """One standalone connection (the LISTEN connection, tests)."""
+    try:
+        conn: Connection = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout)
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    await _init_connection(conn)
+    return conn
+
+
+@asynccontextmanager
+async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
+    """A pool for the lifetime of the block, closed within a bounded time."""
+    pool: Pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=1,
+        max_size=size,
+        init=_init_connection,
+        command_timeout=60,
+    )
+    try:
+        yield pool
+    finally:
+        with anyio.move_on_after(5, shield=True) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()

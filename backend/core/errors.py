@@ -1,0 +1,85 @@
+"""Typed public errors.
+
+Every error a caller can act on has its own class with a stable `code`; the transports
+map them to HTTP statuses, WebSocket error frames and CLI exit codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class PgcastError(Exception):
+    """Base of every error pgcast reports to its users."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(PgcastError):
+    """A setting is missing or malformed; start-up stops."""
+
+    code = "bad_config"
+
+
+class InvalidName(PgcastError):
+    """A topic, queue name or subscription pattern breaks the naming rules."""
+
+    code = "invalid_topic"
+
+
+class InvalidFilter(PgcastError):
+    """A filter expression cannot be parsed."""
+
+    code = "invalid_filter"
+
+
+class InvalidCursor(PgcastError):
+    """A resume position is not an event id, `earliest` or `latest`."""
+
+    code = "invalid_cursor"
+
+
+class InvalidEvent(PgcastError):
+    """An event to publish is malformed (bad field type, not JSON)."""
+
+    code = "invalid_event"
+
+
+class EventTooLarge(PgcastError):
+    """An event's encoded data exceeds MAX_EVENT_BYTES."""
+
+    code = "event_too_large"
+
+
+class CursorExpired(PgcastError):
+    """The resume position is older than the oldest retained event, or unknown to this log.
+
+    The stream cannot continue gap-free; the caller learns the oldest id still available.
+    """
+
+    code = "cursor_expired"
+
+    def __init__(self, message: str, *, oldest: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+        self.reason = reason
+
+
+class DatabaseUnavailable(PgcastError):
+    """Postgres cannot be reached; nothing was committed."""
+
+    code = "database_unavailable"
+
+
+class Conflict(PgcastError):
+    """The request contradicts stored state (idempotency key reuse, stale lease)."""
+
+    code = "conflict"
+
+
+class NotFound(PgcastError):
+    """The named resource does not exist."""
+
+    code = "not_found"

@@ -1,0 +1,75 @@
+"""Settings from environment variables (12-factor).
+
+A bad value stops start-up with one line naming the variable; `load_settings` raises
+`ConfigError` with that line and the CLI exits with status 2.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.core.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything pgcast reads from its environment. Documented in docs/operations.md."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = Field(default=None)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    data_dir: Path = Path(".data")
+
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1)
+    retention: timedelta = timedelta(days=7)
+    retention_interval_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    probe_interval_seconds: float = Field(default=5.0, gt=0)
+    probe_timeout_seconds: float = Field(default=2.0, gt=0)
+    subscriber_buffer: int = Field(default=1000, ge=1)
+    read_batch: int = Field(default=1000, ge=1, le=10000)
+    pool_size: int = Field(default=10, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgres://", "postgresql://", "postgresql+asyncpg://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+def load_settings() -> Settings:
+    """Read the environment now; raise `ConfigError` naming the first bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise ConfigError(f"{name}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

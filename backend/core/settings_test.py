@@ -1,0 +1,53 @@
+"""Settings come from the environment; a bad value names the variable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from backend.core.errors import ConfigError
+from backend.core.settings import load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RETENTION"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.log_format) == ("127.0.0.1", 8000, "text")
+    assert settings.database_url is None
+    assert settings.retention == timedelta(days=7)
+    assert settings.max_event_bytes == 1024 * 1024
+
+
+def test_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9001")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    monkeypatch.setenv("RETENTION", "P1D")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    settings = load_settings()
+    assert (settings.port, settings.log_level, settings.log_format) == (9001, "DEBUG", "json")
+    assert settings.retention == timedelta(days=1)
+    assert settings.database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("DATABASE_URL", "mysql://x"),
+        ("MAX_EVENT_BYTES", "0"),
+    ],
+)
+def test_a_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message.startswith(f"{name}: ")
+    assert "\n" not in info.value.message

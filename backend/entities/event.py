@@ -1,0 +1,98 @@
+"""Plain value types of the event log: events, their ids and resume positions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from backend.core.errors import InvalidCursor
+
+ID_WIDTH: Final = 16
+MAX_POSITION: Final = 10**ID_WIDTH - 1
+
+
+def format_id(pos: int) -> str:
+    """Event ids are fixed-width so that string order equals delivery order."""
+    return str(pos).zfill(ID_WIDTH)
+
+
+def parse_id(text: str) -> int:
+    """The log position behind an event id; raises `InvalidCursor` for anything else."""
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= ID_WIDTH):
+        raise InvalidCursor(f"invalid event id {text!r}: expected up to {ID_WIDTH} digits")
+    return int(text)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z suffix."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event on its way in: validated, with its data already encoded once."""
+
+    topic: str
+    data_json: bytes
+    type: str | None = None
+    key: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Event:
+    """A committed, positioned event as subscribers receive it.
+
+    The data stays as the JSON text Postgres returned; the envelope is encoded once and
+    shared by every subscriber, and `data` is decoded only when something (a filter,
+    Python code) looks at it.
+    """
+
+    pos: int
+    topic: str
+    type: str | None
+    key: str | None
+    data_json: bytes
+    time: datetime
+    _data: Any = field(default=None, repr=False)
+    _decoded: bool = field(default=False, repr=False)
+    _envelope_json: bytes | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return format_id(self.pos)
+
+    @property
+    def data(self) -> Any:
+        if not self._decoded:
+            self._data = orjson.loads(self.data_json)
+            self._decoded = True
+        return self._data
+
+    def envelope(self) -> dict[str, Any]:
+        """The wire envelope as a dict (what filters and Python callers see)."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "type": self.type,
+            "key": self.key,
+            "data": self.data,
+            "time": format_time(self.time),
+        }
+
+    def envelope_json(self) -> bytes:
+        """The wire envelope, encoded once per event."""
+        if self._envelope_json is None:
+            self._envelope_json = orjson.dumps(
+                {
+                    "id": self.id,
+                    "topic": self.topic,
+                    "type": self.type,
+                    "key": self.key,
+                    "data": orjson.Fragment(self.data_json),
+                    "time": format_time(self.time),
+                }
+            )
+        return self._envelope_json

@@ -1,0 +1,47 @@
+"""SQLAlchemy table definitions: the schema Alembic checks the migrations against."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "pgcast"
+
+metadata = MetaData(schema=SCHEMA)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    Column("pos", BigInteger, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("type", Text, nullable=True),
+    Column("key", Text, nullable=True),
+    Column("data", JSONB, nullable=False),
+    Column("headers", JSONB, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("events_pos_idx", "pos", unique=True, postgresql_where=text("pos IS NOT NULL")),
+    Index("events_pending_idx", "seq", postgresql_where=text("pos IS NULL")),
+    Index("events_topic_pos_idx", "topic", "pos", postgresql_where=text("pos IS NOT NULL")),
+)
+
+log_state = Table(
+    "log_state",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
+    Column("pruned_through", BigInteger, nullable=False, server_default=text("0")),
+    Column("max_event_bytes", Integer, nullable=False, server_default=text("1048576")),
+)

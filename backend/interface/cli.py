@@ -1,0 +1,114 @@
+"""The `pgcast` command line (also `python -m backend`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from backend.core.errors import ConfigError, PgcastError
+from backend.core.logging import configure_logging
+from backend.core.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="pgcast",
+    help="Live streams and work queues on PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"pgcast: configuration error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from backend.connectors.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    already_running = server.running_port() is not None
+    url = server.start()
+    try:
+        yield url
+    finally:
+        if not already_running:
+            server.stop()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Migrate the database and serve HTTP, SSE and WebSocket.
+
+    Example: pgcast serve --port 8000
+    """
+    settings = _settings()
+    from backend.connectors.migrations import upgrade
+    from backend.interface.server import run_server
+
+    with _database(settings) as url:
+        os.environ["DATABASE_URL"] = url
+        upgrade(url)
+        run_server(
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            reload=reload,
+            log_level=settings.log_level,
+        )
+
+
+@app.command()
+def migrate(
+    check: Annotated[
+        bool, typer.Option("--check", help="Verify models and migrations agree, in a scratch DB.")
+    ] = False,
+) -> None:
+    """Apply the database migrations (forward-only).
+
+    Example: DATABASE_URL=postgresql://localhost/app pgcast migrate
+    """
+    settings = _settings()
+    from backend.connectors import migrations
+
+    with _database(settings) as url:
+        if not check:
+            migrations.upgrade(url)
+            typer.echo("pgcast: database is at the newest revision")
+            return
+        from backend.connectors.scratch import scratch_database
+
+        with scratch_database(url) as scratch_url:
+            migrations.upgrade(scratch_url)
+            problem = migrations.check(scratch_url)
+        if problem:
+            typer.echo(f"pgcast: models and migrations differ: {problem}", err=True)
+            raise typer.Exit(1)
+        typer.echo("pgcast: models and migrations agree")
+
+
+def main() -> None:
+    """Entry point: typed errors become one line on stderr and exit status 1."""
+    try:
+        app()
+    except PgcastError as exc:
+        typer.echo(f"pgcast: {exc.message}", err=True)
+        sys.exit(1)

@@ -1,0 +1,65 @@
+"""Running uvicorn from our own entry point, so shutdown reaches open streams at once.
+
+uvicorn waits for open connections before running lifespan teardown, and SSE/WebSocket
+streams never end by themselves. Our `Server.handle_exit` therefore also sets the app's
+shutdown event, which every stream watches, so they say goodbye and close within the grace
+period instead of holding the process up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from backend.interface.app import create_app
+from backend.interface.lifecycle import Lifecycle
+
+GRACEFUL_SECONDS = 5
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server that tells the app's streams to finish when a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """A requested stop is a clean exit (status 0), not a re-raised signal."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.lifecycle.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def run_server(*, host: str, port: int, reload: bool, log_level: str) -> None:
+    """Serve until a signal; with `reload`, uvicorn's reloader owns the process."""
+    if reload:
+        uvicorn.run(
+            "backend.interface.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            reload=True,
+            reload_dirs=["backend"],
+            log_level=log_level.lower(),
+        )
+        return
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(lifecycle=lifecycle),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        lifespan="on",
+        log_config=None,
+    )
+    Server(config, lifecycle).run()

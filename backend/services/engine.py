@@ -1,0 +1,148 @@
+"""The streaming engine of one process: pool, LISTEN connection, hub, sequencer, retention.
+
+`Engine.open()` starts everything in one task group and stops it when the block ends.
+`publish` and `subscribe` are the Python API the transports and applications use.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from backend.connectors.database import Pool, open_pool
+from backend.connectors.listener import Listener
+from backend.core.concurrency import unwrap_single_error
+from backend.core.filters import Filter
+from backend.core.settings import Settings
+from backend.entities.event import Event, NewEvent
+from backend.services.hub import Hub
+from backend.services.publish import new_event, publish_events
+from backend.services.retention import Retention
+from backend.services.sequencer import Sequencer
+from backend.services.subscribe import LATEST, Subscription, open_subscription
+
+EVENTS_CHANNEL = "pgcast_events"
+PENDING_CHANNEL = "pgcast_pending"
+
+_current: contextvars.ContextVar[Engine] = contextvars.ContextVar("pgcast_engine")
+
+
+def _head_hint(payload: str) -> int | None:
+    return int(payload) if payload.isdigit() else None
+
+
+def _wake_all(hub: Hub, sequencer: Sequencer) -> None:
+    """After (re)connecting, re-read and re-sequence: wake-ups may have been missed."""
+    hub.wake()
+    sequencer.wake()
+
+
+@dataclass(eq=False)
+class Engine:
+    settings: Settings
+    pool: Pool
+    hub: Hub
+    listener: Listener
+    sequencer: Sequencer
+    retention: Retention
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str, settings: Settings) -> AsyncIterator[Engine]:
+        """Run the engine for the duration of the block; it is also the current engine."""
+        async with open_pool(url, size=settings.pool_size) as pool:
+            hub = Hub(
+                pool,
+                buffer_size=settings.subscriber_buffer,
+                read_batch=settings.read_batch,
+                poll_interval=settings.poll_interval_seconds,
+            )
+            sequencer = Sequencer(pool, hub.wake, poll_interval=settings.poll_interval_seconds)
+            listener = Listener(
+                url,
+                {
+                    EVENTS_CHANNEL: lambda payload: hub.wake(_head_hint(payload)),
+                    PENDING_CHANNEL: lambda _payload: sequencer.wake(),
+                },
+                on_connect=lambda: _wake_all(hub, sequencer),
+                probe_interval=settings.probe_interval_seconds,
+                probe_timeout=settings.probe_timeout_seconds,
+            )
+            retention = Retention(
+                pool, settings.retention, interval=settings.retention_interval_seconds
+            )
+            engine = cls(settings, pool, hub, listener, sequencer, retention)
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1",
+                    settings.max_event_bytes,
+                )
+            token = _current.set(engine)
+            try:
+                with unwrap_single_error():
+                    async with anyio.create_task_group() as tg:
+                        await tg.start(hub.run)
+                        tg.start_soon(listener.run)
+                        tg.start_soon(sequencer.run)
+                        tg.start_soon(retention.run)
+                        try:
+                            yield engine
+                        finally:
+                            hub.close()
+                            tg.cancel_scope.cancel()
+            finally:
+                _current.reset(token)
+
+    @staticmethod
+    def current() -> Engine:
+        """The engine opened by the innermost `Engine.open()` in this context."""
+        try:
+            return _current.get()
+        except LookupError:
+            raise RuntimeError(
+                "no pgcast engine is running: use `async with Engine.open(...)`"
+            ) from None
+
+    def event(
+        self, topic: object, data: Any, *, type: object = None, key: object = None
+    ) -> NewEvent:
+        """Validate one event against this engine's limits."""
+        return new_event(topic, data, type=type, key=key, max_bytes=self.settings.max_event_bytes)
+
+    async def publish_many(self, events: Sequence[NewEvent]) -> list[Event]:
+        """Publish validated events in one transaction; returns them once committed."""
+        return await publish_events(self.pool, events, on_sequenced=self.hub.wake)
+
+    async def publish(
+        self, topic: str, data: Any, *, type: str | None = None, key: str | None = None
+    ) -> Event:
+        """Publish one event; returns it once committed."""
+        (event,) = await self.publish_many([self.event(topic, data, type=type, key=key)])
+        return event
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        patterns: str | Sequence[str],
+        after: str | int = LATEST,
+        filter: str | Filter | None = None,
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        """Events matching `patterns` after `after`: catch-up, then live."""
+        async with open_subscription(self.hub, self.pool, patterns, after, filter) as (_, stream):
+            yield stream
+
+    @asynccontextmanager
+    async def subscription(
+        self,
+        patterns: str | Sequence[str],
+        after: str | int = LATEST,
+        filter: str | Filter | None = None,
+    ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
+        """Like `subscribe`, also exposing the subscription's position (for transports)."""
+        async with open_subscription(self.hub, self.pool, patterns, after, filter) as pair:
+            yield pair

@@ -1,0 +1,203 @@
+"""The per-process fan-out hub: one read of the log per wake-up, shared by all subscribers.
+
+Each live subscriber owns a bounded memory stream. The hub never waits on a subscriber: when
+a buffer is full the hub closes that subscriber's stream and forgets it ("lagging"). The
+subscriber then drains what it already has, reads its backlog from the log itself and
+registers again once it has caught up, so a slow reader loses nothing and costs at most one
+buffer of memory while everyone else keeps their pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.core.filters import Filter
+from backend.core.names import Pattern
+from backend.entities.event import Event
+from backend.services import log_queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Registration:
+    """One live subscriber as the hub sees it; `start` is the hub position it joined at."""
+
+    patterns: tuple[Pattern, ...]
+    filter: Filter | None
+    start: int
+    send: MemoryObjectSendStream[Event]
+    receive: MemoryObjectReceiveStream[Event]
+    lagging: bool = False
+
+    def wants(self, event: Event, envelope: dict[str, Any] | None) -> bool:
+        if self.filter is None:
+            return True
+        return self.filter.matches(envelope if envelope is not None else event.envelope())
+
+
+@dataclass
+class HubStats:
+    """Counters for /metrics; cumulative unless named otherwise."""
+
+    reads: int = 0
+    events_read: int = 0
+    deliveries: int = 0
+    lag_events: int = 0
+    read_errors: int = 0
+    last_event_time: float | None = None
+
+
+@dataclass(eq=False)
+class Hub:
+    """Reads new events once per wake-up and hands them to matching subscribers."""
+
+    pool: Pool
+    buffer_size: int = 1000
+    read_batch: int = 1000
+    poll_interval: float = 2.0
+    position: int = 0
+    stats: HubStats = field(default_factory=HubStats)
+    closed: bool = False
+    catching_up: int = 0
+    _literal: dict[str, set[Registration]] = field(default_factory=dict)
+    _wild: set[Registration] = field(default_factory=set)
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+    _started: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._wild) + sum(len(regs) for regs in self._literal.values())
+
+    def register(self, patterns: Iterable[Pattern], filter: Filter | None) -> Registration:
+        """Join the live path; every event after `position` will be offered to the buffer."""
+        send, receive = anyio.create_memory_object_stream[Event](self.buffer_size)
+        reg = Registration(tuple(patterns), filter, self.position, send, receive)
+        if self.closed:
+            send.close()
+            return reg
+        for pattern in reg.patterns:
+            if pattern.is_literal:
+                self._literal.setdefault(pattern.text, set()).add(reg)
+            else:
+                self._wild.add(reg)
+        return reg
+
+    def unregister(self, reg: Registration) -> None:
+        """Leave the live path and free the buffer (synchronous: safe in any cleanup)."""
+        self._detach(reg)
+        reg.send.close()
+        reg.receive.close()
+
+    def _detach(self, reg: Registration) -> None:
+        self._wild.discard(reg)
+        for pattern in reg.patterns:
+            regs = self._literal.get(pattern.text)
+            if regs is not None:
+                regs.discard(reg)
+                if not regs:
+                    del self._literal[pattern.text]
+
+    def wake(self, head: int | None = None) -> None:
+        """A hint that the log may have grown (to `head`, when known)."""
+        if head is None or head > self.position:
+            self._wake.set()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    def close(self) -> None:
+        """End every live stream; subscribers see their iteration finish."""
+        self.closed = True
+        for reg in [*self._wild, *(r for regs in self._literal.values() for r in regs)]:
+            self._detach(reg)
+            reg.send.close()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Read from the log on each wake-up (and every poll interval) until cancelled."""
+        self.position = await self._initial_position()
+        self._started.set()
+        task_status.started()
+        backoff = 0.05
+        while True:
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self._drain()
+                backoff = 0.05
+            except UNAVAILABLE_ERRORS as exc:
+                self.stats.read_errors += 1
+                logger.warning("hub read failed: %s", exc, extra={"action": "hub_read_failed"})
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.poll_interval)
+                self._wake.set()
+
+    async def _initial_position(self) -> int:
+        backoff = 0.05
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    _, head = await log_queries.log_bounds(conn)
+                return head
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning("hub cannot read the log head: %s", exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.poll_interval)
+
+    async def _drain(self) -> None:
+        while True:
+            async with self.pool.acquire() as conn:
+                events = await log_queries.read_all_after(conn, self.position, self.read_batch)
+            self.stats.reads += 1
+            if events:
+                self._dispatch(events)
+            if len(events) < self.read_batch:
+                return
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            targets = self._targets(event)
+            envelope = event.envelope() if any(r.filter for r in targets) else None
+            for reg in targets:
+                if reg.wants(event, envelope):
+                    self._offer(reg, event)
+            self.position = event.pos
+        self.stats.events_read += len(events)
+        self.stats.last_event_time = time.time()
+
+    def _targets(self, event: Event) -> list[Registration]:
+        literal = self._literal.get(event.topic)
+        targets = list(literal) if literal else []
+        targets.extend(
+            r
+            for r in self._wild
+            if (literal is None or r not in literal)
+            and any(p.matches(event.topic) for p in r.patterns)
+        )
+        return targets
+
+    def _offer(self, reg: Registration, event: Event) -> None:
+        try:
+            reg.send.send_nowait(event)
+        except anyio.WouldBlock:
+            reg.lagging = True
+            self.stats.lag_events += 1
+            self._detach(reg)
+            reg.send.close()
+            logger.info(
+                "subscriber lagging; it will catch up from the log", extra={"action": "lagged"}
+            )
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._detach(reg)
+        else:
+            self.stats.deliveries += 1

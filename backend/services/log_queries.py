@@ -1,0 +1,168 @@
+"""SQL over the event log. One module so every statement that touches the log is in view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from backend.connectors.database import Connection
+from backend.core.names import Pattern
+from backend.entities.event import Event, NewEvent
+
+_COLUMNS = "pos, topic, type, key, data::text AS data_json, created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSelector:
+    """Patterns turned into SQL: exact topics use the (topic, pos) index, wildcards a regex."""
+
+    literals: tuple[str, ...]
+    regex: str | None
+
+    @classmethod
+    def of(cls, patterns: Sequence[Pattern]) -> TopicSelector:
+        literals = tuple(p.text for p in patterns if p.is_literal)
+        wild = [f"(?:{p.sql_regex()})" for p in patterns if not p.is_literal]
+        return cls(literals, "|".join(wild) if wild else None)
+
+    def clause(self, first_param: int) -> tuple[str, list[Any]]:
+        if self.literals and self.regex:
+            return (
+                f"(topic = ANY(${first_param}::text[]) OR topic ~ ${first_param + 1})",
+                [list(self.literals), self.regex],
+            )
+        if self.regex:
+            return f"topic ~ ${first_param}", [self.regex]
+        if len(self.literals) == 1:
+            return f"topic = ${first_param}", [self.literals[0]]
+        return f"topic = ANY(${first_param}::text[])", [list(self.literals)]
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        pos=row["pos"],
+        topic=row["topic"],
+        type=row["type"],
+        key=row["key"],
+        data_json=row["data_json"].encode(),
+        time=row["created_at"],
+    )
+
+
+async def read_all_after(conn: Connection, after: int, limit: int) -> list[Event]:
+    """The hub's one read per wake-up: every topic, in position order."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM pgcast.events WHERE pos > $1 ORDER BY pos LIMIT $2",
+        after,
+        limit,
+    )
+    return [_event(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A catch-up page, read in one snapshot together with the retention watermark."""
+
+    events: list[Event]
+    pruned_through: int
+
+
+async def read_page(
+    conn: Connection, selector: TopicSelector, after: int, upto: int, limit: int
+) -> Page:
+    """Matching events with after < pos <= upto, and how far retention has pruned."""
+    topic_sql, topic_args = selector.clause(4)
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS}, (SELECT pruned_through FROM pgcast.log_state WHERE id = 1) AS pruned
+          FROM pgcast.events
+         WHERE pos > $1 AND pos <= $2 AND {topic_sql}
+         ORDER BY pos LIMIT $3
+        """,
+        after,
+        upto,
+        limit,
+        *topic_args,
+    )
+    if rows:
+        return Page([_event(r) for r in rows], rows[0]["pruned"])
+    pruned = await conn.fetchval("SELECT pruned_through FROM pgcast.log_state WHERE id = 1")
+    return Page([], pruned)
+
+
+async def log_bounds(conn: Connection) -> tuple[int, int]:
+    """(pruned_through, last_pos): positions up to the first are gone; the second is the head."""
+    row = await conn.fetchrow("SELECT pruned_through, last_pos FROM pgcast.log_state WHERE id = 1")
+    assert row is not None, "pgcast.log_state is missing its row: run `pgcast migrate`"
+    return row["pruned_through"], row["last_pos"]
+
+
+async def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[int]:
+    """Append unpositioned events in order; returns their insertion sequence numbers."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO pgcast.events (topic, type, key, data)
+        SELECT topic, type, key, data::jsonb
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+               WITH ORDINALITY AS u(topic, type, key, data, ord)
+         ORDER BY ord
+        RETURNING seq
+        """,
+        [e.topic for e in events],
+        [e.type for e in events],
+        [e.key for e in events],
+        [e.data_json.decode() for e in events],
+    )
+    return sorted(r["seq"] for r in rows)
+
+
+async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
+    """Stamp positions on committed, unpositioned events until none are left."""
+    total = 0
+    while True:
+        stamped: int = await conn.fetchval("SELECT pgcast.sequence_pending($1)", batch)
+        total += stamped
+        if stamped < batch:
+            return total
+
+
+async def positioned(conn: Connection, seqs: Sequence[int]) -> list[Event]:
+    """The delivered form of just-sequenced events, in position order."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM pgcast.events WHERE seq = ANY($1::bigint[]) ORDER BY pos",
+        list(seqs),
+    )
+    return [_event(r) for r in rows]
+
+
+async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> int:
+    """Delete one batch of the oldest events created before `cutoff`, as a prefix of the log.
+
+    Only a prefix is removed, so `pruned_through` is an exact boundary: every position at or
+    below it is gone and every position above it is still there.
+    """
+    async with conn.transaction():
+        deleted: int | None = await conn.fetchval(
+            """
+            WITH oldest AS (
+                SELECT pos, created_at FROM pgcast.events
+                 WHERE pos IS NOT NULL ORDER BY pos LIMIT $2
+            ), boundary AS (
+                SELECT min(pos) AS first_kept FROM oldest WHERE created_at >= $1
+            ), gone AS (
+                DELETE FROM pgcast.events e
+                 USING oldest o, boundary b
+                 WHERE e.pos = o.pos AND (b.first_kept IS NULL OR o.pos < b.first_kept)
+                RETURNING e.pos
+            )
+            UPDATE pgcast.log_state
+               SET pruned_through = greatest(pruned_through, (SELECT max(pos) FROM gone))
+             WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)
+            RETURNING (SELECT count(*) FROM gone)
+            """,
+            cutoff,
+            batch,
+        )
+    return deleted or 0

@@ -1,0 +1,97 @@
+"""Publishing: validate, append in one transaction, then stamp delivery positions.
+
+Events are inserted without a position and committed with no NOTIFY (NOTIFY's commit-time
+lock is cluster-wide). Right after the commit the publisher runs the sequencer, which stamps
+positions on every committed, unpositioned row in one short serialized transaction and sends
+one wake-up for all of them. The caller gets back the events as subscribers will see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.core.errors import DatabaseUnavailable, EventTooLarge, InvalidEvent
+from backend.core.names import validate_name
+from backend.entities.event import Event, NewEvent
+from backend.services import log_queries
+
+MAX_TYPE_LENGTH = 200
+MAX_KEY_LENGTH = 1024
+
+
+def _optional_text(value: object, field: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"event {field} must be a string or null")
+    if not 1 <= len(value) <= limit:
+        raise InvalidEvent(f"event {field} must be 1-{limit} characters")
+    return value
+
+
+def new_event(
+    topic: object,
+    data: Any,
+    *,
+    type: object = None,
+    key: object = None,
+    max_bytes: int,
+) -> NewEvent:
+    """Validate one event and encode its data once; raises typed errors naming the problem."""
+    name = validate_name(topic, "topic")
+    try:
+        data_json = orjson.dumps(data)
+    except TypeError as exc:
+        raise InvalidEvent(f"event data is not JSON: {exc}") from None
+    if len(data_json) > max_bytes:
+        raise EventTooLarge(
+            f"event data is {len(data_json)} bytes, over the limit of {max_bytes} bytes"
+        )
+    return NewEvent(
+        topic=name,
+        data_json=data_json,
+        type=_optional_text(type, "type", MAX_TYPE_LENGTH),
+        key=_optional_text(key, "key", MAX_KEY_LENGTH),
+    )
+
+
+async def publish_events(
+    pool: Pool,
+    events: Sequence[NewEvent],
+    *,
+    on_sequenced: Callable[[int], None] | None = None,
+) -> list[Event]:
+    """Append `events` atomically; return them with their ids once they are committed.
+
+    `on_sequenced` receives the highest position now in the log, so the local hub can read
+    at once instead of waiting for its own NOTIFY to come back.
+    """
+    if not events:
+        return []
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                seqs = await log_queries.insert_events(conn, events)
+            await log_queries.sequence_pending(conn)
+            published = await log_queries.positioned(conn, seqs)
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable(f"database unavailable while publishing: {exc}") from exc
+    if on_sequenced is not None and published:
+        on_sequenced(published[-1].pos)
+    return published
+
+
+def build_events(
+    topic: object, items: Iterable[dict[str, Any]], *, max_bytes: int
+) -> list[NewEvent]:
+    """Validate a batch of `{"data", "type"?, "key"?}` items for one topic."""
+    return [
+        new_event(
+            topic, item.get("data"), type=item.get("type"), key=item.get("key"), max_bytes=max_bytes
+        )
+        for item in items
+    ]

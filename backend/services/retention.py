@@ -1,0 +1,46 @@
+"""Pruning events older than RETENTION, in small batches so no statement runs long."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+
+from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.services import log_queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Retention:
+    pool: Pool
+    retention: timedelta
+    interval: float = 60.0
+    batch: int = 5000
+    pruned: int = 0
+
+    async def prune_once(self) -> int:
+        """Delete every expired event now; returns how many went."""
+        cutoff = datetime.now(UTC) - self.retention
+        total = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                deleted = await log_queries.prune_before(conn, cutoff, self.batch)
+            total += deleted
+            if deleted < self.batch:
+                break
+        if total:
+            self.pruned += total
+            logger.info("pruned %d events", total, extra={"action": "pruned", "count": total})
+        return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.prune_once()
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning("retention failed: %s", exc, extra={"action": "prune_failed"})
+            await anyio.sleep(self.interval)

@@ -1,0 +1,46 @@
+"""Background sequencing for events published by SQL inside other applications' transactions.
+
+Such transactions send one `pgcast_pending` wake-up at commit. Any process that hears it (or
+whose slow poll finds unpositioned rows) runs the sequencer; the row lock in
+`pgcast.sequence_pending` makes concurrent runs across processes safe and ordered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.services import log_queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Sequencer:
+    pool: Pool
+    on_sequenced: Callable[[], None]
+    poll_interval: float = 2.0
+    runs: int = 0
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                async with self.pool.acquire() as conn:
+                    stamped = await log_queries.sequence_pending(conn)
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning("sequencer failed: %s", exc, extra={"action": "sequencer_failed"})
+                continue
+            self.runs += 1
+            if stamped:
+                self.on_sequenced()

@@ -1,0 +1,152 @@
+"""Subscriptions: catch up from the log, then follow the hub, with no gap and no duplicate.
+
+Positions are assigned in commit-visibility order, so "everything after position X" is a
+well-defined, stable set. A subscription reads its backlog in pages straight from the log
+(per-subscriber queries happen only here, never on the live path), joins the hub, reads
+the few events committed while it was joining, and then takes live events from its buffer,
+skipping any position it has already delivered. If it falls behind the hub it repeats the
+cycle from where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+
+from backend.connectors.database import Pool
+from backend.core.errors import CursorExpired
+from backend.core.filters import Filter, compile_filter
+from backend.core.names import Pattern, parse_patterns
+from backend.entities.event import Event, format_id, parse_id
+from backend.services import log_queries
+from backend.services.hub import Hub, Registration
+from backend.services.log_queries import TopicSelector
+
+EARLIEST = "earliest"
+LATEST = "latest"
+
+
+def expired(reason: str, pruned_through: int, detail: str) -> CursorExpired:
+    oldest = format_id(pruned_through + 1)
+    return CursorExpired(
+        f"{detail}; the oldest available event is {oldest}", oldest=oldest, reason=reason
+    )
+
+
+async def resolve_start(pool: Pool, after: str | int) -> int:
+    """Turn `earliest`, `latest` or an event id into a log position, or raise CursorExpired."""
+    async with pool.acquire() as conn:
+        pruned, head = await log_queries.log_bounds(conn)
+    if after == EARLIEST:
+        return pruned
+    if after == LATEST:
+        return head
+    pos = after if isinstance(after, int) else parse_id(after)
+    if pos < pruned:
+        raise expired(
+            "pruned", pruned, f"event {format_id(pos)} is older than the retention window"
+        )
+    if pos > head:
+        raise expired("unknown", pruned, f"event {format_id(pos)} is not in this log")
+    return pos
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's stream; `position` is the last position it has passed."""
+
+    hub: Hub
+    pool: Pool
+    patterns: tuple[Pattern, ...]
+    filter: Filter | None
+    position: int
+    page_size: int = 500
+    delivered: int = 0
+    _selector: TopicSelector = field(init=False)
+    _reg: Registration | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._selector = TopicSelector.of(self.patterns)
+
+    def join_if_near(self) -> None:
+        """Register with the hub now when little backlog is left, so events buffer from here on."""
+        if self._reg is None and self.hub.position - self.position <= self.hub.buffer_size // 2:
+            self._reg = self.hub.register(self.patterns, self.filter)
+
+    def close(self) -> None:
+        """Leave the hub; idempotent and synchronous, so safe in any cleanup path."""
+        if self._reg is not None:
+            self.hub.unregister(self._reg)
+            self._reg = None
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """Catch-up then live, until the hub closes."""
+        try:
+            while not self.hub.closed:
+                if self._reg is None:
+                    self.hub.catching_up += 1
+                    try:
+                        while self.hub.position - self.position > self.hub.buffer_size // 2:
+                            async for event in self._backlog(self.hub.position):
+                                yield event
+                    finally:
+                        self.hub.catching_up -= 1
+                    self.join_if_near()
+                reg = self._reg
+                assert reg is not None
+                async for event in self._backlog(reg.start):
+                    yield event
+                async for event in self._live(reg):
+                    yield event
+                self.close()
+        finally:
+            self.close()
+
+    async def _backlog(self, upto: int) -> AsyncIterator[Event]:
+        while self.position < upto:
+            async with self.pool.acquire() as conn:
+                page = await log_queries.read_page(
+                    conn, self._selector, self.position, upto, self.page_size
+                )
+            if page.pruned_through > self.position:
+                raise expired(
+                    "pruned", page.pruned_through, "the log was pruned past this subscription"
+                )
+            for event in page.events:
+                self.position = event.pos
+                if self.filter is None or self.filter.matches(event.envelope()):
+                    self.delivered += 1
+                    yield event
+            if len(page.events) < self.page_size:
+                self.position = max(self.position, upto)
+
+    async def _live(self, reg: Registration) -> AsyncIterator[Event]:
+        async for event in reg.receive:
+            if event.pos <= self.position:
+                continue
+            self.position = event.pos
+            self.delivered += 1
+            yield event
+
+
+@asynccontextmanager
+async def open_subscription(
+    hub: Hub,
+    pool: Pool,
+    patterns: str | Sequence[str],
+    after: str | int = LATEST,
+    filter: str | Filter | None = None,
+) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
+    """Validate, resolve the start, and hold the stream open for the block."""
+    parsed = parse_patterns([patterns] if isinstance(patterns, str) else patterns)
+    compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
+    start = await resolve_start(pool, after)
+    await hub.wait_started()
+    subscription = Subscription(hub, pool, parsed, compiled, start)
+    subscription.join_if_near()
+    try:
+        async with aclosing(subscription.events()) as stream:
+            yield subscription, stream
+    finally:
+        subscription.close()

@@ -1,0 +1,89 @@
+"""Start and stop a real `pgcast serve` process for external tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from backend.connectors.embedded import free_port
+
+
+@dataclass
+class ServerProcess:
+    """A running server: its base URL, process and captured output file."""
+
+    url: str
+    port: int
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the server and wait for it; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with status {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"server at {url} did not become healthy in {timeout} s")
+
+
+def spawn(
+    database_url: str, *, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start `python -m backend serve` and wait until /healthz answers 200."""
+    port = port or free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"}
+    env.update(extra_env or {})
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgcast-server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", port, database_url, process, log_path, env)
+    try:
+        wait_healthy(server.url, process)
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def start_server(database_url: str, **kwargs: object) -> Iterator[ServerProcess]:
+    server = spawn(database_url, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)
