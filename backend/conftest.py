@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import anyio
-
 import pytest
 
 from backend.connectors.embedded import EmbeddedPostgres

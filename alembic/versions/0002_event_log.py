@@ -98,6 +98,10 @@ def upgrade() -> None:
             size_limit integer;
         BEGIN
             PERFORM pgcast.check_topic(topic);
+            IF type IS NOT NULL AND (length(type) NOT BETWEEN 1 AND 200 OR type ~ '[[:cntrl:]]') THEN
+                RAISE EXCEPTION 'pgcast: event type must be 1-200 characters without control characters'
+                    USING ERRCODE = '22023';
+            END IF;
             IF data IS NULL THEN
                 RAISE EXCEPTION 'pgcast: event data must not be NULL (use ''null''::jsonb)'
                     USING ERRCODE = '22023';

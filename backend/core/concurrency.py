@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from backend.core.streams import collapse_single
+
 
 @contextmanager
 def unwrap_single_error() -> Iterator[None]:
@@ -16,9 +18,7 @@ def unwrap_single_error() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        inner = group
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
-        if isinstance(inner, BaseExceptionGroup):
+        inner = collapse_single(group)
+        if inner is group:
             raise
         raise inner from None

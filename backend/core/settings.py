@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     read_batch: int = Field(default=1000, ge=1, le=10000)
     pool_size: int = Field(default=10, ge=1)
 
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    send_timeout: float = Field(default=30.0, gt=0)
+    sse_retry_ms: int = Field(default=2000, ge=0)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    ws_max_frame_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)
+    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    group_commit_wait_ms: float = Field(default=2.0, gt=0)
+    group_commit_max_requests: int = Field(default=256, ge=1)
+    idempotency_ttl: timedelta = timedelta(hours=24)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

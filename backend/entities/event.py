@@ -59,6 +59,8 @@ class Event:
     _data: Any = field(default=None, repr=False)
     _decoded: bool = field(default=False, repr=False)
     _envelope_json: bytes | None = field(default=None, repr=False)
+    encoded: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Per-transport encodings of this event, computed once and shared by all subscribers."""
 
     @property
     def id(self) -> str:

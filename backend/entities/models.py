@@ -9,13 +9,15 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 SCHEMA = "pgcast"
 
@@ -44,4 +46,16 @@ log_state = Table(
     Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
     Column("pruned_through", BigInteger, nullable=False, server_default=text("0")),
     Column("max_event_bytes", Integer, nullable=False, server_default=text("1048576")),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("refs", ARRAY(BigInteger), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("scope", "key"),
+    Index("idempotency_keys_created_at_idx", "created_at"),
 )

@@ -69,10 +69,10 @@ def serve(
         os.environ["DATABASE_URL"] = url
         upgrade(url)
         run_server(
+            settings.model_copy(update={"database_url": url}),
             host=host or settings.host,
             port=settings.port if port is None else port,
             reload=reload,
-            log_level=settings.log_level,
         )
 
 

@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from backend.core.settings import Settings
 from backend.interface.app import create_app
 from backend.interface.lifecycle import Lifecycle
 
@@ -39,7 +40,7 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(*, host: str, port: int, reload: bool, log_level: str) -> None:
+def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
     """Serve until a signal; with `reload`, uvicorn's reloader owns the process."""
     if reload:
         uvicorn.run(
@@ -49,15 +50,21 @@ def run_server(*, host: str, port: int, reload: bool, log_level: str) -> None:
             port=port,
             reload=True,
             reload_dirs=["backend"],
-            log_level=log_level.lower(),
+            log_level=settings.log_level.lower(),
+            ws_max_size=settings.ws_max_frame_bytes,
+            ws_ping_interval=settings.ws_ping_interval_seconds,
+            ws_ping_timeout=settings.ws_ping_interval_seconds,
         )
         return
     lifecycle = Lifecycle()
     config = uvicorn.Config(
-        create_app(lifecycle=lifecycle),
+        create_app(settings, lifecycle=lifecycle),
         host=host,
         port=port,
-        log_level=log_level.lower(),
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,

@@ -6,19 +6,19 @@ functions acting on the current engine, or the engine's methods).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from backend.core.filters import Filter
 from backend.entities.event import Event
 from backend.services.engine import Engine
-from backend.services.subscribe import LATEST
+from backend.services.subscribe import LATEST, PatternsLike
 
 
 @asynccontextmanager
 async def subscribe(
-    patterns: str | Sequence[str],
+    patterns: PatternsLike,
     after: str | int = LATEST,
     filter: str | Filter | None = None,
     *,

@@ -18,13 +18,16 @@ from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
+from backend.core.names import Pattern
 from backend.core.settings import Settings
 from backend.entities.event import Event, NewEvent
+from backend.services.group_commit import GroupCommitter
 from backend.services.hub import Hub
-from backend.services.publish import new_event, publish_events
+from backend.services.pages import EventPage, read_page
+from backend.services.publish import new_event, publish_idempotent
 from backend.services.retention import Retention
 from backend.services.sequencer import Sequencer
-from backend.services.subscribe import LATEST, Subscription, open_subscription
+from backend.services.subscribe import LATEST, PatternsLike, Subscription, open_subscription
 
 EVENTS_CHANNEL = "pgcast_events"
 PENDING_CHANNEL = "pgcast_pending"
@@ -50,6 +53,7 @@ class Engine:
     listener: Listener
     sequencer: Sequencer
     retention: Retention
+    committer: GroupCommitter
 
     @classmethod
     @asynccontextmanager
@@ -74,9 +78,18 @@ class Engine:
                 probe_timeout=settings.probe_timeout_seconds,
             )
             retention = Retention(
-                pool, settings.retention, interval=settings.retention_interval_seconds
+                pool,
+                settings.retention,
+                interval=settings.retention_interval_seconds,
+                idempotency_ttl=settings.idempotency_ttl,
             )
-            engine = cls(settings, pool, hub, listener, sequencer, retention)
+            committer = GroupCommitter(
+                pool,
+                hub.wake,
+                max_requests=settings.group_commit_max_requests,
+                max_wait=settings.group_commit_wait_ms / 1000,
+            )
+            engine = cls(settings, pool, hub, listener, sequencer, retention, committer)
             async with pool.acquire() as conn:
                 await conn.execute(
                     "UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1",
@@ -90,6 +103,7 @@ class Engine:
                         tg.start_soon(listener.run)
                         tg.start_soon(sequencer.run)
                         tg.start_soon(retention.run)
+                        tg.start_soon(committer.run)
                         try:
                             yield engine
                         finally:
@@ -115,8 +129,27 @@ class Engine:
         return new_event(topic, data, type=type, key=key, max_bytes=self.settings.max_event_bytes)
 
     async def publish_many(self, events: Sequence[NewEvent]) -> list[Event]:
-        """Publish validated events in one transaction; returns them once committed."""
-        return await publish_events(self.pool, events, on_sequenced=self.hub.wake)
+        """Publish validated events atomically (group-committed with concurrent publishes)."""
+        return await self.committer.publish(events)
+
+    async def publish_once(
+        self, topic: str, key: str, digest: bytes, events: Sequence[NewEvent]
+    ) -> tuple[list[Event], bool]:
+        """Idempotent publish: (events, replayed). Raises Conflict on a reused key."""
+        return await publish_idempotent(
+            self.pool, topic, key, digest, events, on_sequenced=self.hub.wake
+        )
+
+    async def read_page(
+        self,
+        patterns: Sequence[Pattern],
+        after: str | int,
+        filter: Filter | None,
+        limit: int,
+        wait: float = 0,
+    ) -> EventPage:
+        """One page of matching events after `after`, long-polling up to `wait` seconds."""
+        return await read_page(self.hub, self.pool, patterns, after, filter, limit, wait)
 
     async def publish(
         self, topic: str, data: Any, *, type: str | None = None, key: str | None = None
@@ -128,7 +161,7 @@ class Engine:
     @asynccontextmanager
     async def subscribe(
         self,
-        patterns: str | Sequence[str],
+        patterns: PatternsLike,
         after: str | int = LATEST,
         filter: str | Filter | None = None,
     ) -> AsyncIterator[AsyncIterator[Event]]:
@@ -139,7 +172,7 @@ class Engine:
     @asynccontextmanager
     async def subscription(
         self,
-        patterns: str | Sequence[str],
+        patterns: PatternsLike,
         after: str | int = LATEST,
         filter: str | Filter | None = None,
     ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:

@@ -73,6 +73,7 @@ class Hub:
     _wild: set[Registration] = field(default_factory=set)
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _started: anyio.Event = field(default_factory=anyio.Event)
+    _advanced: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def subscribers(self) -> int:
@@ -118,6 +119,7 @@ class Hub:
     def close(self) -> None:
         """End every live stream; subscribers see their iteration finish."""
         self.closed = True
+        self._advanced.set()
         for reg in [*self._wild, *(r for regs in self._literal.values() for r in regs)]:
             self._detach(reg)
             reg.send.close()
@@ -174,6 +176,13 @@ class Hub:
             self.position = event.pos
         self.stats.events_read += len(events)
         self.stats.last_event_time = time.time()
+        advanced, self._advanced = self._advanced, anyio.Event()
+        advanced.set()
+
+    async def wait_beyond(self, pos: int) -> None:
+        """Return once the hub has read past `pos` (or closed): for long-polling readers."""
+        while self.position <= pos and not self.closed:
+            await self._advanced.wait()
 
     def _targets(self, event: Event) -> list[Registration]:
         literal = self._literal.get(event.topic)

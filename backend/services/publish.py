@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
 from backend.core.errors import DatabaseUnavailable, EventTooLarge, InvalidEvent
 from backend.core.names import validate_name
 from backend.entities.event import Event, NewEvent
 from backend.services import log_queries
+from backend.services.idempotency import run_once
 
 MAX_TYPE_LENGTH = 200
 MAX_KEY_LENGTH = 1024
@@ -30,6 +31,8 @@ def _optional_text(value: object, field: str, limit: int) -> str | None:
         raise InvalidEvent(f"event {field} must be a string or null")
     if not 1 <= len(value) <= limit:
         raise InvalidEvent(f"event {field} must be 1-{limit} characters")
+    if not value.isprintable():
+        raise InvalidEvent(f"event {field} must not contain control characters")
     return value
 
 
@@ -76,10 +79,43 @@ async def publish_events(
         async with pool.acquire() as conn:
             async with conn.transaction():
                 seqs = await log_queries.insert_events(conn, events)
-            await log_queries.sequence_pending(conn)
-            published = await log_queries.positioned(conn, seqs)
+            return await _sequenced(conn, seqs, on_sequenced)
     except UNAVAILABLE_ERRORS as exc:
         raise DatabaseUnavailable(f"database unavailable while publishing: {exc}") from exc
+
+
+async def publish_idempotent(
+    pool: Pool,
+    topic: str,
+    key: str,
+    digest: bytes,
+    events: Sequence[NewEvent],
+    *,
+    on_sequenced: Callable[[int], None] | None = None,
+) -> tuple[list[Event], bool]:
+    """Publish once per (topic, key); a replay returns the original events and stores nothing.
+
+    Returns the events and whether this was a replay. Raises `Conflict` when the key was
+    used with a different body.
+    """
+
+    async def store(conn: Connection) -> list[int]:
+        return await log_queries.insert_events(conn, events)
+
+    try:
+        seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
+        async with pool.acquire() as conn:
+            return await _sequenced(conn, seqs, on_sequenced), replayed
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable(f"database unavailable while publishing: {exc}") from exc
+
+
+async def _sequenced(
+    conn: Connection, seqs: Sequence[int], on_sequenced: Callable[[int], None] | None
+) -> list[Event]:
+    """Run the sequencer (our rows are committed) and return the rows as delivered."""
+    await log_queries.sequence_pending(conn)
+    published = await log_queries.positioned(conn, seqs)
     if on_sequenced is not None and published:
         on_sequenced(published[-1].pos)
     return published

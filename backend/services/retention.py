@@ -10,6 +10,7 @@ import anyio
 
 from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
 from backend.services import log_queries
+from backend.services.idempotency import prune_keys
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class Retention:
     retention: timedelta
     interval: float = 60.0
     batch: int = 5000
+    idempotency_ttl: timedelta = timedelta(hours=24)
     pruned: int = 0
 
     async def prune_once(self) -> int:
@@ -32,6 +34,8 @@ class Retention:
             total += deleted
             if deleted < self.batch:
                 break
+        async with self.pool.acquire() as conn:
+            await prune_keys(conn, self.idempotency_ttl, datetime.now(UTC))
         if total:
             self.pruned += total
             logger.info("pruned %d events", total, extra={"action": "pruned", "count": total})

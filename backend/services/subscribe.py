@@ -26,6 +26,16 @@ from backend.services.log_queries import TopicSelector
 EARLIEST = "earliest"
 LATEST = "latest"
 
+PatternsLike = str | Pattern | Sequence[str | Pattern]
+
+
+def as_patterns(patterns: PatternsLike) -> tuple[Pattern, ...]:
+    """Accept one pattern or several, as text or already parsed."""
+    items = [patterns] if isinstance(patterns, str | Pattern) else list(patterns)
+    if all(isinstance(p, Pattern) for p in items) and items:
+        return tuple(p for p in items if isinstance(p, Pattern))
+    return parse_patterns(p.text if isinstance(p, Pattern) else p for p in items)
+
 
 def expired(reason: str, pruned_through: int, detail: str) -> CursorExpired:
     oldest = format_id(pruned_through + 1)
@@ -134,12 +144,12 @@ class Subscription:
 async def open_subscription(
     hub: Hub,
     pool: Pool,
-    patterns: str | Sequence[str],
+    patterns: PatternsLike,
     after: str | int = LATEST,
     filter: str | Filter | None = None,
 ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
     """Validate, resolve the start, and hold the stream open for the block."""
-    parsed = parse_patterns([patterns] if isinstance(patterns, str) else patterns)
+    parsed = as_patterns(patterns)
     compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
     start = await resolve_start(pool, after)
     await hub.wait_started()

@@ -1,0 +1,53 @@
+"""Wire encodings of events, built once per event and shared by every subscriber."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+
+from backend.core.errors import CursorExpired
+from backend.entities.event import Event
+
+RESET_EVENT = "pgcast.reset"
+
+
+def sse_frame(event: Event) -> bytes:
+    """`id:`, `event:` (type or `message`) and `data:` (the envelope) of one SSE event."""
+    frame = event.encoded.get("sse")
+    if frame is None:
+        kind = event.type or "message"
+        frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            event.id.encode(),
+            kind.encode(),
+            event.envelope_json(),
+        )
+        event.encoded["sse"] = frame
+    return frame
+
+
+def reset_payload(exc: CursorExpired) -> dict[str, object]:
+    return {"oldest": exc.oldest, "reason": exc.reason, "message": exc.message}
+
+
+def sse_reset(exc: CursorExpired) -> bytes:
+    """The in-band reset: readable by native EventSource (`addEventListener("pgcast.reset")`)."""
+    return b"event: %s\ndata: %s\n\n" % (RESET_EVENT.encode(), orjson.dumps(reset_payload(exc)))
+
+
+def sse_comment(text: str) -> bytes:
+    return b": " + text.replace("\n", " ").encode() + b"\n\n"
+
+
+def sse_retry(milliseconds: int) -> bytes:
+    return b"retry: %d\n\n" % milliseconds
+
+
+def ws_event_frame(sub_json: bytes, event: Event) -> bytes:
+    """`{"op":"event","sub":S, ...envelope}` spliced from the shared envelope bytes."""
+    return b'{"op":"event","sub":' + sub_json + b"," + event.envelope_json()[1:]
+
+
+def envelopes_json(events: Iterable[Event]) -> bytes:
+    """A JSON array of envelopes from their shared encodings."""
+    return b"[" + b",".join(e.envelope_json() for e in events) + b"]"

@@ -1,0 +1,126 @@
+"""Group commit: concurrent publish requests in one process share one transaction.
+
+Requests queue up (bounded, so overload pushes back on callers); each worker batches them
+with the `batch` stream operator (whatever arrives within `max_wait`, default 2 ms, up to
+`max_requests`) and commits each batch in one transaction. Every caller is answered only
+after its own events are committed. When a batch fails for a reason other than the database being unreachable, each request is
+retried alone, so one bad request fails only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import asyncpg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from backend.connectors.database import Pool
+from backend.core.errors import DatabaseUnavailable, InvalidEvent, PgcastError
+from backend.core.streams import batch
+from backend.entities.event import Event, NewEvent
+from backend.services.publish import publish_events
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Request:
+    events: Sequence[NewEvent]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: list[Event] | None = None
+    error: PgcastError | None = None
+
+
+@dataclass
+class GroupCommitStats:
+    batches: int = 0
+    events: int = 0
+
+
+@dataclass(eq=False)
+class GroupCommitter:
+    pool: Pool
+    on_sequenced: Callable[[int], None]
+    max_requests: int = 256
+    max_wait: float = 0.002
+    workers: int = 2
+    queue_size: int = 10000
+    commit_timeout: float = 30.0
+    on_batch: Callable[[int], None] | None = None
+    stats: GroupCommitStats = field(default_factory=GroupCommitStats)
+    _send: MemoryObjectSendStream[_Request] = field(init=False)
+    _receive: MemoryObjectReceiveStream[_Request] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[_Request](self.queue_size)
+
+    async def publish(self, events: Sequence[NewEvent]) -> list[Event]:
+        """Commit `events` (atomically, in order) with whatever else is being published now."""
+        if not events:
+            return []
+        request = _Request(events)
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def run(self) -> None:
+        """Run the batching workers until cancelled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.workers):
+                    tg.start_soon(self._worker, self._receive.clone())
+        finally:
+            self._send.close()
+            self._receive.close()
+
+    async def _worker(self, requests: MemoryObjectReceiveStream[_Request]) -> None:
+        async with batch(requests, self.max_requests, self.max_wait) as batches:
+            async for group in batches:
+                # Once taken, a batch is finished even if the process is stopping, within a bound.
+                with anyio.move_on_after(self.commit_timeout, shield=True):
+                    await self._commit(group)
+                self._fail(
+                    [r for r in group if not r.done.is_set()],
+                    DatabaseUnavailable(
+                        "the database did not answer in time; nothing was acknowledged"
+                    ),
+                )
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        try:
+            published = await publish_events(
+                self.pool,
+                [event for request in batch for event in request.events],
+                on_sequenced=self.on_sequenced,
+            )
+        except DatabaseUnavailable as exc:
+            self._fail(batch, exc)
+            return
+        except (asyncpg.PostgresError, ValueError) as exc:
+            if len(batch) == 1:
+                self._fail(batch, InvalidEvent(f"the database rejected the event: {exc}"))
+                return
+            for request in batch:
+                await self._commit([request])
+            return
+        self.stats.batches += 1
+        self.stats.events += len(published)
+        if self.on_batch is not None:
+            self.on_batch(len(published))
+        start = 0
+        for request in batch:
+            request.result = published[start : start + len(request.events)]
+            start += len(request.events)
+            request.done.set()
+
+    @staticmethod
+    def _fail(batch: list[_Request], error: PgcastError) -> None:
+        for request in batch:
+            request.error = error
+            request.done.set()

@@ -1,0 +1,74 @@
+"""One page of events for request/response readers (JSON paging and long-polling)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from backend.connectors.database import Pool
+from backend.core.filters import Filter
+from backend.core.names import Pattern
+from backend.entities.event import Event
+from backend.services import log_queries
+from backend.services.hub import Hub
+from backend.services.log_queries import TopicSelector
+from backend.services.subscribe import expired, resolve_start
+
+END_OF_LOG = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Matching events and the position to continue after (past filtered-out events too)."""
+
+    events: list[Event]
+    next: int
+
+
+async def read_page(
+    hub: Hub,
+    pool: Pool,
+    patterns: Sequence[Pattern],
+    after: str | int,
+    filter: Filter | None,
+    limit: int,
+    wait: float,
+) -> EventPage:
+    """Up to `limit` events after `after`; when there are none, wait up to `wait` seconds."""
+    selector = TopicSelector.of(patterns)
+    position = await resolve_start(pool, after)
+    found: list[Event] = []
+    position = await _scan(pool, selector, position, filter, limit, found)
+    deadline = anyio.current_time() + wait
+    while not found and (remaining := deadline - anyio.current_time()) > 0:
+        with anyio.move_on_after(remaining):
+            await hub.wait_beyond(max(position, hub.position))
+        position = await _scan(pool, selector, position, filter, limit, found)
+    return EventPage(found, position)
+
+
+async def _scan(
+    pool: Pool,
+    selector: TopicSelector,
+    position: int,
+    filter: Filter | None,
+    limit: int,
+    found: list[Event],
+) -> int:
+    """Fill `found` up to `limit` from the log; returns the position scanned through."""
+    while len(found) < limit:
+        async with pool.acquire() as conn:
+            page = await log_queries.read_page(conn, selector, position, END_OF_LOG, limit)
+        if page.pruned_through > position:
+            raise expired("pruned", page.pruned_through, "the log was pruned past this position")
+        for event in page.events:
+            position = event.pos
+            if filter is None or filter.matches(event.envelope()):
+                found.append(event)
+                if len(found) == limit:
+                    return position
+        if len(page.events) < limit:
+            return position
+    return position
