@@ -51,3 +51,14 @@ def server(database_url: str) -> Iterator[ServerProcess]:
     """A real `pgcast serve` process on a free port against this test's database."""
     with start_server(database_url) as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ServerProcess]:
+    """One server for a whole module, for tests that only read or make disjoint changes."""
+    url = anyio.run(postgres.clone_template)
+    try:
+        with start_server(url) as process:
+            yield process
+    finally:
+        anyio.run(postgres.drop, url)

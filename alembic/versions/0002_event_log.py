@@ -98,6 +98,14 @@ def upgrade() -> None:
             size_limit integer;
         BEGIN
             PERFORM pgcast.check_topic(topic);
+            IF topic = 'pgcast' OR topic LIKE 'pgcast.%' THEN
+                RAISE EXCEPTION 'pgcast: topics under ''pgcast.'' are reserved for the server'
+                    USING ERRCODE = '22023';
+            END IF;
+            IF type = 'error' OR type LIKE 'pgcast.%' THEN
+                RAISE EXCEPTION 'pgcast: event type % is reserved', quote_literal(type)
+                    USING ERRCODE = '22023';
+            END IF;
             IF type IS NOT NULL AND (length(type) NOT BETWEEN 1 AND 200 OR type ~ '[[:cntrl:]]') THEN
                 RAISE EXCEPTION 'pgcast: event type must be 1-200 characters without control characters'
                     USING ERRCODE = '22023';

@@ -43,6 +43,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+APPLICATION_NAME = "pgcast"
+LISTENER_APPLICATION_NAME = "pgcast-listener"
+
+
 def asyncpg_dsn(url: str) -> str:
     """asyncpg wants plain postgresql:// URLs."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -65,10 +69,16 @@ async def _init_connection(conn: Connection) -> None:
     )
 
 
-async def connect(url: str, *, connect_timeout: float = 10) -> Connection:
+async def connect(
+    url: str, *, connect_timeout: float = 10, application_name: str = "pgcast"
+) -> Connection:
     """One standalone connection (the LISTEN connection, tests)."""
     try:
-        conn: Connection = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout)
+        conn: Connection = await asyncpg.connect(
+            asyncpg_dsn(url),
+            timeout=connect_timeout,
+            server_settings={"application_name": application_name},
+        )
     except UNAVAILABLE_ERRORS as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     await _init_connection(conn)
@@ -84,6 +94,7 @@ async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
         max_size=size,
         init=_init_connection,
         command_timeout=60,
+        server_settings={"application_name": APPLICATION_NAME},
     )
     try:
         yield pool

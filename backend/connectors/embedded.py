@@ -95,6 +95,8 @@ class EmbeddedPostgres:
 
     data_dir: Path
     durable: bool = True
+    port: int | None = None
+    """Fixed port; when None, a free one is picked at the first start and kept for restarts."""
 
     @property
     def pgdata(self) -> Path:
@@ -178,7 +180,7 @@ class EmbeddedPostgres:
         if not self.initialized():
             self._init()
         if self.running_port() is None:
-            port = free_port()
+            port = self.port = self.port or free_port()
             logger.info("starting embedded postgres", extra={"action": "pg_start", "port": port})
             self._run(
                 [

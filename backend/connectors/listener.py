@@ -18,7 +18,12 @@ from typing import Any
 
 import anyio
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, connect
+from backend.connectors.database import (
+    LISTENER_APPLICATION_NAME,
+    UNAVAILABLE_ERRORS,
+    Connection,
+    connect,
+)
 from backend.core.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -56,13 +61,17 @@ class Listener:
                 await self._session()
             except _CONNECTION_LOST as exc:
                 logger.warning("listen connection lost: %s", exc, extra={"action": "listener_lost"})
+            except Exception as exc:  # noqa: BLE001 - e.g. the database refusing connections
+                logger.warning(
+                    "listen connection failed: %r", exc, extra={"action": "listener_failed"}
+                )
             self.connected = False
             self.reconnects += 1
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _session(self) -> None:
-        conn = await connect(self.url)
+        conn = await connect(self.url, application_name=LISTENER_APPLICATION_NAME)
         lost = anyio.Event()
         try:
             conn.add_termination_listener(lambda _conn: lost.set())

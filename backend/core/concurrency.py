@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+
+import anyio
 
 from backend.core.streams import collapse_single
 
@@ -22,3 +24,15 @@ def unwrap_single_error() -> Iterator[None]:
         if inner is group:
             raise
         raise inner from None
+
+
+async def first_to_finish(*tasks: Callable[[], Awaitable[None]]) -> None:
+    """Run tasks together; when one returns, cancel the rest (a custom supervisor)."""
+    async with anyio.create_task_group() as tg:
+        for task in tasks:
+
+            async def run(task: Callable[[], Awaitable[None]] = task) -> None:
+                await task()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)

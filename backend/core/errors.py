@@ -29,6 +29,12 @@ class InvalidName(PgcastError):
     code = "invalid_topic"
 
 
+class InvalidQueueName(InvalidName):
+    """A queue name breaks the naming rules."""
+
+    code = "invalid_queue"
+
+
 class InvalidFilter(PgcastError):
     """A filter expression cannot be parsed."""
 
@@ -83,3 +89,9 @@ class NotFound(PgcastError):
     """The named resource does not exist."""
 
     code = "not_found"
+
+
+class CaptureError(PgcastError):
+    """A table cannot be captured (missing, not a table, no primary key, unknown column)."""
+
+    code = "invalid_capture_target"

@@ -16,7 +16,9 @@ Comparison semantics, chosen to be predictable rather than clever:
 * A bool compares with `eq.true` / `eq.false` (and `neq`); it has no order.
 * A string compares as a string with the literal, so the JSON string "99" is `gt.100`
   (lexicographic); put numbers in events as numbers to compare them as numbers.
-* A datetime (an envelope `time` not yet serialized) compares with an ISO 8601 literal.
+* Envelope `id` and `time` are strings that sort correctly as strings (fixed-width ids,
+  RFC 3339 UTC times), so `time=gte.2026-11-26T00:00:00Z` and `id=gt.0000000000000042`
+  work; a `datetime` value (Python callers) compares with an ISO 8601 literal.
 * Anything else (object, array, number against a non-numeric literal) never equals a
   literal, so `eq` is false and `neq` true, and has no order, so gt/gte/lt/lte are false.
 * `in` is true when any listed value would satisfy `eq`.

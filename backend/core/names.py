@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from backend.core.errors import InvalidName
+from backend.core.errors import InvalidName, InvalidQueueName
 
 MAX_NAME_LENGTH = 200
 ONE = "*"
@@ -36,12 +36,13 @@ def _quote(text: str) -> str:
 
 def _check(text: object, kind: str, *, wildcards: bool) -> str:
     """Validate a name or pattern, raising InvalidName that pinpoints the first problem."""
+    error = InvalidQueueName if kind == "queue" else InvalidName
     if not isinstance(text, str):
-        raise InvalidName(f"{kind} must be a string")
+        raise error(f"{kind} must be a string")
     if not text:
-        raise InvalidName(f"{kind} '': must not be empty")
+        raise error(f"{kind} '': must not be empty")
     if len(text) > MAX_NAME_LENGTH:
-        raise InvalidName(
+        raise error(
             f"{kind} {_quote(text)}: longer than {MAX_NAME_LENGTH} characters ({len(text)})"
         )
     if _NAME.fullmatch(text):
@@ -51,7 +52,7 @@ def _check(text: object, kind: str, *, wildcards: bool) -> str:
     for number, segment in enumerate(segments, start=1):
         problem = _segment_problem(segment, number, last, wildcards=wildcards)
         if problem:
-            raise InvalidName(f"{kind} {_quote(text)}: {problem}")
+            raise error(f"{kind} {_quote(text)}: {problem}")
     return text
 
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     group_commit_wait_ms: float = Field(default=2.0, gt=0)
     group_commit_max_requests: int = Field(default=256, ge=1)
     idempotency_ttl: timedelta = timedelta(hours=24)
+    capture_tables: str = ""
+
+    queue_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    queue_backoff_cap_seconds: float = Field(default=300.0, gt=0)
+    queue_reap_interval_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

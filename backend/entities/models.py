@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Identity,
@@ -58,4 +59,36 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("scope", "key"),
     Index("idempotency_keys_created_at_idx", "created_at"),
+)
+
+queue_messages = Table(
+    "queue_messages",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("queue", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("key", Text, nullable=True),
+    Column("state", Text, nullable=False, server_default="ready"),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("5")),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("available_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("lease_token", Text, nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(
+        "state IN ('ready', 'leased', 'acked', 'dead')", name="queue_messages_state_check"
+    ),
+    CheckConstraint("max_attempts >= 1", name="queue_messages_max_attempts_check"),
+    Index(
+        "queue_messages_ready_idx",
+        "queue",
+        "available_at",
+        "id",
+        postgresql_where=text("state = 'ready'"),
+    ),
+    Index("queue_messages_leased_idx", "lease_until", postgresql_where=text("state = 'leased'")),
+    Index("queue_messages_dead_idx", "queue", "id", postgresql_where=text("state = 'dead'")),
+    Index("queue_messages_acked_idx", "finished_at", postgresql_where=text("state = 'acked'")),
 )

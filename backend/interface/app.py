@@ -15,7 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from backend.core.errors import ConfigError
 from backend.core.settings import Settings, get_settings
-from backend.interface import health, http_events, ws
+from backend.interface import browser, health, http_capture, http_events, http_queues, ws
 from backend.interface.errors import EXCEPTION_HANDLERS
 from backend.interface.lifecycle import Lifecycle
 from backend.interface.metrics import Metrics
@@ -51,7 +51,22 @@ def create_app(
         Route("/topics/{topic}/events", http_events.publish_to_topic, methods=["POST"]),
         Route("/topics/{topic}/events", http_events.topic_events, methods=["GET"]),
         Route("/events", http_events.events, methods=["GET"]),
+        Route("/queues", http_queues.all_queues, methods=["GET"]),
+        Route("/queues/{queue}", http_queues.queue_stats, methods=["GET"]),
+        Route("/queues/{queue}/messages", http_queues.enqueue, methods=["POST"]),
+        Route("/queues/{queue}/messages", http_queues.consume_messages, methods=["GET"]),
+        Route("/queues/{queue}/messages/{id}/ack", http_queues.ack, methods=["POST"]),
+        Route("/queues/{queue}/messages/{id}/nack", http_queues.nack, methods=["POST"]),
+        Route("/queues/{queue}/messages/{id}/extend", http_queues.extend, methods=["POST"]),
+        Route("/queues/{queue}/dead", http_queues.dead_letters, methods=["GET"]),
+        Route("/queues/{queue}/dead/requeue", http_queues.requeue_all, methods=["POST"]),
+        Route("/queues/{queue}/dead/{id}/requeue", http_queues.requeue_one, methods=["POST"]),
+        Route("/admin/captures", http_capture.captures, methods=["GET"]),
+        Route("/admin/captures/{table}", http_capture.put_capture, methods=["PUT"]),
+        Route("/admin/captures/{table}", http_capture.delete_capture, methods=["DELETE"]),
         WebSocketRoute("/ws", ws.websocket_endpoint),
+        Route("/", browser.index, methods=["GET"]),
+        browser.static_mount(),
     ]
     return Starlette(
         routes=routes,

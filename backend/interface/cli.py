@@ -13,6 +13,10 @@ import typer
 from backend.core.errors import ConfigError, PgcastError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings, load_settings
+from backend.interface.cli_capture import capture_app
+from backend.interface.cli_publish import publish
+from backend.interface.cli_queue import queue_app
+from backend.interface.cli_tail import tail
 
 app = typer.Typer(
     name="pgcast",
@@ -21,6 +25,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(capture_app, name="capture")
+app.command()(tail)
+app.command()(publish)
+app.add_typer(queue_app, name="queue")
 
 
 def _settings() -> Settings:

@@ -25,6 +25,8 @@ from backend.core.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+# What "the database is unreachable" looks like from any layer.
+DB_DOWN: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
 
 
 class RequestError(PgcastError):

@@ -18,19 +18,18 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from backend.connectors.database import UNAVAILABLE_ERRORS
-from backend.core.concurrency import unwrap_single_error
-from backend.core.errors import CursorExpired, DatabaseUnavailable
+from backend.core.concurrency import first_to_finish, unwrap_single_error
+from backend.core.errors import CursorExpired
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.interface.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.interface.errors import DB_DOWN
 from backend.interface.state import AppState
 from backend.services.subscribe import EARLIEST
 
 logger = logging.getLogger(__name__)
 
 WRITER_BUFFER = 64
-DB_DOWN: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
 SHUTDOWN_GRACE_SECONDS = 1.0
 
 
@@ -46,18 +45,6 @@ class EventStream(EventSourceResponse):
             close = getattr(self.body_iterator, "close", None)
             if close is not None:
                 close()
-
-
-async def _first_to_finish(*tasks: Callable[[], Awaitable[None]]) -> None:
-    """Run tasks together; when one returns, cancel the rest."""
-    async with anyio.create_task_group() as tg:
-        for task in tasks:
-
-            async def run(task: Callable[[], Awaitable[None]] = task) -> None:
-                await task()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(run)
 
 
 async def _pump(
@@ -81,10 +68,11 @@ async def _pump(
             after = EARLIEST
 
 
-def event_stream(
-    state: AppState, patterns: tuple[Pattern, ...], after: str | int, flt: Filter | None
-) -> EventStream:
-    """The SSE response for an already validated subscription request."""
+Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
+
+
+def sse_response(state: AppState, pump: Pump) -> EventStream:
+    """An SSE response fed by `pump`, with retry hint, heartbeats and a clean shutdown."""
     send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
     settings = state.settings
     lifecycle = state.lifecycle
@@ -96,10 +84,7 @@ def event_stream(
                 await send.send(sse_retry(settings.sse_retry_ms))
                 try:
                     with unwrap_single_error():
-                        await _first_to_finish(
-                            lambda: _pump(state, send, patterns, after, flt),
-                            lifecycle.shutting_down.wait,
-                        )
+                        await first_to_finish(lambda: pump(send), lifecycle.shutting_down.wait)
                 except DB_DOWN:
                     with anyio.move_on_after(1):
                         await send.send(sse_comment("database unavailable; reconnect"))
@@ -118,3 +103,10 @@ def event_stream(
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def event_stream(
+    state: AppState, patterns: tuple[Pattern, ...], after: str | int, flt: Filter | None
+) -> EventStream:
+    """The SSE response for an already validated subscription request."""
+    return sse_response(state, lambda send: _pump(state, send, patterns, after, flt))

@@ -12,6 +12,8 @@ from typing import Any
 
 from backend.core.filters import Filter
 from backend.entities.event import Event
+from backend.entities.message import Message
+from backend.services.consume import Delivery
 from backend.services.engine import Engine
 from backend.services.subscribe import LATEST, PatternsLike
 
@@ -44,4 +46,32 @@ async def publish(
     return await (engine or Engine.current()).publish(topic, data, type=type, key=key)
 
 
-__all__ = ["Engine", "Event", "publish", "subscribe"]
+@asynccontextmanager
+async def consume(
+    queue: str, *, prefetch: int = 1, lease: float = 30.0, engine: Engine | None = None
+) -> AsyncIterator[AsyncIterator[Delivery]]:
+    """Consume `queue` on `engine` (default: the current one).
+
+    Example: `async with consume("jobs", prefetch=4) as deliveries: async for d in deliveries:`
+    then `await d.ack()` (or `nack(delay=..., error=...)`, `extend(seconds)`).
+    """
+    async with (engine or Engine.current()).consume(queue, prefetch=prefetch, lease=lease) as it:
+        yield it
+
+
+async def enqueue(
+    queue: str,
+    data: Any,
+    *,
+    key: str | None = None,
+    delay_seconds: float = 0,
+    max_attempts: int = 5,
+    engine: Engine | None = None,
+) -> Message:
+    """Enqueue one message on `engine` (default: the current one); returns it once committed."""
+    return await (engine or Engine.current()).enqueue(
+        queue, data, key=key, delay_seconds=delay_seconds, max_attempts=max_attempts
+    )
+
+
+__all__ = ["Delivery", "Engine", "Event", "Message", "consume", "enqueue", "publish", "subscribe"]

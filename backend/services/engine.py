@@ -21,10 +21,14 @@ from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.core.settings import Settings
 from backend.entities.event import Event, NewEvent
+from backend.entities.message import Message
+from backend.services.capture import reconcile as reconcile_captures
+from backend.services.consume import Delivery, consume
 from backend.services.group_commit import GroupCommitter
 from backend.services.hub import Hub
 from backend.services.pages import EventPage, read_page
 from backend.services.publish import new_event, publish_idempotent
+from backend.services.queues import QUEUES_CHANNEL, Queues
 from backend.services.retention import Retention
 from backend.services.sequencer import Sequencer
 from backend.services.subscribe import LATEST, PatternsLike, Subscription, open_subscription
@@ -54,6 +58,7 @@ class Engine:
     sequencer: Sequencer
     retention: Retention
     committer: GroupCommitter
+    queues: Queues
 
     @classmethod
     @asynccontextmanager
@@ -67,11 +72,22 @@ class Engine:
                 poll_interval=settings.poll_interval_seconds,
             )
             sequencer = Sequencer(pool, hub.wake, poll_interval=settings.poll_interval_seconds)
+            queues = Queues(
+                pool,
+                hub.wake,
+                max_bytes=settings.max_event_bytes,
+                backoff_base=settings.queue_backoff_base_seconds,
+                backoff_cap=settings.queue_backoff_cap_seconds,
+                reap_interval=settings.queue_reap_interval_seconds,
+                poll_interval=settings.poll_interval_seconds,
+                retention=settings.retention,
+            )
             listener = Listener(
                 url,
                 {
                     EVENTS_CHANNEL: lambda payload: hub.wake(_head_hint(payload)),
                     PENDING_CHANNEL: lambda _payload: sequencer.wake(),
+                    QUEUES_CHANNEL: lambda payload: queues.waker.wake(payload),
                 },
                 on_connect=lambda: _wake_all(hub, sequencer),
                 probe_interval=settings.probe_interval_seconds,
@@ -89,12 +105,13 @@ class Engine:
                 max_requests=settings.group_commit_max_requests,
                 max_wait=settings.group_commit_wait_ms / 1000,
             )
-            engine = cls(settings, pool, hub, listener, sequencer, retention, committer)
+            engine = cls(settings, pool, hub, listener, sequencer, retention, committer, queues)
             async with pool.acquire() as conn:
                 await conn.execute(
                     "UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1",
                     settings.max_event_bytes,
                 )
+            await reconcile_captures(pool, settings.capture_tables)
             token = _current.set(engine)
             try:
                 with unwrap_single_error():
@@ -104,6 +121,7 @@ class Engine:
                         tg.start_soon(sequencer.run)
                         tg.start_soon(retention.run)
                         tg.start_soon(committer.run)
+                        tg.start_soon(queues.run)
                         try:
                             yield engine
                         finally:
@@ -168,6 +186,30 @@ class Engine:
         """Events matching `patterns` after `after`: catch-up, then live."""
         async with open_subscription(self.hub, self.pool, patterns, after, filter) as (_, stream):
             yield stream
+
+    @asynccontextmanager
+    async def consume(
+        self, queue: str, *, prefetch: int = 1, lease: float = 30.0
+    ) -> AsyncIterator[AsyncIterator[Delivery]]:
+        """Leased deliveries from `queue`; unsettled ones go back to the queue on exit."""
+        async with consume(self.queues, queue, prefetch=prefetch, lease=lease) as deliveries:
+            yield deliveries
+
+    async def enqueue(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        key: str | None = None,
+        delay_seconds: float = 0,
+        max_attempts: int = 5,
+    ) -> Message:
+        """Enqueue one message; returns it once committed."""
+        message = self.queues.message(
+            queue, data, key=key, delay_seconds=delay_seconds, max_attempts=max_attempts
+        )
+        (stored,) = await self.queues.enqueue([message])
+        return stored
 
     @asynccontextmanager
     async def subscription(

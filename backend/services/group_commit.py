@@ -3,8 +3,9 @@
 Requests queue up (bounded, so overload pushes back on callers); each worker batches them
 with the `batch` stream operator (whatever arrives within `max_wait`, default 2 ms, up to
 `max_requests`) and commits each batch in one transaction. Every caller is answered only
-after its own events are committed. When a batch fails for a reason other than the database being unreachable, each request is
-retried alone, so one bad request fails only itself.
+after its own events are committed. When a batch fails for a reason other than the
+database being unreachable, each request is retried alone, so one bad request fails only
+itself.
 """
 
 from __future__ import annotations

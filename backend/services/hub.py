@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.connectors.database import Pool
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
@@ -137,9 +137,9 @@ class Hub:
             try:
                 await self._drain()
                 backoff = 0.05
-            except UNAVAILABLE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
                 self.stats.read_errors += 1
-                logger.warning("hub read failed: %s", exc, extra={"action": "hub_read_failed"})
+                logger.warning("hub read failed: %r", exc, extra={"action": "hub_read_failed"})
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
                 self._wake.set()
@@ -151,8 +151,8 @@ class Hub:
                 async with self.pool.acquire() as conn:
                     _, head = await log_queries.log_bounds(conn)
                 return head
-            except UNAVAILABLE_ERRORS as exc:
-                logger.warning("hub cannot read the log head: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - wait for the database to come back
+                logger.warning("hub cannot read the log head: %r", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 

@@ -40,12 +40,12 @@ async def read_page(
     selector = TopicSelector.of(patterns)
     position = await resolve_start(pool, after)
     found: list[Event] = []
-    position = await _scan(pool, selector, position, filter, limit, found)
+    position = await _scan(pool, selector, position, filter, limit, found, hub.position)
     deadline = anyio.current_time() + wait
     while not found and (remaining := deadline - anyio.current_time()) > 0:
         with anyio.move_on_after(remaining):
             await hub.wait_beyond(max(position, hub.position))
-        position = await _scan(pool, selector, position, filter, limit, found)
+        position = await _scan(pool, selector, position, filter, limit, found, hub.position)
     return EventPage(found, position)
 
 
@@ -56,8 +56,14 @@ async def _scan(
     filter: Filter | None,
     limit: int,
     found: list[Event],
+    head: int,
 ) -> int:
-    """Fill `found` up to `limit` from the log; returns the position scanned through."""
+    """Fill `found` up to `limit` from the log; returns the position scanned through.
+
+    Reaching the end of the log means nothing matched up to `head` (the hub had read that
+    far before this scan began, so it was visible to it): the position moves there, so
+    `next` also passes over other topics' events and stays ahead of retention.
+    """
     while len(found) < limit:
         async with pool.acquire() as conn:
             page = await log_queries.read_page(conn, selector, position, END_OF_LOG, limit)
@@ -70,5 +76,5 @@ async def _scan(
                 if len(found) == limit:
                     return position
         if len(page.events) < limit:
-            return position
+            return max(position, head)
     return position

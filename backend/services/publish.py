@@ -21,6 +21,10 @@ from backend.services import log_queries
 from backend.services.idempotency import run_once
 
 MAX_TYPE_LENGTH = 200
+RESERVED_SEGMENT = "pgcast"
+# SSE uses the type as the event name: these would shadow the reset signal or EventSource's
+# own `error` event in browsers.
+RESERVED_TYPES = frozenset({"error"})
 MAX_KEY_LENGTH = 1024
 
 
@@ -46,6 +50,8 @@ def new_event(
 ) -> NewEvent:
     """Validate one event and encode its data once; raises typed errors naming the problem."""
     name = validate_name(topic, "topic")
+    if name == RESERVED_SEGMENT or name.startswith(RESERVED_SEGMENT + "."):
+        raise InvalidEvent(f"topics under '{RESERVED_SEGMENT}.' are reserved for the server")
     try:
         data_json = orjson.dumps(data)
     except TypeError as exc:
@@ -54,10 +60,13 @@ def new_event(
         raise EventTooLarge(
             f"event data is {len(data_json)} bytes, over the limit of {max_bytes} bytes"
         )
+    kind = _optional_text(type, "type", MAX_TYPE_LENGTH)
+    if kind is not None and (kind in RESERVED_TYPES or kind.startswith(RESERVED_SEGMENT + ".")):
+        raise InvalidEvent(f"event type {kind!r} is reserved")
     return NewEvent(
         topic=name,
         data_json=data_json,
-        type=_optional_text(type, "type", MAX_TYPE_LENGTH),
+        type=kind,
         key=_optional_text(key, "key", MAX_KEY_LENGTH),
     )
 
@@ -75,13 +84,20 @@ async def publish_events(
     """
     if not events:
         return []
+    committed = False
     try:
         async with pool.acquire() as conn:
             async with conn.transaction():
                 seqs = await log_queries.insert_events(conn, events)
+            committed = True
             return await _sequenced(conn, seqs, on_sequenced)
     except UNAVAILABLE_ERRORS as exc:
-        raise DatabaseUnavailable(f"database unavailable while publishing: {exc}") from exc
+        if committed:
+            raise DatabaseUnavailable(
+                "the events were committed and will be delivered, but the database went away"
+                " before their ids were known; retry with an Idempotency-Key to avoid copies"
+            ) from exc
+        raise DatabaseUnavailable(f"database unavailable; nothing was published: {exc}") from exc
 
 
 async def publish_idempotent(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.connectors.database import Pool
 from backend.services import log_queries
 from backend.services.idempotency import prune_keys
 
@@ -45,6 +45,6 @@ class Retention:
         while True:
             try:
                 await self.prune_once()
-            except UNAVAILABLE_ERRORS as exc:
-                logger.warning("retention failed: %s", exc, extra={"action": "prune_failed"})
+            except Exception as exc:  # noqa: BLE001 - the next run retries
+                logger.warning("retention failed: %r", exc, extra={"action": "prune_failed"})
             await anyio.sleep(self.interval)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Pool
+from backend.connectors.database import Pool
 from backend.services import log_queries
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class Sequencer:
             try:
                 async with self.pool.acquire() as conn:
                     stamped = await log_queries.sequence_pending(conn)
-            except UNAVAILABLE_ERRORS as exc:
-                logger.warning("sequencer failed: %s", exc, extra={"action": "sequencer_failed"})
+            except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
+                logger.warning("sequencer failed: %r", exc, extra={"action": "sequencer_failed"})
                 continue
             self.runs += 1
             if stamped:

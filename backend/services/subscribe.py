@@ -97,14 +97,13 @@ class Subscription:
                 if self._reg is None:
                     self.hub.catching_up += 1
                     try:
-                        while self.hub.position - self.position > self.hub.buffer_size // 2:
+                        while self._reg is None:
                             async for event in self._backlog(self.hub.position):
                                 yield event
+                            self.join_if_near()
                     finally:
                         self.hub.catching_up -= 1
-                    self.join_if_near()
                 reg = self._reg
-                assert reg is not None
                 async for event in self._backlog(reg.start):
                     yield event
                 async for event in self._live(reg):

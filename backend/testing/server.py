@@ -80,8 +80,11 @@ def spawn(
 
 
 @contextlib.contextmanager
-def start_server(database_url: str, **kwargs: object) -> Iterator[ServerProcess]:
-    server = spawn(database_url, **kwargs)  # type: ignore[arg-type]
+def start_server(
+    database_url: str, *, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A running server for the block; SIGTERM and wait afterwards."""
+    server = spawn(database_url, port=port, extra_env=extra_env)
     try:
         yield server
     finally:

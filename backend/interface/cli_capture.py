@@ -1,0 +1,124 @@
+"""`pgcast capture ...`: manage table change capture through a running server's admin API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
+
+import typer
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TIMEOUT_SECONDS = 30.0
+
+capture_app = typer.Typer(
+    name="capture",
+    help="Stream INSERT/UPDATE/DELETE/TRUNCATE of tables as pgcast events.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Table = Annotated[
+    str,
+    typer.Argument(
+        metavar="SCHEMA.TABLE", help="The table, e.g. public.orders (no schema: public)."
+    ),
+]
+Url = Annotated[
+    str, typer.Option("--url", envvar="PGCAST_URL", help="Base URL of the pgcast server.")
+]
+Token = Annotated[
+    str | None,
+    typer.Option("--token", envvar="PGCAST_TOKEN", help="Sent as `Authorization: Bearer <token>`."),
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"pgcast: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _call(method: str, url: str, path: str, token: str | None, body: Any = None) -> Any:
+    """One admin request; errors become one line on stderr and exit status 1."""
+    import httpx  # here, not at the top: it would slow down every `pgcast` command
+
+    base = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method, base + path, json=body, headers=headers, timeout=TIMEOUT_SECONDS
+        )
+    except httpx.ConnectError:
+        _fail(f"cannot connect to {base}: is `pgcast serve` running there?")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        _fail(f"request to {base} failed: {exc or type(exc).__name__}")
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if response.is_error:
+        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+            _fail(payload["message"])
+        _fail(f"{base} answered {response.status_code} {response.reason_phrase}")
+    if payload is None:
+        _fail(f"{base} answered with something other than JSON")
+    return payload
+
+
+def _path(table: str) -> str:
+    return "/admin/captures/" + quote(table, safe="")
+
+
+def _describe(capture: dict[str, Any]) -> str:
+    columns = capture.get("columns")
+    shown = "all columns" if columns is None else "columns " + ",".join(columns)
+    return f"{capture['table']} -> {capture['topic']} ({shown})"
+
+
+@capture_app.command()
+def add(
+    table: Table,
+    topic: Annotated[
+        str | None, typer.Option(help="Topic of its events (default db.<schema>.<table>).")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Comma-separated columns to include (default: all).")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Capture a table's changes; running it again updates its topic and columns.
+
+    Example: pgcast capture add public.orders --topic shop.orders --columns id,total
+    """
+    body: dict[str, Any] = {}
+    if topic is not None:
+        body["topic"] = topic
+    if columns is not None:
+        body["columns"] = [column.strip() for column in columns.split(",") if column.strip()]
+    capture = _call("PUT", url, _path(table), token, body)
+    typer.echo(f"capturing {_describe(capture)}")
+
+
+@capture_app.command("list")
+def list_(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Show the captured tables, one per line: table -> topic (columns).
+
+    Example: PGCAST_URL=http://127.0.0.1:8000 pgcast capture list
+    """
+    result = _call("GET", url, "/admin/captures", token)
+    for capture in result["captures"]:
+        typer.echo(_describe(capture))
+
+
+@capture_app.command()
+def remove(table: Table, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Stop capturing a table (its triggers are dropped; nothing else changes).
+
+    Example: pgcast capture remove public.orders
+    """
+    result = _call("DELETE", url, _path(table), token)
+    if result["removed"]:
+        typer.echo(f"stopped capturing {table}")
+    else:
+        typer.echo(f"{table} was not captured")

@@ -1,0 +1,115 @@
+"""`pgcast tail` as a real process: live pipes, resume across a restart, replay, signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from backend.testing.cli import Lines, finish, run, start
+from backend.testing.server import ServerProcess, spawn
+
+pytestmark = pytest.mark.external
+
+
+def publish(server: ServerProcess, topic: str, *values: Any) -> list[str]:
+    body = [{"data": value} for value in values]
+    response = httpx.post(f"{server.url}/topics/{topic}/events", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return [event["id"] for event in response.json()["events"]]
+
+
+def head(server: ServerProcess) -> str:
+    response = httpx.get(f"{server.url}/events?topic=x&after=latest&limit=1", timeout=10)
+    return str(response.json()["next"])
+
+
+def ids(lines: list[str]) -> list[str]:
+    return [orjson.loads(line)["id"] for line in lines]
+
+
+def test_a_piped_tail_gets_events_live_and_exits_0_on_sigint(cli_server: ServerProcess) -> None:
+    # The tail writes into a pipe read by another process, which echoes line by line.
+    echo = "import sys\nfor line in sys.stdin: print(line, end='', flush=True)"
+    tail = start(cli_server.url, "tail", "live.*", "--from", head(cli_server))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", echo], stdin=tail.stdout, stdout=subprocess.PIPE, text=True
+    )
+    assert tail.stdout is not None
+    assert reader.stdout is not None
+    tail.stdout.close()
+    lines = Lines(reader.stdout)
+    try:
+        for n in range(3):
+            (event_id,) = publish(cli_server, "live.a", {"n": n})
+            envelope = orjson.loads(lines.next(timeout=10))
+            assert envelope["id"] == event_id
+            assert envelope["topic"] == "live.a"
+            assert envelope["data"] == {"n": n}
+        tail.send_signal(signal.SIGINT)
+        assert tail.wait(10) == 0
+        assert tail.stderr is not None
+        assert tail.stderr.read() == ""  # no traceback, no "Aborted!"
+        assert lines.rest() == []
+    finally:
+        finish(tail)
+        reader.wait(10)
+        finish(reader)
+
+
+def test_no_follow_replays_to_the_current_end_and_exits_0(cli_server: ServerProcess) -> None:
+    published = publish(cli_server, "replay.a", *range(5)) + publish(cli_server, "replay.b", 5)
+    publish(cli_server, "other", 0)
+    result = run(cli_server.url, "tail", "replay.>", "--from", "earliest", "--no-follow")
+    assert result.returncode == 0, result.stderr
+    assert ids(result.stdout.splitlines()) == published
+    assert [orjson.loads(line)["data"] for line in result.stdout.splitlines()] == list(range(6))
+
+
+def test_limit_exits_0_after_n_events_and_a_reset_is_reported_on_stderr(
+    cli_server: ServerProcess,
+) -> None:
+    a = publish(cli_server, "limit.a", 1, 2)
+    b = publish(cli_server, "limit.b", 3)
+    publish(cli_server, "limit.a", 4)
+    # An id beyond the head: the server resets in-band to the oldest event; the tail goes on.
+    unknown = "9" * 15
+    result = run(cli_server.url, "tail", "limit.a", "limit.b", "--from", unknown, "--limit", "3")
+    assert result.returncode == 0, result.stderr
+    assert ids(result.stdout.splitlines()) == a + b
+    (notice,) = result.stderr.splitlines()
+    assert notice.startswith("pgcast: stream reset (unknown): continuing from the oldest")
+
+
+def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(
+    cli_server: ServerProcess,
+) -> None:
+    before = publish(cli_server, "restart", 1, 2)
+    tail = start(cli_server.url, "tail", "restart", "--from", "earliest")
+    assert tail.stdout is not None
+    assert tail.stderr is not None
+    out, err = Lines(tail.stdout), Lines(tail.stderr)
+    try:
+        out.take(2)
+        more = publish(cli_server, "restart", 3)
+        out.take(1)
+        cli_server.stop()
+        err.wait_for(lambda line: "connection lost" in line)
+        # The same database on the same port; the fixture stops the replacement at the end.
+        replacement = spawn(cli_server.database_url, port=cli_server.port, extra_env=cli_server.env)
+        cli_server.process, cli_server.log_path = replacement.process, replacement.log_path
+        after = publish(cli_server, "restart", 4, 5)
+        out.take(2, timeout=15)
+        err.wait_for(lambda line: line == "pgcast: reconnected")
+        # One more event: the next line must be exactly it, so nothing was repeated.
+        sentinel = publish(cli_server, "restart", 6)
+        out.take(1)
+        assert ids(out.seen) == before + more + after + sentinel
+        assert err.seen == ["pgcast: connection lost; reconnecting...", "pgcast: reconnected"]
+    finally:
+        finish(tail)

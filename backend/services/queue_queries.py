@@ -1,0 +1,298 @@
+"""SQL over queue messages. Every state change is one fenced UPDATE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from backend.connectors.database import Connection
+from backend.entities.message import Message, NewMessage, QueueStats
+
+COLUMNS = (
+    "id, queue, data::text AS data_json, key, attempt, max_attempts, enqueued_at,"
+    " available_at, lease_token, lease_until, last_error, state"
+)
+# Exponential backoff with jitter: base * 2^(attempt-1), capped, times a factor in [0.5, 1).
+BACKOFF_SQL = (
+    "least($cap::float8, $base::float8 * power(2, greatest(attempt - 1, 0))) * (0.5 + random() / 2)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A message after a state change, with the state it moved to (`ready` or `dead`)."""
+
+    message: Message
+    state: str
+
+
+def backoff_sql(base_param: int, cap_param: int) -> str:
+    return BACKOFF_SQL.replace("$cap", f"${cap_param}").replace("$base", f"${base_param}")
+
+
+def to_message(row: Any) -> Message:
+    return Message(
+        id=row["id"],
+        queue=row["queue"],
+        data_json=row["data_json"].encode(),
+        key=row["key"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        enqueued_at=row["enqueued_at"],
+        available_at=row["available_at"],
+        lease=row["lease_token"],
+        lease_until=row["lease_until"],
+        last_error=row["last_error"],
+    )
+
+
+async def insert_messages(conn: Connection, messages: Sequence[NewMessage]) -> list[Message]:
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO pgcast.queue_messages (queue, data, key, available_at, max_attempts)
+        SELECT queue, data::jsonb, key, now() + make_interval(secs => delay), max_attempts
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int[])
+               WITH ORDINALITY AS u(queue, data, key, delay, max_attempts, ord)
+         ORDER BY ord
+        RETURNING {COLUMNS}
+        """,
+        [m.queue for m in messages],
+        [m.data_json.decode() for m in messages],
+        [m.key for m in messages],
+        [m.delay_seconds for m in messages],
+        [m.max_attempts for m in messages],
+    )
+    return sorted((to_message(r) for r in rows), key=lambda m: m.id)
+
+
+async def claim(conn: Connection, queue: str, limit: int, lease_seconds: float) -> list[Message]:
+    """Lease up to `limit` available messages; SKIP LOCKED lets consumers never collide."""
+    rows = await conn.fetch(
+        f"""
+        WITH picked AS (
+            SELECT id FROM pgcast.queue_messages
+             WHERE queue = $1 AND state = 'ready' AND available_at <= now()
+             ORDER BY available_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE pgcast.queue_messages AS m
+           SET state = 'leased', attempt = m.attempt + 1,
+               lease_token = gen_random_uuid()::text,
+               lease_until = now() + make_interval(secs => $3)
+          FROM picked WHERE m.id = picked.id
+        RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
+        """,
+        queue,
+        limit,
+        lease_seconds,
+    )
+    return sorted((to_message(r) for r in rows), key=lambda m: (m.available_at, m.id))
+
+
+async def next_available(conn: Connection, queue: str) -> datetime | None:
+    when: datetime | None = await conn.fetchval(
+        "SELECT min(available_at) FROM pgcast.queue_messages WHERE queue = $1 AND state = 'ready'",
+        queue,
+    )
+    return when
+
+
+async def ack(conn: Connection, queue: str, message_id: int, lease: str) -> bool:
+    done = await conn.fetchval(
+        """
+        UPDATE pgcast.queue_messages
+           SET state = 'acked', finished_at = now(), lease_token = NULL, lease_until = NULL
+         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
+        RETURNING true
+        """,
+        message_id,
+        queue,
+        lease,
+    )
+    return bool(done)
+
+
+async def nack(
+    conn: Connection,
+    queue: str,
+    message_id: int,
+    lease: str,
+    delay: float | None,
+    error: str | None,
+    backoff: tuple[float, float],
+) -> Moved | None:
+    """Back to `ready` after a delay, or to `dead` when attempts are used up; None if not held."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE pgcast.queue_messages
+           SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END,
+               available_at = CASE WHEN attempt >= max_attempts THEN available_at
+                   ELSE now() + make_interval(secs => coalesce($4, {backoff_sql(6, 7)})) END,
+               finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+               last_error = coalesce($5, 'nacked'), lease_token = NULL, lease_until = NULL
+         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
+        RETURNING {COLUMNS}
+        """,
+        message_id,
+        queue,
+        lease,
+        delay,
+        error,
+        backoff[0],
+        backoff[1],
+    )
+    return None if row is None else _moved(row)
+
+
+async def extend(
+    conn: Connection, queue: str, message_id: int, lease: str, seconds: float
+) -> datetime | None:
+    until: datetime | None = await conn.fetchval(
+        """
+        UPDATE pgcast.queue_messages SET lease_until = now() + make_interval(secs => $4)
+         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
+        RETURNING lease_until
+        """,
+        message_id,
+        queue,
+        lease,
+        seconds,
+    )
+    return until
+
+
+async def state_of(conn: Connection, queue: str, message_id: int) -> str | None:
+    state: str | None = await conn.fetchval(
+        "SELECT state FROM pgcast.queue_messages WHERE id = $1 AND queue = $2", message_id, queue
+    )
+    return state
+
+
+async def release(conn: Connection, leases: Sequence[str]) -> list[Moved]:
+    """Return leased messages at once (their consumer went away); attempts still count."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE pgcast.queue_messages
+           SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END,
+               available_at = now(),
+               finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+               last_error = 'consumer disconnected', lease_token = NULL, lease_until = NULL
+         WHERE state = 'leased' AND lease_token = ANY($1::text[])
+        RETURNING {COLUMNS}
+        """,
+        list(leases),
+    )
+    return [_moved(r) for r in rows]
+
+
+async def reap_expired(conn: Connection, backoff: tuple[float, float], limit: int) -> list[Moved]:
+    """Expired leases: back to `ready` after backoff, or `dead` when attempts are used up."""
+    rows = await conn.fetch(
+        f"""
+        WITH expired AS (
+            SELECT id FROM pgcast.queue_messages
+             WHERE state = 'leased' AND lease_until < now()
+             ORDER BY lease_until LIMIT $3
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE pgcast.queue_messages AS m
+           SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END,
+               available_at = CASE WHEN attempt >= max_attempts THEN available_at
+                   ELSE now() + make_interval(secs => {backoff_sql(1, 2)}) END,
+               finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+               last_error = 'lease expired', lease_token = NULL, lease_until = NULL
+          FROM expired WHERE m.id = expired.id
+        RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
+        """,
+        backoff[0],
+        backoff[1],
+        limit,
+    )
+    return [_moved(r) for r in rows]
+
+
+async def requeue(conn: Connection, queue: str, message_id: int | None) -> list[Moved]:
+    rows = await conn.fetch(
+        f"""
+        UPDATE pgcast.queue_messages
+           SET state = 'ready', attempt = 0, available_at = now(), finished_at = NULL
+         WHERE queue = $1 AND state = 'dead' AND ($2::bigint IS NULL OR id = $2)
+        RETURNING {COLUMNS}
+        """,
+        queue,
+        message_id,
+    )
+    return [_moved(r) for r in rows]
+
+
+async def dead(conn: Connection, queue: str, after_id: int, limit: int) -> list[Message]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM pgcast.queue_messages
+         WHERE queue = $1 AND state = 'dead' AND id > $2 ORDER BY id LIMIT $3
+        """,
+        queue,
+        after_id,
+        limit,
+    )
+    return [to_message(r) for r in rows]
+
+
+async def stats(conn: Connection, queue: str | None) -> list[QueueStats]:
+    rows = await conn.fetch(
+        """
+        SELECT queue,
+               count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
+               count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
+               count(*) FILTER (WHERE state = 'leased') AS leased,
+               count(*) FILTER (WHERE state = 'dead') AS dead,
+               extract(epoch FROM now() - min(available_at)
+                   FILTER (WHERE state = 'ready' AND available_at <= now()))::float8 AS oldest
+          FROM pgcast.queue_messages
+         WHERE state <> 'acked' AND ($1::text IS NULL OR queue = $1)
+         GROUP BY queue ORDER BY queue
+        """,
+        queue,
+    )
+    return [
+        QueueStats(r["queue"], r["ready"], r["leased"], r["delayed"], r["dead"], r["oldest"])
+        for r in rows
+    ]
+
+
+async def queue_exists(conn: Connection, queue: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pgcast.queue_messages WHERE queue = $1)", queue
+        )
+    )
+
+
+async def still_leased(conn: Connection, leases: Sequence[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT lease_token FROM pgcast.queue_messages"
+        " WHERE state = 'leased' AND lease_token = ANY($1::text[])",
+        list(leases),
+    )
+    return {r["lease_token"] for r in rows}
+
+
+async def prune_acked(conn: Connection, before: datetime, limit: int) -> int:
+    rows = await conn.fetch(
+        """
+        DELETE FROM pgcast.queue_messages WHERE id IN (
+            SELECT id FROM pgcast.queue_messages
+             WHERE state = 'acked' AND finished_at < $1 LIMIT $2)
+        RETURNING 1
+        """,
+        before,
+        limit,
+    )
+    return len(rows)
+
+
+def _moved(row: Any) -> Moved:
+    return Moved(to_message(row), row["state"])

@@ -1,0 +1,387 @@
+"""Point-to-point queues: each message to exactly one consumer at a time.
+
+Claims use `FOR UPDATE SKIP LOCKED` and hand out a lease token per delivery; ack, nack and
+extend are fenced on that token, so a late ack from a consumer that lost its lease (the
+message was redelivered) is refused, never applied twice. Expired leases are reaped back
+to the queue with exponential backoff; after `max_attempts` a message is dead-lettered.
+Retries, dead-letters and requeues are also published as events on `pgcast.queues.<name>`
+in the same transaction as the state change.
+
+Wake-ups: enqueues and acks in this process wake local consumers directly and, coalesced,
+send one NOTIFY per queue to other processes (outside any data transaction). Idle
+consumers wait on those wake-ups with a slow safety poll; they never busy-poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import orjson
+
+from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
+from backend.core.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    EventTooLarge,
+    InvalidEvent,
+    InvalidQueueName,
+    NotFound,
+)
+from backend.core.names import validate_name
+from backend.entities.event import NewEvent
+from backend.entities.message import Message, NewMessage, QueueStats
+from backend.services import log_queries
+from backend.services import queue_queries as q
+from backend.services.idempotency import run_once
+
+logger = logging.getLogger(__name__)
+
+QUEUES_CHANNEL = "pgcast_queues"
+LIFECYCLE_PREFIX = "pgcast.queues."
+MAX_QUEUE_NAME = 200 - len(LIFECYCLE_PREFIX)
+MAX_ATTEMPTS_LIMIT = 1000
+MAX_DELAY_SECONDS = 365 * 24 * 3600.0
+MAX_LEASE_SECONDS = 24 * 3600.0
+REAP_BATCH = 1000
+
+
+def new_message(
+    queue: object,
+    data: Any,
+    *,
+    key: object = None,
+    delay_seconds: object = 0,
+    max_attempts: object = 5,
+    max_bytes: int,
+) -> NewMessage:
+    """Validate one message; raises typed errors naming the problem."""
+    name = validate_queue(queue)
+    try:
+        data_json = orjson.dumps(data)
+    except TypeError as exc:
+        raise InvalidEvent(f"message data is not JSON: {exc}") from None
+    if len(data_json) > max_bytes:
+        raise EventTooLarge(
+            f"message data is {len(data_json)} bytes, over the limit of {max_bytes} bytes"
+        )
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= 1024 or not key.isprintable()
+    ):
+        raise InvalidEvent("message key must be 1-1024 printable characters or null")
+    delay = number(delay_seconds, "delay_seconds", 0, MAX_DELAY_SECONDS)
+    attempts = integer(max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+    return NewMessage(name, data_json, key, delay, attempts)
+
+
+def validate_queue(queue: object) -> str:
+    """Queue names follow the topic rules, short enough for `pgcast.queues.<name>`."""
+    name = validate_name(queue, "queue")
+    if len(name) > MAX_QUEUE_NAME:
+        raise InvalidQueueName(f"queue {name[:40]!r}...: longer than {MAX_QUEUE_NAME} characters")
+    return name
+
+
+def number(value: object, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidEvent(f"{name} must be a number between {low:g} and {high:g}")
+    return float(value)
+
+
+def integer(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidEvent(f"{name} must be an integer between {low} and {high}")
+    return value
+
+
+def parse_message_id(value: object) -> int:
+    text = str(value)
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise NotFound(f"no message {text!r}: message ids are decimal numbers")
+    return int(text)
+
+
+@dataclass(eq=False)
+class QueueWaker:
+    """Per-queue wake-up events; a waiter takes the event first, then checks, then waits."""
+
+    _events: dict[str, anyio.Event] = field(default_factory=dict)
+
+    def event(self, queue: str) -> anyio.Event:
+        event = self._events.get(queue)
+        if event is None or event.is_set():
+            event = self._events[queue] = anyio.Event()
+        return event
+
+    def wake(self, queue: str) -> None:
+        event = self._events.pop(queue, None)
+        if event is not None:
+            event.set()
+
+
+@dataclass(eq=False)
+class Queues:
+    """The queue service of one process."""
+
+    pool: Pool
+    on_events: Callable[[], None]
+    max_bytes: int = 1024 * 1024
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    reap_interval: float = 1.0
+    poll_interval: float = 2.0
+    retention: timedelta = timedelta(days=7)
+    waker: QueueWaker = field(default_factory=QueueWaker)
+    _pending_notify: set[str] = field(default_factory=set)
+    _notify_wake: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def backoff(self) -> tuple[float, float]:
+        return self.backoff_base, self.backoff_cap
+
+    def message(
+        self,
+        queue: object,
+        data: Any,
+        *,
+        key: object = None,
+        delay_seconds: object = 0,
+        max_attempts: object = 5,
+    ) -> NewMessage:
+        """Validate one message against this process's limits."""
+        return new_message(
+            queue,
+            data,
+            key=key,
+            delay_seconds=delay_seconds,
+            max_attempts=max_attempts,
+            max_bytes=self.max_bytes,
+        )
+
+    def changed(self, queue: str) -> None:
+        """Local consumers now; other processes through one coalesced NOTIFY."""
+        self.waker.wake(queue)
+        self._pending_notify.add(queue)
+        self._notify_wake.set()
+
+    async def enqueue(self, messages: Sequence[NewMessage]) -> list[Message]:
+        async with self._conn() as conn, conn.transaction():
+            stored = await q.insert_messages(conn, messages)
+        for queue in {m.queue for m in stored}:
+            self.changed(queue)
+        return stored
+
+    async def enqueue_once(
+        self, queue: str, key: str, digest: bytes, messages: Sequence[NewMessage]
+    ) -> tuple[list[Message], bool]:
+        async def store(conn: Connection) -> list[int]:
+            return [m.id for m in await q.insert_messages(conn, messages)]
+
+        try:
+            ids, replayed = await run_once(self.pool, f"queue:{queue}", key, digest, store)
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    f"SELECT {q.COLUMNS} FROM pgcast.queue_messages WHERE id = ANY($1::bigint[])"
+                    " ORDER BY id",
+                    ids,
+                )
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unavailable while enqueueing: {exc}") from exc
+        if not replayed:
+            self.changed(queue)
+        # A replay reports the messages as stored, never a consumer's current lease.
+        return [replace(q.to_message(r), lease=None, lease_until=None) for r in rows], replayed
+
+    async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
+        async with self._conn() as conn:
+            return await q.claim(conn, queue, limit, lease_seconds)
+
+    async def next_available(self, queue: str) -> datetime | None:
+        async with self._conn() as conn:
+            return await q.next_available(conn, queue)
+
+    async def ack(self, queue: str, message_id: int, lease: str) -> None:
+        async with self._conn() as conn:
+            if not await q.ack(conn, queue, message_id, lease):
+                await self._refuse(conn, queue, message_id)
+        self.changed(queue)
+
+    async def nack(
+        self,
+        queue: str,
+        message_id: int,
+        lease: str,
+        *,
+        delay: float | None = None,
+        error: str | None = None,
+    ) -> q.Moved:
+        async with self._conn() as conn:
+            async with conn.transaction():
+                moved = await q.nack(conn, queue, message_id, lease, delay, error, self.backoff)
+                if moved is None:
+                    await self._refuse(conn, queue, message_id)
+                assert moved is not None
+                await self._lifecycle(conn, [moved])
+            await self._sequence(conn)
+        self.changed(queue)
+        return moved
+
+    async def extend(self, queue: str, message_id: int, lease: str, seconds: float) -> datetime:
+        async with self._conn() as conn:
+            until = await q.extend(conn, queue, message_id, lease, seconds)
+            if until is None:
+                await self._refuse(conn, queue, message_id)
+            assert until is not None
+            return until
+
+    async def release(self, leases: Sequence[str]) -> None:
+        """Give leased messages back now (their consumer is gone)."""
+        if not leases:
+            return
+        async with self._conn() as conn:
+            async with conn.transaction():
+                moved = await q.release(conn, leases)
+                await self._lifecycle(conn, [m for m in moved if m.state == "dead"])
+            await self._sequence(conn)
+        for queue in {m.message.queue for m in moved}:
+            self.changed(queue)
+
+    async def still_leased(self, leases: Sequence[str]) -> set[str]:
+        async with self._conn() as conn:
+            return await q.still_leased(conn, leases)
+
+    async def requeue(self, queue: str, message_id: int | None) -> list[Message]:
+        async with self._conn() as conn:
+            async with conn.transaction():
+                moved = await q.requeue(conn, queue, message_id)
+                if message_id is not None and not moved:
+                    state = await q.state_of(conn, queue, message_id)
+                    if state is None:
+                        raise NotFound(f"no message {message_id} in queue {queue!r}")
+                    raise Conflict(f"message {message_id} is not dead-lettered (it is {state})")
+                await self._lifecycle(conn, moved, requeued=True)
+            await self._sequence(conn)
+        if moved:
+            self.changed(queue)
+        return [m.message for m in moved]
+
+    async def dead(self, queue: str, after_id: int = 0, limit: int = 100) -> list[Message]:
+        async with self._conn() as conn:
+            return await q.dead(conn, queue, after_id, limit)
+
+    async def stats(self, queue: str | None = None) -> list[QueueStats]:
+        """Figures per queue; a named queue with nothing pending reports zeros."""
+        async with self._conn() as conn:
+            found = await q.stats(conn, queue)
+        if queue is not None and not found:
+            return [QueueStats(queue, 0, 0, 0, 0, None)]
+        return found
+
+    async def reap_once(self) -> int:
+        async with self._conn() as conn:
+            async with conn.transaction():
+                moved = await q.reap_expired(conn, self.backoff, REAP_BATCH)
+                await self._lifecycle(conn, moved)
+            if moved:
+                await self._sequence(conn)
+        for queue in {m.message.queue for m in moved}:
+            self.changed(queue)
+        return len(moved)
+
+    async def run(self) -> None:
+        """Reap expired leases, prune old acked messages and send coalesced wake-ups."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reap_loop)
+            tg.start_soon(self._notify_loop)
+
+    async def _reap_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                await self.reap_once()
+                if anyio.current_time() - last_prune > 60:
+                    async with self.pool.acquire() as conn:
+                        await q.prune_acked(conn, datetime.now(UTC) - self.retention, 5000)
+                    last_prune = anyio.current_time()
+            except Exception as exc:  # noqa: BLE001 - the next round retries
+                logger.warning("queue reaper failed: %r", exc, extra={"action": "reap_failed"})
+            await anyio.sleep(self.reap_interval)
+
+    async def _notify_loop(self) -> None:
+        while True:
+            await self._notify_wake.wait()
+            self._notify_wake = anyio.Event()
+            queues, self._pending_notify = sorted(self._pending_notify), set()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                    await conn.execute(
+                        "SELECT pg_notify($1, name) FROM unnest($2::text[]) AS name",
+                        QUEUES_CHANNEL,
+                        queues,
+                    )
+            except Exception as exc:  # noqa: BLE001 - wake-ups are hints; the safety poll covers
+                logger.warning("queue wake-up failed: %r", exc, extra={"action": "notify_failed"})
+            await anyio.sleep(0.005)
+
+    async def _refuse(self, conn: Connection, queue: str, message_id: int) -> None:
+        state = await q.state_of(conn, queue, message_id)
+        if state is None:
+            raise NotFound(f"no message {message_id} in queue {queue!r}")
+        raise Conflict(
+            f"message {message_id} is not held with this lease (it is {state} now:"
+            " already settled, or its lease expired and it was given to another consumer)"
+        )
+
+    async def _lifecycle(
+        self, conn: Connection, moved: Sequence[q.Moved], *, requeued: bool = False
+    ) -> None:
+        """Publish retried / dead_lettered / requeued events in the same transaction."""
+        if not moved:
+            return
+        events = []
+        for change in moved:
+            m = change.message
+            kind = (
+                "requeued"
+                if requeued
+                else ("dead_lettered" if change.state == "dead" else "retried")
+            )
+            payload = {
+                "id": str(m.id),
+                "attempt": m.attempt,
+                "max_attempts": m.max_attempts,
+                "error": m.last_error,
+                "available_at": m.as_dict()["available_at"],
+            }
+            events.append(
+                NewEvent(LIFECYCLE_PREFIX + m.queue, orjson.dumps(payload), kind, str(m.id))
+            )
+        await log_queries.insert_events(conn, events)
+
+    async def _sequence(self, conn: Connection) -> None:
+        if await log_queries.sequence_pending(conn):
+            self.on_events()
+
+    def _conn(self) -> _Acquire:
+        return _Acquire(self.pool)
+
+
+class _Acquire:
+    """pool.acquire() that reports an unreachable database as DatabaseUnavailable."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._cm = pool.acquire()
+
+    async def __aenter__(self) -> Connection:
+        try:
+            return await self._cm.__aenter__()
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cm.__aexit__(*exc)
