@@ -37,6 +37,9 @@ dev: setup ## Like run, with auto-reload on code changes
 test: setup ## The whole suite (unit + integrated + external), in parallel
 	$(RUN)/pytest -n auto
 
+bench: setup ## Benchmarks with baselines (< 5 min; ARGS=--quick for a smoke run); see docs/performance.md
+	$(RUN)/python -m bench $(ARGS)
+
 test_reload: setup ## Re-run the tests whenever a file changes
 	$(RUN)/ptw . -- -n auto
 

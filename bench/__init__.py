@@ -1,0 +1,1 @@
+"""pgcast benchmark harness: `python -m bench` (see docs/performance.md)."""

@@ -1,0 +1,176 @@
+"""Scenario 2: end-to-end latency, send to client, at a fixed publish rate.
+
+A paced HTTP publisher sends single events at each of `latency_rates`, each carrying
+`time.time()` in `data.ts`; SSE and WebSocket subscribers (spread over the subscriber
+processes) record `now - ts` for every event. One host, one clock. Baseline: the same
+rate of raw INSERT+NOTIFY transactions (timestamp in the payload) received by one
+asyncpg LISTEN connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.fleet import listen_fleet, stream_fleet
+from bench.loadgen import RAW_CHANNEL, http_publishers, sql_publishers
+from bench.model import Row, ScenarioResult, cdf_points, latencies_from, latency_summary
+from bench.procs import Child, Payload, expect_all, stop_all
+from bench.scenarios.common import Context, client_cpu_pct, run_together, split
+from bench.stack import head
+
+KEY = "latency"
+TITLE = "End-to-end latency, send to client"
+METHOD = (
+    "A paced publisher POSTs single events at a fixed rate over keep-alive connections; "
+    "`data.ts` holds `time.time()` at send, so the figure includes the HTTP request, group "
+    "commit, fsync, the sequencer, the hub and the write to the client. Subscribers are "
+    "raw SSE and WebSocket clients in separate processes that timestamp every event on "
+    "arrival. Baseline: the same rate of INSERT+NOTIFY transactions (8 connections) with "
+    "the send time in the payload, received by one asyncpg LISTEN connection."
+)
+TOPIC = "bench.latency"
+
+
+def _delivery(reports: list[Payload], kind: str, published: int) -> dict[str, Any]:
+    streams = sum(int(r[kind]["streams"]) for r in reports)
+    events = sum(int(r[kind]["events"]) for r in reports)
+    ordered = latencies_from([r[kind]["latencies"] for r in reports])
+    expected = streams * published
+    return {
+        "subscribers": streams,
+        "delivered": events,
+        "delivered_ratio": round(events / expected, 4) if expected else None,
+        "ordered": ordered,
+        **latency_summary(ordered),
+    }
+
+
+def _pgcast(ctx: Context, rate: float) -> dict[str, Any]:
+    sizes = ctx.sizes
+    processes = sizes.client_processes
+    with ctx.stack.server() as server:
+        after = head(server, TOPIC)
+        fleets = [
+            Child(
+                stream_fleet,
+                f"latency-subscribers-{i}",
+                port=server.port,
+                topic=TOPIC,
+                after=after,
+                sse=sse,
+                ws=ws,
+                sample=True,
+            )
+            for i, (sse, ws) in enumerate(
+                zip(
+                    split(sizes.latency_sse, processes),
+                    split(sizes.latency_ws, processes),
+                    strict=False,
+                )
+            )
+        ]
+        publisher = Child(
+            http_publishers,
+            "latency-publisher",
+            port=server.port,
+            topic=TOPIC,
+            connections=sizes.latency_publishers,
+            batch=0,
+            seconds=sizes.latency_seconds,
+            rate=rate,
+            padding=ctx.padding,
+        )
+        try:
+            ready = expect_all(fleets, "ready", timeout=180)
+            (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
+            for fleet in fleets:
+                fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
+            reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
+        finally:
+            stop_all([publisher, *fleets])
+    published = int(sent["events"])
+    return {
+        "published": published,
+        "rate": round(published / float(sent["elapsed"]), 1),
+        "publish_errors": sent["errors"],
+        "connect_errors": [e for r in ready for e in r["errors"]],
+        "sse": _delivery(reports, "sse", published),
+        "ws": _delivery(reports, "ws", published),
+        "publisher_cpu_pct": client_cpu_pct([sent], float(sent["elapsed"])),
+        "subscriber_cpu_s": round(sum(float(r["cpu"]) for r in reports), 2),
+        **cpu,
+    }
+
+
+def _baseline(ctx: Context, rate: float) -> dict[str, Any]:
+    sizes = ctx.sizes
+    listener = Child(
+        listen_fleet,
+        "latency-listen",
+        dsn=ctx.stack.url,
+        channel=RAW_CHANNEL,
+        connections=1,
+        sample=True,
+    )
+    producer = Child(
+        sql_publishers,
+        "latency-raw-producer",
+        dsn=ctx.stack.url,
+        mode="raw",
+        topic=TOPIC,
+        connections=8,
+        seconds=sizes.latency_seconds,
+        rate=rate,
+        padding=ctx.padding,
+    )
+    try:
+        listener.expect("ready", timeout=60)
+        (sent,), _cpu = run_together([producer], ctx.meter(None), 60)
+        listener.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
+        report = listener.expect("result", timeout=sizes.drain_seconds + 60)
+    finally:
+        stop_all([producer, listener])
+    published = int(sent["events"])
+    return {
+        "published": published,
+        "rate": round(published / float(sent["elapsed"]), 1),
+        "listen": _delivery([report], "listen", published),
+    }
+
+
+def run(ctx: Context) -> ScenarioResult:
+    result = ScenarioResult(KEY, TITLE, METHOD)
+    cdf: dict[str, list[tuple[float, float]]] = {}
+    for offered in ctx.sizes.latency_rates:
+        pgcast = _pgcast(ctx, offered)
+        base = _baseline(ctx, offered)
+        listen = base["listen"]
+        for kind, label in (("sse", "SSE"), ("ws", "WebSocket")):
+            got = pgcast[kind]
+            case = (
+                f"{got['subscribers']} {label} subscribers, offered {offered:.0f} events/s"
+                f" (pgcast took {pgcast['rate']:.0f}/s)"
+            )
+            for name in ("p50", "p99", "max"):
+                note = ""
+                if name == "p50":
+                    note = f"delivered {got['delivered_ratio']:.1%}"
+                result.rows.append(
+                    Row(
+                        case,
+                        f"{name} ms",
+                        got[f"{name}_ms"],
+                        listen[f"{name}_ms"],
+                        f"1 LISTEN conn., INSERT+NOTIFY at {base['rate']:.0f}/s",
+                        better="lower",
+                        note=note,
+                    )
+                )
+        cdf[f"pgcast SSE @ {offered:.0f}/s"] = cdf_points(pgcast["sse"]["ordered"])
+        cdf[f"pgcast WS @ {offered:.0f}/s"] = cdf_points(pgcast["ws"]["ordered"])
+        cdf[f"LISTEN baseline @ {offered:.0f}/s"] = cdf_points(listen["ordered"])
+        for summary in (pgcast["sse"], pgcast["ws"], listen):
+            summary.pop("ordered")
+        result.details[f"{offered:.0f}/s"] = {"pgcast": pgcast, "baseline": base}
+    result.series = {"cdf": cdf}
+    return result

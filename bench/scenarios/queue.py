@@ -1,0 +1,143 @@
+"""Scenario 5: queue throughput, jobs/s from enqueue to ack.
+
+`queue_consumers` WebSocket consumers (`consume` with a prefetch, one process) ack every
+message as soon as it arrives; the parent then enqueues `queue_jobs` jobs over HTTP in
+arrays of 100. Rate = jobs / (last ack answered - first enqueue). Baseline: the same
+number of asyncpg workers running the classic loop (claim one row with FOR UPDATE SKIP
+LOCKED, delete it, commit) while the parent inserts the same jobs in arrays of 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.fleet import queue_consumers
+from bench.loadgen import skip_locked_workers
+from bench.model import Row, ScenarioResult
+from bench.procs import Child, stop_all
+from bench.scenarios.common import Context
+
+KEY = "queue"
+TITLE = "Queue: jobs/s from enqueue to ack"
+METHOD = (
+    "WebSocket consumers (`consume`, lease 60 s) that ack each message on arrival, in one "
+    "client process; the producer enqueues over HTTP in arrays of 100 once they are "
+    "subscribed. Each job costs pgcast a claim and an ack transaction. Baseline: asyncpg "
+    "workers, each looping over BEGIN; SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1; DELETE; "
+    "COMMIT (sleeping 2 ms on an empty claim), fed by INSERTs of 100 rows."
+)
+CHUNK = 100
+
+
+def _enqueue(base_url: str, queue: str, jobs: int, padding: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        sent = 0
+        while sent < jobs:
+            size = min(CHUNK, jobs - sent)
+            body = [{"data": {"n": sent + i, "pad": padding}} for i in range(size)]
+            client.post(f"/queues/{queue}/messages", json=body).raise_for_status()
+            sent += size
+
+
+def _pgcast(ctx: Context, prefetch: int) -> dict[str, Any]:
+    sizes = ctx.sizes
+    queue = f"bench.jobs-p{prefetch}"
+    with ctx.stack.server() as server:
+        consumer = Child(
+            queue_consumers,
+            f"queue-consumers-p{prefetch}",
+            port=server.port,
+            queue=queue,
+            consumers=sizes.queue_consumers,
+            prefetch=prefetch,
+        )
+        try:
+            ready = consumer.expect("ready", timeout=60)
+            consumer.send("expect", jobs=sizes.queue_jobs, timeout=120)
+            meter = ctx.meter(server.process.pid)
+            meter.start()
+            started = time.time()
+            _enqueue(server.url, queue, sizes.queue_jobs, ctx.padding)
+            report = consumer.expect("result", timeout=180)
+            cpu = meter.stop()
+        finally:
+            consumer.stop()
+    seconds = float(report["last_at"]) - started
+    return {
+        "consumers": ready["consumers"],
+        "prefetch": prefetch,
+        "acked": report["acked"],
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(int(report["acked"]) / seconds, 1) if seconds > 0 else None,
+        **cpu,
+    }
+
+
+async def _insert_jobs(dsn: str, jobs: int, padding: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        sent = 0
+        while sent < jobs:
+            size = min(CHUNK, jobs - sent)
+            await conn.execute(
+                "INSERT INTO bench.jobs (payload)"
+                " SELECT json_build_object('n', n, 'pad', $2::text)"
+                " FROM generate_series(1, $1::int) AS n",
+                size,
+                padding,
+            )
+            sent += size
+    finally:
+        await conn.close()
+
+
+def _baseline(ctx: Context) -> dict[str, Any]:
+    sizes = ctx.sizes
+    workers = Child(
+        skip_locked_workers, "skip-locked-workers", dsn=ctx.stack.url, workers=sizes.queue_consumers
+    )
+    try:
+        workers.expect("ready", timeout=60)
+        meter = ctx.meter(None)
+        workers.send("go", jobs=sizes.queue_jobs, timeout=120)
+        meter.start()
+        started = time.time()
+        asyncio.run(_insert_jobs(ctx.stack.url, sizes.queue_jobs, ctx.padding))
+        report = workers.expect("result", timeout=180)
+        cpu = meter.stop()
+    finally:
+        stop_all([workers])
+    seconds = float(report["last_at"]) - started
+    return {
+        "workers": sizes.queue_consumers,
+        "done": report["done"],
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(int(report["done"]) / seconds, 1) if seconds > 0 else None,
+        **cpu,
+    }
+
+
+def run(ctx: Context) -> ScenarioResult:
+    sizes = ctx.sizes
+    result = ScenarioResult(KEY, TITLE, METHOD)
+    ours = {p: _pgcast(ctx, p) for p in sizes.queue_prefetch}
+    base = _baseline(ctx)
+    for prefetch, got in ours.items():
+        note = "" if got["acked"] == sizes.queue_jobs else f"acked {got['acked']}"
+        result.rows.append(
+            Row(
+                f"{got['consumers']} WS consumers, prefetch {prefetch}, {sizes.queue_jobs} jobs",
+                "jobs/s",
+                got["jobs_per_s"],
+                base["jobs_per_s"],
+                f"SKIP LOCKED loop, {base['workers']} workers",
+                note=note or f"server {got['server_cpu_pct']:.0f}% CPU",
+            )
+        )
+    result.details = {"pgcast": ours, "baseline": base}
+    return result
