@@ -18,11 +18,16 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def quote_ident(name: str) -> str:
+    """A SQL identifier, quoted as PostgreSQL's quote_ident does (DDL takes no parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 async def create_database(url: str, name: str, template: str | None = None) -> str:
     conn = await connect(url)
     try:
-        clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
-        await conn.execute(f'CREATE DATABASE "{name}"{clause}')
+        clause = f" TEMPLATE {quote_ident(template)} STRATEGY FILE_COPY" if template else ""
+        await conn.execute(f"CREATE DATABASE {quote_ident(name)}{clause}")
     finally:
         await conn.close()
     return with_database(url, name)
@@ -31,7 +36,7 @@ async def create_database(url: str, name: str, template: str | None = None) -> s
 async def drop_database(url: str, name: str) -> None:
     conn = await connect(url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     finally:
         await conn.close()
 

@@ -95,3 +95,35 @@ class CaptureError(PgcastError):
     """A table cannot be captured (missing, not a table, no primary key, unknown column)."""
 
     code = "invalid_capture_target"
+
+
+class Unauthorized(PgcastError):
+    """No usable credentials: the token is missing, malformed, badly signed or expired."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, token_given: bool = True) -> None:
+        super().__init__(message)
+        self.token_given = token_given
+
+
+class Forbidden(PgcastError):
+    """Valid credentials that do not grant this action on this name."""
+
+    code = "forbidden"
+
+
+class RateLimited(PgcastError):
+    """Too many publishes for one token (or one client address); retry after a while."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyConnections(PgcastError):
+    """This process holds MAX_CONNECTIONS streaming connections; retry after a while."""
+
+    code = "too_many_connections"

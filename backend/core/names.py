@@ -19,6 +19,7 @@ ONE = "*"
 REST = ">"
 
 _NAME = re.compile(r"[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*")
+_SEGMENT = re.compile(r"[A-Za-z0-9_:-]+")
 _SEGMENT_CHAR = re.compile(r"[^A-Za-z0-9_:-]")
 _QUOTE_LIMIT = 60
 # Literal segments only hold characters that are not special in a POSIX regex, so they are
@@ -76,6 +77,11 @@ def _segment_problem(segment: str, number: int, last: int, *, wildcards: bool) -
     if bad:
         return f"segment {number} has an invalid character {bad.group()!r}"
     return None
+
+
+def is_segment(text: str) -> bool:
+    """Whether `text` is one literal name segment (no dot, no wildcard)."""
+    return _SEGMENT.fullmatch(text) is not None
 
 
 def validate_name(name: object, kind: str = "topic") -> str:

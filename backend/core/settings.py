@@ -11,10 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.core.errors import ConfigError
+
+MIN_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -54,6 +56,16 @@ class Settings(BaseSettings):
     queue_backoff_cap_seconds: float = Field(default=300.0, gt=0)
     queue_reap_interval_seconds: float = Field(default=1.0, gt=0)
 
+    auth_secret: SecretStr | None = None
+    auth_public_key_file: Path | None = None
+    insecure: bool = False
+    cors_origins: str = ""
+    allowed_origins: str = ""
+    max_connections: int = Field(default=10000, ge=1)
+    max_subscriptions: int = Field(default=100, ge=1)
+    publish_rate: float = Field(default=0.0, ge=0)
+    publish_burst: int = Field(default=0, ge=0)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -63,6 +75,25 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_format(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("auth_secret", mode="before")
+    @classmethod
+    def _strong_secret(cls, value: object) -> object:
+        """HS256 is only as strong as its key: refuse short, guessable secrets."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, str) and len(value) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        return value
+
+    @field_validator("auth_public_key_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_secret is not None or self.auth_public_key_file is not None
 
     @field_validator("database_url")
     @classmethod

@@ -41,6 +41,8 @@ def test_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None
         ("LOG_FORMAT", "xml"),
         ("DATABASE_URL", "mysql://x"),
         ("MAX_EVENT_BYTES", "0"),
+        ("AUTH_SECRET", "too-short"),
+        ("PUBLISH_RATE", "-1"),
     ],
 )
 def test_a_bad_value_names_the_variable(

@@ -11,16 +11,54 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from backend.core.errors import ConfigError
 from backend.core.settings import Settings, get_settings
-from backend.interface import browser, health, http_capture, http_events, http_queues, ws
+from backend.interface import (
+    browser,
+    health,
+    http_auth,
+    http_capture,
+    http_events,
+    http_queues,
+    ws,
+)
 from backend.interface.errors import EXCEPTION_HANDLERS
+from backend.interface.guard import Guard, split_list
 from backend.interface.lifecycle import Lifecycle
 from backend.interface.metrics import Metrics
+from backend.interface.protection import LoopbackHostOnly, install_log_redaction
 from backend.interface.state import AppState
 from backend.services.engine import Engine
+
+# Request headers a cross-origin page may send, and response headers it may read.
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"]
+CORS_RESPONSE_HEADERS = ["Idempotent-Replayed", "Retry-After", "WWW-Authenticate"]
+
+
+def _middleware(settings: Settings, guard: Guard) -> list[Middleware]:
+    """Loopback-only `Host` while auth is off (unless INSECURE), then CORS when configured."""
+    stack = []
+    if not guard.enabled and not settings.insecure:
+        stack.append(Middleware(LoopbackHostOnly))
+    origins = split_list(settings.cors_origins)
+    if origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=CORS_RESPONSE_HEADERS,
+                # Cookies only for named origins: with `*` any site could send them.
+                allow_credentials="*" not in origins,
+                max_age=600,
+            )
+        )
+    return stack
 
 
 def create_app(
@@ -36,18 +74,22 @@ def create_app(
         raise ConfigError("DATABASE_URL: required when pgcast is mounted into another app")
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics()
+    guard = Guard.create(settings)
+    install_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with Engine.open(url, settings) as engine:
             metrics.attach(engine)
-            app.state.pgcast = AppState(engine, settings, lifecycle, metrics)
+            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard)
             yield
 
     routes = [
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
-        Route("/metrics", metrics.endpoint),
+        Route("/metrics", health.metrics),
+        Route("/auth/cookie", http_auth.set_cookie, methods=["POST"]),
+        Route("/auth/cookie", http_auth.delete_cookie, methods=["DELETE"]),
         Route("/topics/{topic}/events", http_events.publish_to_topic, methods=["POST"]),
         Route("/topics/{topic}/events", http_events.topic_events, methods=["GET"]),
         Route("/events", http_events.events, methods=["GET"]),
@@ -70,6 +112,7 @@ def create_app(
     ]
     return Starlette(
         routes=routes,
+        middleware=_middleware(settings, guard),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )

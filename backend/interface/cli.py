@@ -17,6 +17,7 @@ from backend.interface.cli_capture import capture_app
 from backend.interface.cli_publish import publish
 from backend.interface.cli_queue import queue_app
 from backend.interface.cli_tail import tail
+from backend.interface.cli_token import token_app
 
 app = typer.Typer(
     name="pgcast",
@@ -29,6 +30,7 @@ app.add_typer(capture_app, name="capture")
 app.command()(tail)
 app.command()(publish)
 app.add_typer(queue_app, name="queue")
+app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
@@ -64,21 +66,37 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback address without AUTH_SECRET (env INSECURE): anyone"
+            " who can reach it may read, publish and administer everything.",
+        ),
+    ] = False,
 ) -> None:
     """Migrate the database and serve HTTP, SSE and WebSocket.
 
-    Example: pgcast serve --port 8000
+    Without AUTH_SECRET (or AUTH_PUBLIC_KEY_FILE) it only binds a loopback address.
+
+    Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
     """
     settings = _settings()
     from backend.connectors.migrations import upgrade
+    from backend.interface.protection import check_bind
     from backend.interface.server import run_server
 
+    bind = host or settings.host
+    insecure = insecure or settings.insecure
+    check_bind(bind, auth_enabled=settings.auth_enabled, insecure=insecure)
+    if insecure:
+        os.environ["INSECURE"] = "true"  # for the app factory of --reload's worker
     with _database(settings) as url:
         os.environ["DATABASE_URL"] = url
         upgrade(url)
         run_server(
-            settings.model_copy(update={"database_url": url}),
-            host=host or settings.host,
+            settings.model_copy(update={"database_url": url, "insecure": insecure}),
+            host=bind,
             port=settings.port if port is None else port,
             reload=reload,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from backend.connectors.database import UNAVAILABLE_ERRORS
@@ -18,13 +18,18 @@ from backend.core.errors import (
     CursorExpired,
     DatabaseUnavailable,
     EventTooLarge,
+    Forbidden,
     NotFound,
     PgcastError,
+    RateLimited,
+    TooManyConnections,
+    Unauthorized,
 )
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+BUSY_RETRY_AFTER_SECONDS = "5"
 # What "the database is unreachable" looks like from any layer.
 DB_DOWN: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
 
@@ -41,6 +46,12 @@ class RequestError(PgcastError):
 def status_of(exc: PgcastError) -> int:
     if isinstance(exc, RequestError):
         return exc.status
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, RateLimited):
+        return 429
     if isinstance(exc, EventTooLarge):
         return 413
     if isinstance(exc, Conflict):
@@ -49,7 +60,7 @@ def status_of(exc: PgcastError) -> int:
         return 404
     if isinstance(exc, CursorExpired):
         return 410
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseUnavailable | TooManyConnections):
         return 503
     return 400
 
@@ -61,10 +72,22 @@ def error_body(exc: PgcastError) -> dict[str, object]:
     return body
 
 
+def error_headers(exc: PgcastError) -> dict[str, str]:
+    """`WWW-Authenticate` on 401 (RFC 6750), `Retry-After` on 429 and 503."""
+    if isinstance(exc, Unauthorized):
+        problem = ', error="invalid_token"' if exc.token_given else ""
+        return {"WWW-Authenticate": f'Bearer realm="pgcast"{problem}'}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, TooManyConnections):
+        return {"Retry-After": BUSY_RETRY_AFTER_SECONDS}
+    if status_of(exc) == 503:
+        return {"Retry-After": RETRY_AFTER_SECONDS}
+    return {}
+
+
 def error_response(exc: PgcastError) -> JSONResponse:
-    status = status_of(exc)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return JSONResponse(error_body(exc), status, headers=headers)
+    return JSONResponse(error_body(exc), status_of(exc), headers=error_headers(exc))
 
 
 async def on_pgcast_error(_request: Request, exc: Exception) -> Response:
@@ -87,6 +110,12 @@ async def on_http_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_client_disconnect(_request: Request, _exc: Exception) -> Response:
+    """The client left while sending its body: nothing was done and nobody reads the answer."""
+    logger.debug("client disconnected while sending a request body")
+    return JSONResponse({"error": "client_disconnected", "message": "incomplete request"}, 400)
+
+
 async def on_unexpected(_request: Request, exc: Exception) -> Response:
     logger.error("unexpected error", exc_info=exc)
     return JSONResponse({"error": "internal", "message": "internal server error"}, 500)
@@ -95,6 +124,7 @@ async def on_unexpected(_request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     PgcastError: on_pgcast_error,
     HTTPException: on_http_error,
+    ClientDisconnect: on_client_disconnect,
     **dict.fromkeys(UNAVAILABLE_ERRORS, on_unavailable),
     Exception: on_unexpected,
 }

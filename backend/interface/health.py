@@ -1,11 +1,13 @@
-"""Liveness and readiness."""
+"""Operational routes: liveness and readiness (open to all), metrics (admin tokens only)."""
 
 from __future__ import annotations
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from backend.interface.access import require
+from backend.interface.auth import Permission
 from backend.interface.state import AppState
 
 
@@ -35,3 +37,9 @@ async def readyz(request: Request) -> JSONResponse:
         reason = "the LISTEN connection is down" if not listener.connected else "probe failed"
         return JSONResponse({"status": "unavailable", "reason": reason}, 503)
     return JSONResponse({"status": "ready", "position": state.engine.hub.position})
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text; it names queues and counts traffic, so admin only."""
+    require(request, Permission.ADMIN)
+    return await AppState.of(request).metrics.endpoint(request)

@@ -12,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from backend.interface.access import require
+from backend.interface.auth import Permission
 from backend.interface.errors import RequestError
 from backend.interface.inputs import read_json
 from backend.interface.state import AppState
@@ -44,6 +46,7 @@ async def _options(request: Request, max_bytes: int) -> dict[str, Any]:
 
 async def captures(request: Request) -> Response:
     """GET /admin/captures"""
+    require(request, Permission.ADMIN)
     pool = AppState.of(request).engine.pool
     found = await list_captures(pool)
     return JSONResponse({"captures": [capture.as_json() for capture in found]})
@@ -51,6 +54,7 @@ async def captures(request: Request) -> Response:
 
 async def put_capture(request: Request) -> Response:
     """PUT /admin/captures/{table}: capture the table (idempotent; updates topic/columns)."""
+    require(request, Permission.ADMIN)
     state = AppState.of(request)
     options = await _options(request, state.settings.max_body_bytes)
     capture = await add_capture(
@@ -64,6 +68,7 @@ async def put_capture(request: Request) -> Response:
 
 async def delete_capture(request: Request) -> Response:
     """DELETE /admin/captures/{table}: stop capturing it (idempotent)."""
+    require(request, Permission.ADMIN)
     pool = AppState.of(request).engine.pool
     removed = await remove_capture(pool, request.path_params["table"])
     return JSONResponse({"removed": removed})

@@ -8,6 +8,8 @@ from starlette.responses import Response
 from backend.core.filters import compile_filter
 from backend.core.names import Pattern, parse_patterns, validate_name
 from backend.entities.event import format_id
+from backend.interface.access import require, throttle
+from backend.interface.auth import Permission
 from backend.interface.encoding import envelopes_json
 from backend.interface.inputs import event_items, float_param, int_param, parse_after, read_json
 from backend.interface.sse import event_stream
@@ -26,6 +28,7 @@ async def publish_to_topic(request: Request) -> Response:
     """POST /topics/{topic}/events: one event or an array; 201 once committed."""
     state = AppState.of(request)
     topic = validate_name(request.path_params["topic"], "topic")
+    throttle(request, require(request, Permission.PUBLISH, topic))
     body = await read_json(request, state.settings.max_body_bytes)
     items = event_items(body)
     engine = state.engine
@@ -65,11 +68,12 @@ async def events(request: Request) -> Response:
 
 async def _read(request: Request, patterns: tuple[Pattern, ...]) -> Response:
     state = AppState.of(request)
+    principal = require(request, Permission.SUBSCRIBE, *(p.text for p in patterns))
     flt = compile_filter(request.query_params.get("filter"))
     if wants_sse(request):
         last_id = request.headers.get("last-event-id")
         after = parse_after(last_id if last_id else request.query_params.get("after"))
-        return event_stream(state, patterns, after, flt)
+        return event_stream(state, patterns, after, flt, principal.expires_at)
     after = parse_after(request.query_params.get("after"))
     limit = int_param(request.query_params, "limit", 100, 1, MAX_PAGE)
     wait = float_param(request.query_params, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)

@@ -12,6 +12,8 @@ from starlette.responses import Response
 
 from backend.entities.event import format_time
 from backend.entities.message import Message
+from backend.interface.access import require, throttle
+from backend.interface.auth import Permission, Principal
 from backend.interface.errors import RequestError
 from backend.interface.inputs import event_items, float_param, int_param, read_json
 from backend.interface.sse import EventStream, sse_response
@@ -33,14 +35,17 @@ def _messages(messages: list[Message]) -> dict[str, Any]:
     return {"messages": [m.as_dict() for m in messages]}
 
 
-def _queue(request: Request) -> str:
-    return validate_queue(request.path_params["queue"])
+def _queue(request: Request, permission: Permission) -> tuple[str, Principal]:
+    """The path's queue name, once the caller is allowed `permission` on it."""
+    queue = validate_queue(request.path_params["queue"])
+    return queue, require(request, permission, queue)
 
 
 async def enqueue(request: Request) -> Response:
     """POST /queues/{queue}/messages: one message or an array; 201 once committed."""
     state = AppState.of(request)
-    queue = _queue(request)
+    queue, principal = _queue(request, Permission.PUBLISH)
+    throttle(request, principal)
     body = await read_json(request, state.settings.max_body_bytes)
     queues = state.engine.queues
     messages = [
@@ -67,12 +72,12 @@ async def enqueue(request: Request) -> Response:
 async def consume_messages(request: Request) -> Response:
     """GET /queues/{queue}/messages: SSE stream of leased messages, or one JSON claim."""
     state = AppState.of(request)
-    queue = _queue(request)
+    queue, principal = _queue(request, Permission.CONSUME)
     params = request.query_params
     lease = float_param(params, "lease", 30.0, 0.1, MAX_LEASE_SECONDS)
     if "text/event-stream" in request.headers.get("accept", ""):
         prefetch = int_param(params, "prefetch", 1, 1, MAX_PREFETCH)
-        return _consumer_stream(state, queue, prefetch, lease)
+        return _consumer_stream(state, queue, prefetch, lease, principal.expires_at)
     limit = int_param(params, "limit", 1, 1, MAX_PREFETCH)
     wait = float_param(params, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
     queues = state.engine.queues
@@ -87,7 +92,9 @@ async def consume_messages(request: Request) -> Response:
     return _json(_messages(claimed))
 
 
-def _consumer_stream(state: AppState, queue: str, prefetch: int, lease: float) -> EventStream:
+def _consumer_stream(
+    state: AppState, queue: str, prefetch: int, lease: float, expires_at: float | None
+) -> EventStream:
     async def pump(send: MemoryObjectSendStream[bytes]) -> None:
         async with consume(
             state.engine.queues, queue, prefetch=prefetch, lease=lease
@@ -95,12 +102,12 @@ def _consumer_stream(state: AppState, queue: str, prefetch: int, lease: float) -
             async for delivery in deliveries:
                 await send.send(b"event: message\ndata: %s\n\n" % delivery.message.to_json())
 
-    return sse_response(state, pump)
+    return sse_response(state, pump, expires_at)
 
 
 async def _settle_body(request: Request) -> tuple[str, int, dict[str, Any], AppState]:
     state = AppState.of(request)
-    queue = _queue(request)
+    queue, _ = _queue(request, Permission.CONSUME)
     message_id = parse_message_id(request.path_params["id"])
     body = await read_json(request, 64 * 1024)
     if not isinstance(body, dict) or not isinstance(body.get("lease"), str):
@@ -148,7 +155,7 @@ async def extend(request: Request) -> Response:
 async def dead_letters(request: Request) -> Response:
     """GET /queues/{queue}/dead?after=ID&limit=N"""
     state = AppState.of(request)
-    queue = _queue(request)
+    queue, _ = _queue(request, Permission.INSPECT)
     after = request.query_params.get("after")
     after_id = int_param(request.query_params, "after", 0, 0, 10**18) if after else 0
     limit = int_param(request.query_params, "limit", 100, 1, 1000)
@@ -158,7 +165,7 @@ async def dead_letters(request: Request) -> Response:
 async def requeue_one(request: Request) -> Response:
     """POST /queues/{queue}/dead/{id}/requeue"""
     state = AppState.of(request)
-    queue = _queue(request)
+    queue, _ = _queue(request, Permission.INSPECT)
     message_id = parse_message_id(request.path_params["id"])
     return _json(_messages(await state.engine.queues.requeue(queue, message_id)))
 
@@ -166,18 +173,21 @@ async def requeue_one(request: Request) -> Response:
 async def requeue_all(request: Request) -> Response:
     """POST /queues/{queue}/dead/requeue"""
     state = AppState.of(request)
-    moved = await state.engine.queues.requeue(_queue(request), None)
+    queue, _ = _queue(request, Permission.INSPECT)
+    moved = await state.engine.queues.requeue(queue, None)
     return _json({"requeued": len(moved)})
 
 
 async def queue_stats(request: Request) -> Response:
     """GET /queues/{queue}: ready, leased, delayed, dead, oldest ready age."""
     state = AppState.of(request)
-    (stats,) = await state.engine.queues.stats(_queue(request))
+    queue, _ = _queue(request, Permission.INSPECT)
+    (stats,) = await state.engine.queues.stats(queue)
     return _json(stats.as_dict())
 
 
 async def all_queues(request: Request) -> Response:
     """GET /queues"""
     state = AppState.of(request)
+    require(request, Permission.ADMIN)
     return _json({"queues": [s.as_dict() for s in await state.engine.queues.stats()]})

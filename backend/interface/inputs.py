@@ -6,8 +6,8 @@ database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from backend.interface.errors import RequestError
 from backend.services.subscribe import EARLIEST, LATEST
 
 MAX_BATCH = 1000
+N = TypeVar("N", int, float)
 EVENT_FIELDS = frozenset({"data", "type", "key"})
 
 
@@ -81,28 +82,32 @@ def event_items(
 
 
 def int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RequestError(400, "invalid_parameter", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise RequestError(400, "invalid_parameter", f"{name} must be between {low} and {high}")
-    return value
+    return _number_param(params, name, default, low, high, int, "an integer")
 
 
 def float_param(
     params: Mapping[str, str], name: str, default: float, low: float, high: float
 ) -> float:
+    return _number_param(params, name, default, low, high, float, "a number")
+
+
+def _number_param(
+    params: Mapping[str, str],
+    name: str,
+    default: N,
+    low: N,
+    high: N,
+    cast: Callable[[str], N],
+    noun: str,
+) -> N:
+    """A numeric query parameter within [low, high]; 400 naming it otherwise."""
     raw = params.get(name)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        value = cast(raw)
     except ValueError:
-        raise RequestError(400, "invalid_parameter", f"{name} must be a number") from None
+        raise RequestError(400, "invalid_parameter", f"{name} must be {noun}") from None
     if not low <= value <= high:
         raise RequestError(400, "invalid_parameter", f"{name} must be between {low} and {high}")
     return value

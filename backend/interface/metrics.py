@@ -66,6 +66,7 @@ class Metrics:
     engine_collector: EngineCollector = field(default_factory=EngineCollector)
 
     def __post_init__(self) -> None:
+        self._per_transport: dict[str, tuple[Counter, Histogram]] = {}
         r = self.registry
         r.register(self.engine_collector)
         self.connections = Gauge(
@@ -96,8 +97,13 @@ class Metrics:
         engine.committer.on_batch = self.batch_size.observe
 
     def delivered_event(self, transport: str, event: Event) -> None:
-        self.delivered.labels(transport).inc()
-        self.delivery_lag.labels(transport).observe(max(0.0, time.time() - event.time.timestamp()))
+        """Per delivery: the labelled children are looked up once per transport, not per call."""
+        children = self._per_transport.get(transport)
+        if children is None:
+            children = (self.delivered.labels(transport), self.delivery_lag.labels(transport))
+            self._per_transport[transport] = children
+        children[0].inc()
+        children[1].observe(max(0.0, time.time() - event.time.timestamp()))
 
     async def endpoint(self, _request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")

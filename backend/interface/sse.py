@@ -5,21 +5,25 @@ and client-disconnect detection. Our producer task owns the subscription and fee
 writer through a small bounded stream; it turns `CursorExpired` into an in-band
 `pgcast.reset` event and continues from the oldest retained event, and on shutdown it
 sends a final comment and ends the stream so clients reconnect elsewhere.
+
+Each stream holds one of the process's MAX_CONNECTIONS slots (503 when none is free) and
+ends when the token that opened it expires, so a revoked client cannot listen forever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from backend.core.concurrency import first_to_finish, unwrap_single_error
-from backend.core.errors import CursorExpired
+from backend.core.errors import CursorExpired, TooManyConnections
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.interface.encoding import sse_comment, sse_frame, sse_reset, sse_retry
@@ -30,11 +34,18 @@ from backend.services.subscribe import EARLIEST
 logger = logging.getLogger(__name__)
 
 WRITER_BUFFER = 64
+COALESCE_FRAMES = 64
 SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 class EventStream(EventSourceResponse):
-    """An SSE response whose send timeout is a normal way to end, not a server error."""
+    """An SSE response whose send timeout is a normal way to end, not a server error.
+
+    `on_close` runs once the response is over, whichever way it ended (frees the slot).
+    """
+
+    on_close: Callable[[], None] | None = None
+    source: MemoryObjectReceiveStream[bytes] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -42,9 +53,14 @@ class EventStream(EventSourceResponse):
         except SendTimeoutError:
             logger.info("closed a stalled SSE client", extra={"action": "send_timeout"})
         finally:
-            close = getattr(self.body_iterator, "close", None)
-            if close is not None:
-                close()
+            if self.source is not None:
+                self.source.close()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(1, shield=True):
+                    await aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def _pump(
@@ -60,7 +76,11 @@ async def _pump(
         try:
             async with state.engine.subscription(patterns, after, flt) as (_, events):
                 async for event in events:
-                    await send.send(sse_frame(event))
+                    frame = sse_frame(event)
+                    try:
+                        send.send_nowait(frame)
+                    except anyio.WouldBlock:
+                        await send.send(frame)
                     metrics.delivered_event("sse", event)
             return
         except CursorExpired as exc:
@@ -71,8 +91,24 @@ async def _pump(
 Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
 
 
-def sse_response(state: AppState, pump: Pump) -> EventStream:
-    """An SSE response fed by `pump`, with retry hint, heartbeats and a clean shutdown."""
+async def _until(deadline: float | None) -> None:
+    """Sleep until the wall-clock `deadline` (forever when None)."""
+    if deadline is None:
+        await anyio.sleep_forever()
+    else:
+        await anyio.sleep(max(0.0, deadline - time.time()))
+
+
+def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
+    """An SSE response fed by `pump`, with retry hint, heartbeats and a clean shutdown.
+
+    Raises TooManyConnections (503) when every streaming slot is taken.
+    """
+    slots = state.guard.slots
+    if not slots.acquire():
+        raise TooManyConnections(
+            f"this server holds its limit of {slots.limit} streaming connections; retry later"
+        )
     send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
     settings = state.settings
     lifecycle = state.lifecycle
@@ -84,10 +120,18 @@ def sse_response(state: AppState, pump: Pump) -> EventStream:
                 await send.send(sse_retry(settings.sse_retry_ms))
                 try:
                     with unwrap_single_error():
-                        await first_to_finish(lambda: pump(send), lifecycle.shutting_down.wait)
+                        await first_to_finish(
+                            lambda: pump(send),
+                            lifecycle.shutting_down.wait,
+                            lambda: _until(expires_at),
+                        )
                 except DB_DOWN:
                     with anyio.move_on_after(1):
                         await send.send(sse_comment("database unavailable; reconnect"))
+                    return
+                if expires_at is not None and time.time() >= expires_at:
+                    with anyio.move_on_after(1):
+                        await send.send(sse_comment("token expired"))
                     return
                 if lifecycle.shutting_down.is_set():
                     with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS / 2):
@@ -95,18 +139,42 @@ def sse_response(state: AppState, pump: Pump) -> EventStream:
         finally:
             state.metrics.connections.labels("sse").dec()
 
-    return EventStream(
-        receive,
-        ping=settings.heartbeat_seconds,
-        send_timeout=settings.send_timeout,
-        data_sender_callable=produce,
-        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
-        headers={"Cache-Control": "no-store"},
-    )
+    try:
+        response = EventStream(
+            _coalesced(receive),
+            ping=settings.heartbeat_seconds,
+            send_timeout=settings.send_timeout,
+            data_sender_callable=produce,
+            shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+            headers={"Cache-Control": "no-store"},
+        )
+    except BaseException:
+        slots.release()
+        raise
+    response.on_close = slots.release
+    response.source = receive
+    return response
+
+
+async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[bytes]:
+    """Everything already queued leaves in one write: far fewer sends when a client is
+    behind or a burst arrives, the same bytes in the same order."""
+    async for first in frames:
+        chunks = [first]
+        while len(chunks) < COALESCE_FRAMES:
+            try:
+                chunks.append(frames.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        yield b"".join(chunks)
 
 
 def event_stream(
-    state: AppState, patterns: tuple[Pattern, ...], after: str | int, flt: Filter | None
+    state: AppState,
+    patterns: tuple[Pattern, ...],
+    after: str | int,
+    flt: Filter | None,
+    expires_at: float | None,
 ) -> EventStream:
-    """The SSE response for an already validated subscription request."""
-    return sse_response(state, lambda send: _pump(state, send, patterns, after, flt))
+    """The SSE response for an already validated and authorized subscription request."""
+    return sse_response(state, lambda send: _pump(state, send, patterns, after, flt), expires_at)

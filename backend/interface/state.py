@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from backend.core.settings import Settings
+from backend.interface.guard import Guard
 from backend.interface.lifecycle import Lifecycle
 from backend.interface.metrics import Metrics
 from backend.services.engine import Engine
@@ -20,6 +21,7 @@ class AppState:
     settings: Settings
     lifecycle: Lifecycle
     metrics: Metrics
+    guard: Guard
 
     @staticmethod
     def of(connection: HTTPConnection) -> AppState:

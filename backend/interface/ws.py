@@ -15,14 +15,22 @@ resumes by subscribing again with `after` set to the last id it saw.
 Close codes: 1001 when the server shuts down (or its engine stops), 1011 on an internal
 error; uvicorn closes with 1009 a frame over WS_MAX_FRAME_BYTES. A handshake offering
 only other subprotocols is refused with HTTP 403.
+
+Access (docs/security.md): a handshake from a foreign `Origin` is refused with HTTP 403 and
+one carrying a bad token (header or `?token=`) with HTTP 401. Without any token, the
+first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS, or the
+token expiring closes the socket with 1008. Every op is checked against the token. A full
+server (MAX_CONNECTIONS) accepts and closes at once with 1013.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -32,12 +40,21 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backend.core.concurrency import unwrap_single_error
-from backend.core.errors import CursorExpired, DatabaseUnavailable, PgcastError
+from backend.core.errors import (
+    CursorExpired,
+    DatabaseUnavailable,
+    Forbidden,
+    PgcastError,
+    RateLimited,
+    Unauthorized,
+)
 from backend.core.filters import Filter, compile_filter
-from backend.core.names import Pattern, parse_patterns
+from backend.core.names import Pattern, parse_patterns, validate_name
 from backend.entities.event import format_time
+from backend.interface.access import principal_of, rate_key, spend
+from backend.interface.auth import Permission, Principal
 from backend.interface.encoding import envelopes_json, reset_payload, ws_event_frame
-from backend.interface.errors import DB_DOWN
+from backend.interface.errors import DB_DOWN, error_response
 from backend.interface.inputs import parse_after
 from backend.interface.state import AppState
 from backend.services.consume import Delivery, consume
@@ -53,12 +70,15 @@ from backend.services.subscribe import EARLIEST
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "pgcast.v1"
-MAX_SUBSCRIPTIONS = 100
 MAX_PREFETCH = 100
 OUTBOX_FRAMES = 256
+WRITE_BATCH = 64
 CLOSE_TIMEOUT = 1.0
+AUTH_TIMEOUT_SECONDS = 10.0
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
 
 # Failures of one frame or one subscription that the client hears about in an error frame.
 REPORTED: tuple[type[BaseException], ...] = (PgcastError, *DB_DOWN)
@@ -76,39 +96,66 @@ class FrameError(PgcastError):
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """GET /ws: negotiate `pgcast.v1`, serve frames, then close as the session ended."""
+    """GET /ws: check origin and credentials, negotiate `pgcast.v1`, serve frames, close."""
     state = AppState.of(websocket)
+    guard = state.guard
     offered: list[str] = websocket.scope.get("subprotocols") or []
     if offered and SUBPROTOCOL not in offered:
         await websocket.close(1002)  # before accept, so uvicorn answers HTTP 403
         return
-    await websocket.accept(SUBPROTOCOL if offered else None)
+    if not guard.origins.allows(websocket.headers.get("origin"), websocket.headers.get("host")):
+        await _refuse(websocket, Forbidden("this origin may not open a WebSocket here"))
+        return
+    try:
+        principal = principal_of(websocket)
+    except Unauthorized as exc:
+        await _refuse(websocket, exc)
+        return
+    subprotocol = SUBPROTOCOL if offered else None
+    if not guard.slots.acquire():
+        await websocket.accept(subprotocol)
+        with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
+            await websocket.close(TRY_AGAIN_LATER, "too many connections; retry later")
+        return
     gauge = state.metrics.connections.labels("ws")
     gauge.inc()
     try:
+        await websocket.accept(subprotocol)
         try:
-            code = await _session(websocket, state)
+            code, reason = await _session(websocket, state, principal)
         except Exception:
             logger.exception("WebSocket session failed", extra={"action": "ws_error"})
-            code = INTERNAL_ERROR
+            code, reason = INTERNAL_ERROR, ""
         if code is not None:
             with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
-                await websocket.close(code)
+                await websocket.close(code, reason)
     finally:
         gauge.dec()
+        guard.slots.release()
 
 
-async def _session(websocket: WebSocket, state: AppState) -> int | None:
+async def _refuse(websocket: WebSocket, exc: PgcastError) -> None:
+    """Refuse the handshake with the JSON error and its status, where the server can."""
+    if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
+        await websocket.send_denial_response(error_response(exc))
+    else:
+        await websocket.close(POLICY_VIOLATION)
+
+
+async def _session(
+    websocket: WebSocket, state: AppState, principal: Principal | None
+) -> tuple[int | None, str]:
     """Run the connection until it ends; returns the close code to send, if any."""
     outbox, frames = anyio.create_memory_object_stream[str](OUTBOX_FRAMES)
     with outbox, frames, unwrap_single_error():
         async with anyio.create_task_group() as tasks:
-            connection = Connection(websocket, state, outbox, tasks)
+            connection = Connection(websocket, state, outbox, tasks, principal)
             tasks.start_soon(connection.write, frames)
             tasks.start_soon(connection.end_on_shutdown)
+            tasks.start_soon(connection.watch_credentials)
             await connection.receive()
             connection.end(None)
-    return connection.close_code
+    return connection.close_code, connection.close_reason
 
 
 def _sub_id(frame: Frame) -> SubId:
@@ -140,6 +187,14 @@ def _parse(text: str | None) -> Frame:
     return frame
 
 
+def _is_auth_frame(text: str | None) -> bool:
+    try:
+        frame = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(frame, dict) and frame.get("op") == "auth"
+
+
 def _as_error(exc: BaseException) -> PgcastError:
     """A REPORTED failure as a typed error: a lost database link becomes DatabaseUnavailable."""
     if isinstance(exc, PgcastError):
@@ -155,14 +210,19 @@ class Connection:
     state: AppState
     outbox: MemoryObjectSendStream[str]
     tasks: TaskGroup
+    principal: Principal | None
+    """Who the socket acts for; None until an `auth` frame when the handshake had no token."""
     subscriptions: dict[SubId, anyio.CancelScope] = field(default_factory=dict)
     held: dict[str, tuple[SubId, Delivery]] = field(default_factory=dict)
     close_code: int | None = None
+    close_reason: str = ""
+    authenticated: anyio.Event = field(default_factory=anyio.Event)
 
-    def end(self, code: int | None) -> None:
+    def end(self, code: int | None, reason: str = "") -> None:
         """Stop the whole connection; the first reason wins. None: send no close frame."""
         if not self.tasks.cancel_scope.cancel_called:
             self.close_code = code
+            self.close_reason = reason
             self.tasks.cancel_scope.cancel()
 
     async def send(self, frame: Frame) -> None:
@@ -170,14 +230,49 @@ class Connection:
 
     async def send_error(self, echo: Frame, exc: BaseException) -> None:
         error = _as_error(exc)
-        await self.send({"op": "error", **echo, "code": error.code, "message": error.message})
+        frame = {"op": "error", **echo, "code": error.code, "message": error.message}
+        if isinstance(error, RateLimited):
+            frame["retry_after"] = error.retry_after
+        await self.send(frame)
+
+    async def watch_credentials(self) -> None:
+        """Close with 1008 when no `auth` arrives in time, and when the token expires."""
+        if self.principal is None:
+            with anyio.move_on_after(AUTH_TIMEOUT_SECONDS):
+                await self.authenticated.wait()
+        if self.principal is None:
+            self.end(POLICY_VIOLATION, "no auth frame in time")
+            return
+        expires_at = self.principal.expires_at
+        if expires_at is not None:
+            await anyio.sleep(max(0.0, expires_at - time.time()))
+            self.end(POLICY_VIOLATION, "token expired")
+
+    def allow(self, permission: Permission, *names: str) -> Principal:
+        """The socket's principal, if it is still valid and grants `permission` on `names`."""
+        principal = self.principal
+        assert principal is not None, "dispatch lets no op but auth through unauthenticated"
+        if principal.expired(time.time()):
+            raise Unauthorized("the token has expired")
+        principal.check(permission, *names)
+        return principal
 
     async def write(self, frames: MemoryObjectReceiveStream[str]) -> None:
         """The only writer to the socket; a client that stops reading is dropped."""
+        timeout = self.state.settings.send_timeout
         try:
             async for frame in frames:
-                with anyio.fail_after(self.state.settings.send_timeout):
-                    await self.websocket.send_text(frame)
+                batch = [frame]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(frames.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                # One cancel scope per burst; each frame still gets the full send timeout.
+                with anyio.fail_after(timeout) as scope:
+                    for item in batch:
+                        scope.deadline = anyio.current_time() + timeout
+                        await self.websocket.send_text(item)
         except TimeoutError:
             logger.info("dropped a stalled WebSocket client", extra={"action": "send_timeout"})
         except WebSocketDisconnect:
@@ -198,6 +293,9 @@ class Connection:
 
     async def dispatch(self, text: str | None) -> None:
         """Run one frame's op; any problem becomes an error frame naming its `ref` or `id`."""
+        if self.principal is None and not _is_auth_frame(text):
+            self.end(POLICY_VIOLATION, 'authentication required: send {"op":"auth"} first')
+            return
         echo: Frame = {}
         try:
             frame = _parse(text)
@@ -222,6 +320,7 @@ class Connection:
         """Validate here, so errors come back at once; the task announces `subscribed`."""
         sub = self._new_id(frame)
         patterns = parse_patterns([_required(frame, "topic")])
+        self.allow(Permission.SUBSCRIBE, patterns[0].text)
         after = parse_after(frame.get("after"))
         flt = compile_filter(frame.get("filter"))
         scope = self.subscriptions[sub] = anyio.CancelScope()
@@ -241,9 +340,12 @@ class Connection:
         ref = _required(frame, "ref")
         if not _is_scalar(ref):
             raise FrameError("invalid_frame", "ref must be a JSON scalar")
+        topic = validate_name(_required(frame, "topic"), "topic")
+        principal = self.allow(Permission.PUBLISH, topic)
+        spend(self.state.guard.limiter, rate_key(principal, self.websocket))
         engine = self.state.engine
         event = engine.event(
-            _required(frame, "topic"),
+            topic,
             _required(frame, "data"),
             type=frame.get("type"),
             key=frame.get("key"),
@@ -259,11 +361,33 @@ class Connection:
     async def ping(self, _frame: Frame) -> None:
         await self.send({"op": "pong"})
 
+    async def auth(self, frame: Frame) -> None:
+        """Authenticate a socket opened without a token; answered with `authed`.
+
+        A bad token gets an `unauthorized` error frame and the socket stays
+        unauthenticated. Servers without auth answer `authed` and ignore the token.
+        """
+        token = _required(frame, "token")
+        if not isinstance(token, str):
+            raise FrameError("invalid_frame", "token must be a string")
+        guard = self.state.guard
+        if not guard.enabled:
+            await self.send({"op": "authed", "sub": None, "expires": None})
+            return
+        if self.principal is not None:
+            raise FrameError("invalid_frame", "this connection is already authenticated")
+        principal = guard.verify(token)
+        self.principal = principal
+        self.authenticated.set()
+        expires = principal.expires_at or time.time()
+        await self.send({"op": "authed", "sub": principal.subject, "expires": _wall_time(expires)})
+
     async def consume(self, frame: Frame) -> None:
         """Start a queue consumer under a subscription id; `unsubscribe` stops it and
         returns its unsettled messages to the queue at once (as does disconnecting)."""
         sub = self._new_id(frame)
         queue = validate_queue(_required(frame, "queue"))
+        self.allow(Permission.CONSUME, queue)
         prefetch = integer(frame.get("prefetch", 1), "prefetch", 1, MAX_PREFETCH)
         lease = number(frame.get("lease", 30), "lease", 0.1, MAX_LEASE_SECONDS)
         scope = self.subscriptions[sub] = anyio.CancelScope()
@@ -303,18 +427,21 @@ class Connection:
         sub = _sub_id(frame)
         if sub in self.subscriptions:
             raise FrameError("duplicate_id", "a subscription with this id is active")
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise FrameError(
-                "too_many_subscriptions", f"at most {MAX_SUBSCRIPTIONS} per connection"
-            )
+        limit = self.state.settings.max_subscriptions
+        if len(self.subscriptions) >= limit:
+            raise FrameError("too_many_subscriptions", f"at most {limit} per connection")
         return sub
 
     def _delivery(self, frame: Frame) -> Delivery:
+        """A message this socket holds, on a queue the token (still) lets it consume."""
+        self.allow(Permission.CONSUME)
         message = str(_required(frame, "message"))
         held = self.held.get(message)
         if held is None:
             raise FrameError("unknown_message", "this connection holds no message with this id")
-        return held[1]
+        delivery = held[1]
+        self.allow(Permission.CONSUME, delivery.message.queue)
+        return delivery
 
     async def _run_consumer(
         self, sub: SubId, scope: anyio.CancelScope, queue: str, prefetch: int, lease: float
@@ -379,13 +506,21 @@ class Connection:
                 async with self.state.engine.subscription(patterns, after, flt) as (_, events):
                     await announce()
                     async for event in events:
-                        await self.outbox.send(ws_event_frame(sub_json, event).decode())
+                        frame = ws_event_frame(sub_json, event).decode()
+                        try:
+                            self.outbox.send_nowait(frame)
+                        except anyio.WouldBlock:
+                            await self.outbox.send(frame)
                         metrics.delivered_event("ws", event)
                 return
             except CursorExpired as exc:
                 await announce()
                 await self.send({"op": "reset", "sub": sub, **reset_payload(exc)})
                 after = EARLIEST
+
+
+def _wall_time(timestamp: float) -> str:
+    return format_time(datetime.fromtimestamp(timestamp, UTC))
 
 
 Handler = Callable[[Connection, Frame], Awaitable[None]]
@@ -411,4 +546,5 @@ OPS: dict[str, Op] = {
     "ack": Op(Connection.ack, "message", frozenset({"message"}), "message_id"),
     "nack": Op(Connection.nack, "message", frozenset({"message", "delay", "error"}), "message_id"),
     "extend": Op(Connection.extend, "message", frozenset({"message", "seconds"}), "message_id"),
+    "auth": Op(Connection.auth, None, frozenset({"token"})),
 }

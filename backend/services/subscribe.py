@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
+
 from backend.connectors.database import Pool
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter, compile_filter
@@ -131,7 +133,18 @@ class Subscription:
                 self.position = max(self.position, upto)
 
     async def _live(self, reg: Registration) -> AsyncIterator[Event]:
-        async for event in reg.receive:
+        while True:
+            # Take what is already buffered without a scheduler round trip per event;
+            # wait (a cancellation point) only when the buffer is empty.
+            try:
+                event = reg.receive.receive_nowait()
+            except anyio.WouldBlock:
+                try:
+                    event = await reg.receive.receive()
+                except anyio.EndOfStream:
+                    return
+            except anyio.EndOfStream:
+                return
             if event.pos <= self.position:
                 continue
             self.position = event.pos

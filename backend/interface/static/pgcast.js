@@ -22,6 +22,8 @@ const FATAL_CODES = new Set([
   "unknown_op",
   "duplicate_id",
   "too_many_subscriptions",
+  "unauthorized",
+  "forbidden",
 ]);
 
 /** An error reported by the server: `code` is its stable error code, `status` the HTTP status. */
