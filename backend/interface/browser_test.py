@@ -134,7 +134,7 @@ def listed_ids(page: Page) -> list[str]:
     return ids
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -254,7 +254,7 @@ def resume_across_restart(page: Page, server: ServerProcess) -> None:
         expect(page.locator("#events > li")).to_have_count(len(expected))
         assert listed_ids(page) == expected[::-1]
         expect(page.locator("#last-id")).to_have_text(expected[-1])
-        eventually(lambda: len(js_event_ids(page, "viaWs")) >= len(expected), timeout=10)
+        eventually(lambda: len(js_event_ids(page, "viaWs")) >= len(expected), timeout=20)
         assert js_event_ids(page, "viaWs") == expected
         statuses = page.evaluate("window.viaWs.statuses")
         assert "reconnecting" in statuses
@@ -343,7 +343,7 @@ def test_js_client_websocket_publish_and_consume(page: Page, shared_server: Serv
         counts = (stats["ready"], stats["leased"], stats["delayed"], stats["dead"])
         return counts == (0, 0, 0, 1) and "acked:retry" in page.evaluate("window.consumeLog")
 
-    eventually(settled, timeout=10)
+    eventually(settled, timeout=20)
     outcome = page.evaluate("window.consumer.close(); window.consumeLog")
     for entry in [
         "ack#1",
