@@ -37,7 +37,7 @@ dev: setup ## Like run, with auto-reload on code changes
 test: setup ## The whole suite (unit + integrated + external), in parallel
 	$(RUN)/pytest -n auto
 
-soak: setup ## Fault-injection scenarios at full size, one at a time (~25 min); see docs/reliability.md
+soak: setup ## Fault-injection scenarios at full size, one at a time (~20 min); see docs/reliability.md
 	PGCAST_SOAK=1 $(RUN)/pytest backend/faults -m external -p no:xdist -v $(ARGS)
 
 bench: setup ## Benchmarks with baselines (< 5 min; ARGS=--quick for a smoke run); see docs/performance.md

@@ -29,6 +29,7 @@ from backend.core.errors import DatabaseUnavailable
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[str], None]
+INITIAL_BACKOFF = 0.05
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, DatabaseUnavailable)
 
 
@@ -47,6 +48,7 @@ class Listener:
     last_probe_ok: float = 0.0
     backend_pid: int | None = None
     _ever_connected: bool = field(default=False, repr=False)
+    _established: bool = field(default=False, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -54,9 +56,14 @@ class Listener:
         return self.connected and time.monotonic() - self.last_probe_ok < 2 * self.probe_interval
 
     async def run(self) -> None:
-        """Connect, listen and probe until cancelled; reconnect with jittered backoff."""
-        backoff = 0.05
+        """Connect, listen and probe until cancelled; reconnect with jittered backoff.
+
+        The backoff grows only while reconnecting fails: a session that got as far as
+        listening starts the next wait from the beginning again.
+        """
+        backoff = INITIAL_BACKOFF
         while True:
+            self._established = False
             try:
                 await self._session()
             except _CONNECTION_LOST as exc:
@@ -67,6 +74,8 @@ class Listener:
                 )
             self.connected = False
             self.reconnects += 1
+            if self._established:
+                backoff = INITIAL_BACKOFF
             await anyio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -79,6 +88,7 @@ class Listener:
                 await conn.add_listener(channel, self._dispatch(handler))
             self.backend_pid = conn.get_server_pid()
             self.connected = True
+            self._established = True
             self.last_probe_ok = time.monotonic()
             action = "listener_reconnected" if self._ever_connected else "listener_connected"
             self._ever_connected = True

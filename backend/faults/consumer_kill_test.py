@@ -36,7 +36,7 @@ HTTP_WORKERS = 2
 CLI_WORKERS = 1
 
 
-@pytest.mark.timeout(scale(60, 900))
+@pytest.mark.timeout(scale(120, 900))
 async def test_sigkilled_consumers_get_redeliveries_and_ack_each_message_once(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ MAX_PAUSE = 2.0  # seconds without a delivery on the survivor while it gets ~50 
 TOPICS = ["s6.a", "s6.b"]
 
 
-@pytest.mark.timeout(scale(60, 300))
+@pytest.mark.timeout(scale(120, 300))
 async def test_survivor_is_unaffected_and_the_killed_servers_clients_resume_on_it(
     database_url: str,
 ) -> None:

@@ -31,7 +31,7 @@ SQL_EVENTS_PER_ROUND = scale(10, 20)
 TOPICS = ["s1.http", "s1.sql"]
 
 
-@pytest.mark.timeout(scale(60, 600))
+@pytest.mark.timeout(scale(120, 600))
 async def test_listen_connection_killed_repeatedly_loses_and_repeats_nothing(
     database_url: str,
 ) -> None:

@@ -36,7 +36,7 @@ CONSUMERS = 2
 RSS_GROWTH = 0.10
 
 
-@pytest.mark.timeout(scale(60, SOAK_SECONDS + 300))
+@pytest.mark.timeout(scale(120, SOAK_SECONDS + 300))
 async def test_mixed_load_loses_and_repeats_nothing(database_url: str, tmp_path: Path) -> None:
     server = Restartable(database_url, {"QUEUE_REAP_INTERVAL_SECONDS": "0.2"})
     url = server.url

@@ -35,7 +35,7 @@ TOPICS = ["s3.retry", "s3.once"]
 ENV = {"POLL_INTERVAL_SECONDS": "0.5"}
 
 
-@pytest.mark.timeout(scale(60, 600))
+@pytest.mark.timeout(scale(120, 600))
 async def test_postgres_restart_gets_503_not_false_201_and_delivers_every_commit(
     tmp_path: Path,
 ) -> None:

@@ -29,7 +29,7 @@ RUN_BETWEEN = scale(0.7, 3.0)
 TOPICS = ["s2.a", "s2.b"]
 
 
-@pytest.mark.timeout(scale(60, 600))
+@pytest.mark.timeout(scale(120, 600))
 async def test_sigkilled_server_restarts_and_every_subscriber_resumes_exactly_once(
     database_url: str,
 ) -> None:

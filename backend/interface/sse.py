@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WRITER_BUFFER = 64
 COALESCE_FRAMES = 64
+COALESCE_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 1.0
 
 
@@ -161,11 +162,15 @@ async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[
     behind or a burst arrives, the same bytes in the same order."""
     async for first in frames:
         chunks = [first]
-        while len(chunks) < COALESCE_FRAMES:
+        size = len(first)
+        # Bounded in bytes too: a stalled client holds at most one such chunk in flight.
+        while len(chunks) < COALESCE_FRAMES and size < COALESCE_BYTES:
             try:
-                chunks.append(frames.receive_nowait())
+                chunk = frames.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
+            chunks.append(chunk)
+            size += len(chunk)
         yield b"".join(chunks)
 
 
