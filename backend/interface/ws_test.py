@@ -31,7 +31,7 @@ from backend.testing.server import ServerProcess, start_server
 
 pytestmark = [pytest.mark.external, pytest.mark.anyio]
 
-WAIT = 5
+WAIT = 15
 LIMITS = {"WS_MAX_FRAME_BYTES": "2048", "SEND_TIMEOUT": "0.5"}
 
 
@@ -356,6 +356,6 @@ async def test_queue_ops_consume_ack_nack_and_release(shared: ServerProcess) -> 
         assert third["data"] == 3
         await send(ws, op="unsubscribe", id="c")
         assert await receive(ws) == {"op": "unsubscribed", "id": "c"}
-        with anyio.fail_after(5):
+        with anyio.fail_after(15):
             while (await client.get("/queues/wsq")).json()["ready"] != 1:
                 await anyio.sleep(0.05)
