@@ -43,26 +43,24 @@ class RequestError(PgcastError):
         self.code = code
 
 
+# Most specific first: the first class the error is an instance of gives the status.
+STATUS_BY_ERROR: tuple[tuple[type[PgcastError], int], ...] = (
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
+    (EventTooLarge, 413),
+    (Conflict, 409),
+    (NotFound, 404),
+    (CursorExpired, 410),
+    (DatabaseUnavailable, 503),
+    (TooManyConnections, 503),
+)
+
+
 def status_of(exc: PgcastError) -> int:
     if isinstance(exc, RequestError):
         return exc.status
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, RateLimited):
-        return 429
-    if isinstance(exc, EventTooLarge):
-        return 413
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, CursorExpired):
-        return 410
-    if isinstance(exc, DatabaseUnavailable | TooManyConnections):
-        return 503
-    return 400
+    return next((status for kind, status in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
 
 
 def error_body(exc: PgcastError) -> dict[str, object]:
