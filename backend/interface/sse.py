@@ -97,7 +97,10 @@ async def _until(deadline: float | None) -> None:
     if deadline is None:
         await anyio.sleep_forever()
     else:
-        await anyio.sleep(max(0.0, deadline - time.time()))
+        # The event loop's clock may wake a hair early against the wall clock: sleep again
+        # until the deadline has really passed, so the caller's expiry check agrees.
+        while time.time() < deadline:  # noqa: ASYNC110 - waiting on a clock, not an event
+            await anyio.sleep(max(0.001, deadline - time.time()))
 
 
 def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
