@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -9,9 +11,33 @@ import anyio
 
 @dataclass
 class Lifecycle:
-    """`shutting_down` is set as soon as the process is asked to stop."""
+    """`shutting_down` is set as soon as the process is asked to stop.
+
+    WebSockets register while they run so the runner can let them close with 1001 before
+    uvicorn's own shutdown fails every open socket with 1012. (SSE needs no such wait:
+    uvicorn lets an HTTP response in progress finish.)
+    """
 
     shutting_down: anyio.Event = field(default_factory=anyio.Event)
+    open_streams: int = 0
+    _idle: anyio.Event = field(default_factory=anyio.Event)
 
     def begin_shutdown(self) -> None:
         self.shutting_down.set()
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """Count one open stream for as long as the block runs."""
+        self.open_streams += 1
+        try:
+            yield
+        finally:
+            self.open_streams -= 1
+            if not self.open_streams:
+                self._idle.set()
+
+    async def streams_closed(self) -> None:
+        """Return once no stream is open."""
+        while self.open_streams:
+            self._idle = anyio.Event()
+            await self._idle.wait()

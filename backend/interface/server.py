@@ -3,15 +3,18 @@
 uvicorn waits for open connections before running lifespan teardown, and SSE/WebSocket
 streams never end by themselves. Our `Server.handle_exit` therefore also sets the app's
 shutdown event, which every stream watches, so they say goodbye and close within the grace
-period instead of holding the process up.
+period instead of holding the process up. Our `Server.shutdown` waits briefly for open
+WebSockets to send their own close frame (1001) before uvicorn fails the rest with 1012.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from types import FrameType
 
+import anyio
 import uvicorn
 
 from backend.core.settings import Settings
@@ -19,6 +22,7 @@ from backend.interface.app import create_app
 from backend.interface.lifecycle import Lifecycle
 
 GRACEFUL_SECONDS = 5
+STREAM_GOODBYE_SECONDS = 2
 
 
 class Server(uvicorn.Server):
@@ -38,6 +42,14 @@ class Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.begin_shutdown()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, give open WebSockets a moment to close with 1001, then finish."""
+        for server in self.servers:
+            server.close()
+        with anyio.move_on_after(STREAM_GOODBYE_SECONDS):
+            await self.lifecycle.streams_closed()
+        await super().shutdown(sockets)
 
 
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:

@@ -120,15 +120,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     gauge = state.metrics.connections.labels("ws")
     gauge.inc()
     try:
-        await websocket.accept(subprotocol)
-        try:
-            code, reason = await _session(websocket, state, principal)
-        except Exception:
-            logger.exception("WebSocket session failed", extra={"action": "ws_error"})
-            code, reason = INTERNAL_ERROR, ""
-        if code is not None:
-            with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
-                await websocket.close(code, reason)
+        with state.lifecycle.stream():
+            await websocket.accept(subprotocol)
+            try:
+                code, reason = await _session(websocket, state, principal)
+            except Exception:
+                logger.exception("WebSocket session failed", extra={"action": "ws_error"})
+                code, reason = INTERNAL_ERROR, ""
+            if code is not None:
+                with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
+                    await websocket.close(code, reason)
     finally:
         gauge.dec()
         guard.slots.release()
