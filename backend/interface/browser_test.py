@@ -30,6 +30,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from backend.entities.event import MAX_POSITION, format_id
 from backend.testing import postgres
+from backend.testing.browsers import require_browser
 from backend.testing.server import ServerProcess, spawn, start_server
 
 pytestmark = pytest.mark.external
@@ -53,19 +54,9 @@ UPDATE_SCREENSHOT = "PGCAST_UPDATE_SCREENSHOT"
 T = TypeVar("T")
 
 
-def find_chromium(path: Path = CHROMIUM, *, ci: bool | None = None) -> str:
-    """The browser's path; skip when it is missing, but fail under CI, which installs it."""
-    if path.is_file() and os.access(path, os.X_OK):
-        return str(path)
-    message = f"{path} is missing: install it with `{INSTALL}` (.ci/run does, as root)"
-    if (os.environ.get("CI") == "true") if ci is None else ci:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    return find_chromium()
+    return require_browser(CHROMIUM, INSTALL)
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +164,9 @@ def js_event_ids(page: Page, name: str) -> list[str]:
 def test_a_missing_browser_skips_locally_and_fails_in_ci(tmp_path: Path) -> None:
     missing = tmp_path / "chromium"
     with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
-        find_chromium(missing, ci=False)
+        require_browser(missing, INSTALL, ci=False)
     with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
-        find_chromium(missing, ci=True)
+        require_browser(missing, INSTALL, ci=True)
 
 
 def test_published_event_appears_live(page: Page, shared_server: ServerProcess) -> None:

@@ -1,0 +1,18 @@
+"""Finding the Debian browsers the page tests drive; nothing here downloads a browser."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def require_browser(path: Path, install: str, *, ci: bool | None = None) -> str:
+    """The browser's path; skip when it is missing, but fail under CI, which installs it."""
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    message = f"{path} is missing: install it with `{install}` (.ci/run does, as root)"
+    if (os.environ.get("CI") == "true") if ci is None else ci:
+        pytest.fail(message)
+    pytest.skip(message)
