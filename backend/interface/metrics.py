@@ -32,13 +32,13 @@ class EngineCollector(Collector):
         hub = engine.hub
         yield GaugeMetricFamily(
             "pgcast_subscriptions",
-            "Open subscriptions (live or catching up)",
-            hub.subscribers + hub.catching_up,
+            "Open subscriptions (live, lagging or catching up)",
+            hub.subscribers + hub.draining + hub.catching_up,
         )
         yield GaugeMetricFamily(
             "pgcast_lagging_subscribers",
-            "Subscriptions reading their backlog from the log",
-            hub.catching_up,
+            "Subscriptions behind the live path: draining after an overflow or reading the log",
+            hub.draining + hub.catching_up,
         )
         yield GaugeMetricFamily(
             "pgcast_log_position", "Last position the hub has read", hub.position

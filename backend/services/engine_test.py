@@ -184,8 +184,13 @@ async def test_slow_subscriber_loses_nothing_and_does_not_hold_back_others(
                 (event,) = await take(fast, 1)
                 assert event.data == i
             assert engine.hub.stats.lag_events >= 1
+            # The cut-off subscriber still counts while it drains its buffer.
+            hub = engine.hub
+            assert hub.subscribers + hub.draining + hub.catching_up == 2
+            assert hub.draining + hub.catching_up == 1
             got = await take(slow, 40)
         assert [e.data for e in got] == list(range(40))
+        assert (hub.subscribers, hub.draining, hub.catching_up) == (0, 0, 0)
 
 
 async def test_live_path_reads_the_log_once_per_wake_up_for_all_subscribers(

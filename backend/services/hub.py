@@ -71,13 +71,20 @@ class Hub:
     catching_up: int = 0
     _literal: dict[str, set[Registration]] = field(default_factory=dict)
     _wild: set[Registration] = field(default_factory=set)
+    _overflowed: set[Registration] = field(default_factory=set)
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _started: anyio.Event = field(default_factory=anyio.Event)
     _advanced: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def subscribers(self) -> int:
+        """Subscribers on the live path."""
         return len(self._wild) + sum(len(regs) for regs in self._literal.values())
+
+    @property
+    def draining(self) -> int:
+        """Subscribers cut off after an overflow, still working through their buffer."""
+        return len(self._overflowed)
 
     def register(self, patterns: Iterable[Pattern], filter: Filter | None) -> Registration:
         """Join the live path; every event after `position` will be offered to the buffer."""
@@ -96,6 +103,7 @@ class Hub:
     def unregister(self, reg: Registration) -> None:
         """Leave the live path and free the buffer (synchronous: safe in any cleanup)."""
         self._detach(reg)
+        self._overflowed.discard(reg)
         reg.send.close()
         reg.receive.close()
 
@@ -202,6 +210,7 @@ class Hub:
             reg.lagging = True
             self.stats.lag_events += 1
             self._detach(reg)
+            self._overflowed.add(reg)
             reg.send.close()
             logger.info(
                 "subscriber lagging; it will catch up from the log", extra={"action": "lagged"}
