@@ -103,3 +103,22 @@ async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
             await pool.close()
         if scope.cancelled_caught:
             pool.terminate()
+
+
+class Acquire:
+    """`pool.acquire()` that reports an unreachable database as DatabaseUnavailable.
+
+    Only acquiring is translated; errors inside the block propagate unchanged.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._cm = pool.acquire()
+
+    async def __aenter__(self) -> Connection:
+        try:
+            return await self._cm.__aenter__()
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cm.__aexit__(*exc)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from backend.interface.cli_client import fail
+from backend.interface.cli_client import Api, fail, guarded, write_line
 
 MAX_LINES = 500
 MAX_BYTES = 4 * 1024 * 1024
@@ -66,7 +66,7 @@ def _lines(fd: int) -> Iterator[bytes | None]:
         yield pending
 
 
-def post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
+def _post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
     """Read stdin to its end, posting `make_item(value)` for every non-blank line."""
     batch: list[dict[str, Any]] = []
     size = 0
@@ -97,7 +97,32 @@ def post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
     flush()
 
 
-def parse_value(text: str) -> Any:
+def post_created(
+    api: Api, path: str, value: str | None, fields: dict[str, Any], listed: str
+) -> None:
+    """POST `{"data": ..., **fields}` for the JSON argument, or for every line of stdin.
+
+    Prints the id of every created item (the answer's `listed` array), one per line, as soon
+    as its batch is committed. `fields` that are None are left out.
+    """
+    extra = {name: field for name, field in fields.items() if field is not None}
+
+    def item(data: Any) -> dict[str, Any]:
+        return {"data": data, **extra}
+
+    with guarded(), api.client() as client:
+
+        def send(batch: list[dict[str, Any]]) -> None:
+            for created in api.call(client, "POST", path, json=batch)[listed]:
+                write_line(str(created["id"]))
+
+        if value is not None:
+            send([item(_parse_value(value))])
+        else:
+            _post_lines(item, send)
+
+
+def _parse_value(text: str) -> Any:
     """A JSON value given on the command line."""
     try:
         return orjson.loads(text)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from backend.interface.cli_client import DEFAULT_URL, Api, Token, Url, guarded, segment, write_line
-from backend.interface.cli_lines import parse_value, post_lines
+from backend.interface.cli_client import DEFAULT_URL, Api, Token, Url, segment
+from backend.interface.cli_lines import post_created
 
 
 def publish(
@@ -37,24 +37,5 @@ def publish(
 
       jq -c '.[]' orders.json | pgcast publish orders.created --type order.created
     """
-    api = Api(url, token)
     path = f"/topics/{segment(topic)}/events"
-
-    def item(data: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"data": data}
-        if type_ is not None:
-            body["type"] = type_
-        if key is not None:
-            body["key"] = key
-        return body
-
-    with guarded(), api.client() as client:
-
-        def send(batch: list[dict[str, Any]]) -> None:
-            for event in api.call(client, "POST", path, json=batch)["events"]:
-                write_line(event["id"])
-
-        if value is not None:
-            send([item(parse_value(value))])
-        else:
-            post_lines(item, send)
+    post_created(Api(url, token), path, value, {"type": type_, "key": key}, "events")

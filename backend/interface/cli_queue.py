@@ -17,7 +17,7 @@ from backend.interface.cli_client import (
     segment,
     write_line,
 )
-from backend.interface.cli_lines import parse_value, post_lines
+from backend.interface.cli_lines import post_created
 from backend.interface.cli_worker import work
 
 DEAD_PAGE = 1000
@@ -65,29 +65,9 @@ def enqueue(
 
       jq -c '.[]' jobs.json | pgcast queue enqueue jobs --delay 60
     """
-    api = Api(url, token)
     path = f"/queues/{segment(queue)}/messages"
-
-    def item(data: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"data": data}
-        if delay is not None:
-            body["delay_seconds"] = delay
-        if max_attempts is not None:
-            body["max_attempts"] = max_attempts
-        if key is not None:
-            body["key"] = key
-        return body
-
-    with guarded(), api.client() as client:
-
-        def send(batch: list[dict[str, Any]]) -> None:
-            for message in api.call(client, "POST", path, json=batch)["messages"]:
-                write_line(str(message["id"]))
-
-        if value is not None:
-            send([item(parse_value(value))])
-        else:
-            post_lines(item, send)
+    fields = {"delay_seconds": delay, "max_attempts": max_attempts, "key": key}
+    post_created(Api(url, token), path, value, fields, "messages")
 
 
 def _age(seconds: object) -> str:

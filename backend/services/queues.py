@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import orjson
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
+from backend.connectors.database import UNAVAILABLE_ERRORS, Acquire, Connection, Pool
 from backend.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -367,21 +367,5 @@ class Queues:
         if await log_queries.sequence_pending(conn):
             self.on_events()
 
-    def _conn(self) -> _Acquire:
-        return _Acquire(self.pool)
-
-
-class _Acquire:
-    """pool.acquire() that reports an unreachable database as DatabaseUnavailable."""
-
-    def __init__(self, pool: Pool) -> None:
-        self._cm = pool.acquire()
-
-    async def __aenter__(self) -> Connection:
-        try:
-            return await self._cm.__aenter__()
-        except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(*exc)
+    def _conn(self) -> Acquire:
+        return Acquire(self.pool)

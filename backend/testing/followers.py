@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -76,19 +76,27 @@ class Follower:
         return min(backoff * 2, MAX_BACKOFF)
 
 
+Session = Callable[[httpx.AsyncClient, Follower], Awaitable[bool]]
+
+
+async def _follow(follower: Follower, client: httpx.AsyncClient, session: Session) -> None:
+    """Run `session` again and again; back off after failures that brought nothing new."""
+    backoff = FIRST_BACKOFF
+    for _ in range(MAX_CONNECTS):
+        count = len(follower.received.ids)
+        on_purpose = await session(client, follower)
+        follower.received.reconnects += 1
+        if len(follower.received.ids) > count:
+            backoff = FIRST_BACKOFF
+        if not on_purpose:
+            backoff = await follower.lost(backoff)
+
+
 async def follow_sse(follower: Follower) -> None:
     """Follow `pattern` over SSE until cancelled."""
     timeout = httpx.Timeout(10, read=follower.idle)
-    backoff = FIRST_BACKOFF
     async with httpx.AsyncClient(timeout=timeout) as client:
-        for _ in range(MAX_CONNECTS):
-            count = len(follower.received.ids)
-            on_purpose = await _sse_session(client, follower)
-            follower.received.reconnects += 1
-            if len(follower.received.ids) > count:
-                backoff = FIRST_BACKOFF
-            if not on_purpose:
-                backoff = await follower.lost(backoff)
+        await _follow(follower, client, _sse_session)
 
 
 async def _sse_session(client: httpx.AsyncClient, follower: Follower) -> bool:
@@ -123,16 +131,8 @@ async def _sse_session(client: httpx.AsyncClient, follower: Follower) -> bool:
 
 async def follow_ws(follower: Follower) -> None:
     """Follow `pattern` over one WebSocket subscription until cancelled."""
-    backoff = FIRST_BACKOFF
     async with httpx.AsyncClient(timeout=10) as client:
-        for _ in range(MAX_CONNECTS):
-            count = len(follower.received.ids)
-            on_purpose = await _ws_session(client, follower)
-            follower.received.reconnects += 1
-            if len(follower.received.ids) > count:
-                backoff = FIRST_BACKOFF
-            if not on_purpose:
-                backoff = await follower.lost(backoff)
+        await _follow(follower, client, _ws_session)
 
 
 async def _ws_session(client: httpx.AsyncClient, follower: Follower) -> bool:
