@@ -82,7 +82,9 @@ def serve(
     Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
     """
     settings = _settings()
-    from backend.connectors.migrations import upgrade
+    import anyio
+
+    from backend.connectors.schema_version import is_current
     from backend.interface.protection import check_bind
     from backend.interface.server import run_server
 
@@ -93,7 +95,10 @@ def serve(
         os.environ["INSECURE"] = "true"  # for the app factory of --reload's worker
     with _database(settings) as url:
         os.environ["DATABASE_URL"] = url
-        upgrade(url)
+        if not anyio.run(is_current, url):
+            from backend.connectors.migrations import upgrade
+
+            upgrade(url)
         run_server(
             settings.model_copy(update={"database_url": url, "insecure": insecure}),
             host=bind,
