@@ -55,6 +55,7 @@ ENV = {"SEND_TIMEOUT": "600", "HEARTBEAT_SECONDS": "15", "SUBSCRIBER_BUFFER": st
 SSE_GAUGE = 'pgcast_connections{transport="sse"}'
 OVERFLOWS = "pgcast_subscriber_overflows_total"
 SUBSCRIPTIONS = "pgcast_subscriptions "
+LAGGING = "pgcast_lagging_subscribers "
 MB = 1024 * 1024
 # Each stalled client costs memory (its connection, ~70 KB, and the output buffered for it,
 # ~200 KB), but that must not grow with the size or number of events published after it
@@ -172,11 +173,13 @@ def _connections(url: str, count: int) -> Callable[[], Awaitable[bool]]:
 
 
 def _cut_off(url: str) -> Callable[[], Awaitable[bool]]:
-    """Every stalled client overflowed, and only the healthy ones are still subscribed."""
+    """Every stalled client overflowed; only the healthy ones are still on the live path."""
 
     async def check() -> bool:
         overflows = await gauge(url, OVERFLOWS)
-        return overflows >= STALLED and await gauge(url, SUBSCRIPTIONS) <= HEALTHY
+        lagging = await gauge(url, LAGGING)
+        live = await gauge(url, SUBSCRIPTIONS) - lagging
+        return overflows >= STALLED and live <= HEALTHY
 
     return check
 
