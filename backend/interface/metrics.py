@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -75,7 +75,7 @@ class Metrics:
         self.published = Counter(
             "pgcast_events_published", "Events published through this process", registry=r
         )
-        self.delivered = Counter(
+        self.delivered_total = Counter(
             "pgcast_events_delivered", "Events written to clients", ["transport"], registry=r
         )
         self.delivery_lag = Histogram(
@@ -96,14 +96,21 @@ class Metrics:
         self.engine_collector.engine = engine
         engine.committer.on_batch = self.batch_size.observe
 
-    def delivered_event(self, transport: str, event: Event) -> None:
-        """Per delivery: the labelled children are looked up once per transport, not per call."""
+    def delivered(self, transport: str, events: Sequence[Event]) -> None:
+        """One write of `events` to a client: counts each, and one lag sample for the write.
+
+        The sample is the age of the oldest event in the write, so a histogram bucket reads
+        "writes whose oldest event was this late"; per write rather than per event keeps
+        the cost off busy streams (the labelled children are looked up once per transport).
+        """
+        if not events:
+            return
         children = self._per_transport.get(transport)
         if children is None:
-            children = (self.delivered.labels(transport), self.delivery_lag.labels(transport))
+            children = (self.delivered_total.labels(transport), self.delivery_lag.labels(transport))
             self._per_transport[transport] = children
-        children[0].inc()
-        children[1].observe(max(0.0, time.time() - event.time.timestamp()))
+        children[0].inc(len(events))
+        children[1].observe(max(0.0, time.time() - events[0].time.timestamp()))
 
     async def endpoint(self, _request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")

@@ -1,10 +1,14 @@
-"""Server-Sent Events responses for subscriptions.
+"""Server-Sent Events responses for subscriptions and queue consumers.
 
 The response (sse-starlette) runs the socket writer, heartbeat comments, the send timeout
-and client-disconnect detection. Our producer task owns the subscription and feeds the
-writer through a small bounded stream; it turns `CursorExpired` into an in-band
-`pgcast.reset` event and continues from the oldest retained event, and on shutdown it
-sends a final comment and ends the stream so clients reconnect elsewhere.
+and client-disconnect detection. For an event subscription the writer iterates the
+subscription itself (`_event_body`): each wake-up writes every event that is ready in one
+chunk, with no task in between, so a busy stream costs one wake-up and one write per
+batch. A watcher task stops the subscription on shutdown or when the token expires; the
+body then writes a final comment and ends, so clients reconnect elsewhere. A resume
+point that is gone becomes an in-band `pgcast.reset` event and the stream continues from
+the oldest retained event. Queue consumers keep a producer task (`sse_response`) because
+a delivery's lease must be taken before it is written.
 
 Each stream holds one of the process's MAX_CONNECTIONS slots (503 when none is free) and
 ends when the token that opened it expires, so a revoked client cannot listen forever.
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -26,10 +32,11 @@ from backend.core.concurrency import first_to_finish, unwrap_single_error
 from backend.core.errors import CursorExpired, TooManyConnections
 from backend.core.filters import Filter
 from backend.core.names import Pattern
+from backend.entities.event import Event
 from backend.interface.encoding import sse_comment, sse_frame, sse_reset, sse_retry
 from backend.interface.errors import DB_DOWN
 from backend.interface.state import AppState
-from backend.services.subscribe import EARLIEST
+from backend.services.subscribe import EARLIEST, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ WRITER_BUFFER = 64
 COALESCE_FRAMES = 64
 COALESCE_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 1.0
+SHUTDOWN_COMMENT = "server shutting down; reconnect"
+EXPIRED_COMMENT = "token expired"
+DB_DOWN_COMMENT = "database unavailable; reconnect"
 
 
 class EventStream(EventSourceResponse):
@@ -64,31 +74,6 @@ class EventStream(EventSourceResponse):
                 self.on_close()
 
 
-async def _pump(
-    state: AppState,
-    send: MemoryObjectSendStream[bytes],
-    patterns: tuple[Pattern, ...],
-    after: str | int,
-    flt: Filter | None,
-) -> None:
-    """Subscription → writer, resetting in-band when the resume point is gone."""
-    metrics = state.metrics
-    while True:
-        try:
-            async with state.engine.subscription(patterns, after, flt) as (_, events):
-                async for event in events:
-                    frame = sse_frame(event)
-                    try:
-                        send.send_nowait(frame)
-                    except anyio.WouldBlock:
-                        await send.send(frame)
-                    metrics.delivered_event("sse", event)
-            return
-        except CursorExpired as exc:
-            await send.send(sse_reset(exc))
-            after = EARLIEST
-
-
 Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
 
 
@@ -103,16 +88,48 @@ async def _until(deadline: float | None) -> None:
             await anyio.sleep(max(0.001, deadline - time.time()))
 
 
-def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
-    """An SSE response fed by `pump`, with retry hint, heartbeats and a clean shutdown.
-
-    Raises TooManyConnections (503) when every streaming slot is taken.
-    """
+def _take_slot(state: AppState) -> None:
+    """Hold one of the process's streaming slots; TooManyConnections (503) when none is free."""
     slots = state.guard.slots
     if not slots.acquire():
         raise TooManyConnections(
             f"this server holds its limit of {slots.limit} streaming connections; retry later"
         )
+
+
+def _respond(
+    state: AppState,
+    body: AsyncIterator[bytes],
+    sender: Callable[[], Coroutine[None, None, None]],
+    source: MemoryObjectReceiveStream[bytes] | None = None,
+) -> EventStream:
+    """The response around `body`, releasing the slot taken by `_take_slot` when it ends."""
+    settings = state.settings
+    slots = state.guard.slots
+    try:
+        response = EventStream(
+            body,
+            ping=settings.heartbeat_seconds,
+            send_timeout=settings.send_timeout,
+            data_sender_callable=sender,
+            shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+            headers={"Cache-Control": "no-store"},
+        )
+    except BaseException:
+        slots.release()
+        raise
+    response.on_close = slots.release
+    response.source = source
+    return response
+
+
+def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
+    """An SSE response fed by `pump` through a small buffer (queue consumers).
+
+    Retry hint, heartbeats and a clean shutdown; raises TooManyConnections (503) when every
+    streaming slot is taken.
+    """
+    _take_slot(state)
     send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
     settings = state.settings
     lifecycle = state.lifecycle
@@ -131,33 +148,19 @@ def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> Event
                         )
                 except DB_DOWN:
                     with anyio.move_on_after(1):
-                        await send.send(sse_comment("database unavailable; reconnect"))
+                        await send.send(sse_comment(DB_DOWN_COMMENT))
                     return
                 if expires_at is not None and time.time() >= expires_at:
                     with anyio.move_on_after(1):
-                        await send.send(sse_comment("token expired"))
+                        await send.send(sse_comment(EXPIRED_COMMENT))
                     return
                 if lifecycle.shutting_down.is_set():
                     with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS / 2):
-                        await send.send(sse_comment("server shutting down; reconnect"))
+                        await send.send(sse_comment(SHUTDOWN_COMMENT))
         finally:
             state.metrics.connections.labels("sse").dec()
 
-    try:
-        response = EventStream(
-            _coalesced(receive),
-            ping=settings.heartbeat_seconds,
-            send_timeout=settings.send_timeout,
-            data_sender_callable=produce,
-            shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
-            headers={"Cache-Control": "no-store"},
-        )
-    except BaseException:
-        slots.release()
-        raise
-    response.on_close = slots.release
-    response.source = receive
-    return response
+    return _respond(state, _coalesced(receive), produce, receive)
 
 
 async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[bytes]:
@@ -177,6 +180,81 @@ async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[
         yield b"".join(chunks)
 
 
+@dataclass(eq=False)
+class _Ending:
+    """Set once, from the watcher task: the farewell comment, and the subscription to stop."""
+
+    farewell: bytes | None = None
+    subscription: Subscription | None = None
+
+    def end(self, farewell: bytes) -> None:
+        if self.farewell is None:
+            self.farewell = farewell
+            if self.subscription is not None:
+                self.subscription.stop()
+
+    def follow(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        if self.farewell is not None:
+            subscription.stop()
+
+
+def _chunks(events: list[Event]) -> Iterator[bytes]:
+    """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
+    chunk: list[bytes] = []
+    size = 0
+    for event in events:
+        frame = sse_frame(event)
+        if chunk and size + len(frame) > COALESCE_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk)
+
+
+async def _event_body(
+    state: AppState,
+    patterns: tuple[Pattern, ...],
+    after: str | int,
+    flt: Filter | None,
+    ending: _Ending,
+) -> AsyncGenerator[bytes, None]:
+    """What the response writes: straight from the subscription, with no task in between.
+
+    Each wake-up writes every event that is ready; a resume point that is gone becomes an
+    in-band reset, and the stream continues from the oldest retained event.
+    """
+    metrics = state.metrics
+    metrics.connections.labels("sse").inc()
+    try:
+        yield sse_retry(state.settings.sse_retry_ms)
+        while ending.farewell is None:
+            reset: CursorExpired | None = None
+            try:
+                async with state.engine.subscription(patterns, after, flt) as (subscription, _):
+                    ending.follow(subscription)
+                    async with aclosing(subscription.batches()) as batches:
+                        async for batch in batches:
+                            for chunk in _chunks(batch):
+                                yield chunk
+                            metrics.delivered("sse", batch)
+            except CursorExpired as exc:
+                reset = exc
+            except DB_DOWN:
+                yield sse_comment(DB_DOWN_COMMENT)
+                return
+            if reset is None:
+                break
+            yield sse_reset(reset)
+            after = EARLIEST
+        if ending.farewell is not None:
+            yield ending.farewell
+    finally:
+        metrics.connections.labels("sse").dec()
+
+
 def event_stream(
     state: AppState,
     patterns: tuple[Pattern, ...],
@@ -185,4 +263,15 @@ def event_stream(
     expires_at: float | None,
 ) -> EventStream:
     """The SSE response for an already validated and authorized subscription request."""
-    return sse_response(state, lambda send: _pump(state, send, patterns, after, flt), expires_at)
+    _take_slot(state)
+    ending = _Ending()
+    lifecycle = state.lifecycle
+
+    async def watch() -> None:
+        """Stop the subscription on shutdown or token expiry; the body then says why."""
+        with unwrap_single_error():
+            await first_to_finish(lifecycle.shutting_down.wait, lambda: _until(expires_at))
+        shutting_down = lifecycle.shutting_down.is_set()
+        ending.end(sse_comment(SHUTDOWN_COMMENT if shutting_down else EXPIRED_COMMENT))
+
+    return _respond(state, _event_body(state, patterns, after, flt, ending), watch)

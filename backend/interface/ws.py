@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -504,15 +505,19 @@ class Connection:
         metrics = self.state.metrics
         while True:
             try:
-                async with self.state.engine.subscription(patterns, after, flt) as (_, events):
+                async with (
+                    self.state.engine.subscription(patterns, after, flt) as (subscription, _),
+                    aclosing(subscription.batches()) as batches,
+                ):
                     await announce()
-                    async for event in events:
-                        frame = ws_event_frame(sub_json, event).decode()
-                        try:
-                            self.outbox.send_nowait(frame)
-                        except anyio.WouldBlock:
-                            await self.outbox.send(frame)
-                        metrics.delivered_event("ws", event)
+                    async for batch in batches:
+                        for event in batch:
+                            frame = ws_event_frame(sub_json, event).decode()
+                            try:
+                                self.outbox.send_nowait(frame)
+                            except anyio.WouldBlock:
+                                await self.outbox.send(frame)
+                        metrics.delivered("ws", batch)
                 return
             except CursorExpired as exc:
                 await announce()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 
 import anyio
 import pytest
@@ -258,3 +259,31 @@ async def test_pruned_resume_point_raises_cursor_expired(database_url: str) -> N
         async with engine.subscribe("r", after="earliest") as stream:
             (only,) = await take(stream, 1)
         assert only.data == 5
+
+
+async def test_batches_hand_over_everything_ready_and_stop_ends_after_it(
+    database_url: str,
+) -> None:
+    async with running_engine(database_url) as engine:
+        await engine.publish_many([engine.event("b", n) for n in range(3)])
+        async with (
+            engine.subscription("b", after="earliest") as (subscription, _),
+            aclosing(subscription.batches()) as batches,
+        ):
+            backlog = await anext(batches)
+            await engine.publish_many([engine.event("b", n) for n in range(3, 8)])
+            with anyio.fail_after(5):
+                while subscription.hub.position < backlog[-1].pos + 5:
+                    await anyio.sleep(0.01)
+            live = await anext(batches)
+            await engine.publish("b", 8)
+            with anyio.fail_after(5):
+                while subscription.hub.position < live[-1].pos + 1:
+                    await anyio.sleep(0.01)
+            subscription.stop()
+            rest = [event async for batch in batches for event in batch]
+    assert [e.data for e in backlog] == [0, 1, 2]
+    assert [e.data for e in live] == [3, 4, 5, 6, 7]
+    # What was buffered when it stopped is still delivered; then the stream ends.
+    assert [e.data for e in rest] == [8]
+    assert engine.hub.subscribers == 0

@@ -77,6 +77,7 @@ class Subscription:
     delivered: int = 0
     _selector: TopicSelector = field(init=False)
     _reg: Registration | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._selector = TopicSelector.of(self.patterns)
@@ -92,30 +93,53 @@ class Subscription:
             self.hub.unregister(self._reg)
             self._reg = None
 
+    def stop(self) -> None:
+        """End the stream soon, from outside it: after what is buffered, or the current page.
+
+        Synchronous and safe from another task; the iteration then finishes normally, so
+        the consumer can still say goodbye on its connection.
+        """
+        self._stopped = True
+        if self._reg is not None:
+            self._reg.send.close()
+
     async def events(self) -> AsyncGenerator[Event, None]:
-        """Catch-up then live, until the hub closes."""
+        """Catch-up then live, one event at a time, until the hub closes or `stop`."""
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
+        """Catch-up then live, as lists: a page of backlog, or all a live buffer holds.
+
+        Lists let a transport write everything that is ready at once, so a busy stream
+        costs one wake-up and one write per batch rather than per event.
+        """
         try:
-            while not self.hub.closed:
+            while not self.hub.closed and not self._stopped:
                 if self._reg is None:
                     self.hub.catching_up += 1
                     try:
-                        while self._reg is None:
-                            async for event in self._backlog(self.hub.position):
-                                yield event
+                        while self._reg is None and not self._stopped:
+                            async for page in self._backlog(self.hub.position):
+                                yield page
                             self.join_if_near()
                     finally:
                         self.hub.catching_up -= 1
                 reg = self._reg
-                async for event in self._backlog(reg.start):
-                    yield event
-                async for event in self._live(reg):
-                    yield event
+                if reg is None:
+                    return
+                async for page in self._backlog(reg.start):
+                    yield page
+                async for batch in self._live(reg):
+                    yield batch
                 self.close()
         finally:
             self.close()
 
-    async def _backlog(self, upto: int) -> AsyncIterator[Event]:
-        while self.position < upto:
+    async def _backlog(self, upto: int) -> AsyncIterator[list[Event]]:
+        while self.position < upto and not self._stopped:
             async with self.pool.acquire() as conn:
                 page = await log_queries.read_page(
                     conn, self._selector, self.position, upto, self.page_size
@@ -124,32 +148,46 @@ class Subscription:
                 raise expired(
                     "pruned", page.pruned_through, "the log was pruned past this subscription"
                 )
+            wanted = []
             for event in page.events:
                 self.position = event.pos
                 if self.filter is None or self.filter.matches(event.envelope()):
-                    self.delivered += 1
-                    yield event
+                    wanted.append(event)
             if len(page.events) < self.page_size:
                 self.position = max(self.position, upto)
+            if wanted:
+                self.delivered += len(wanted)
+                yield wanted
 
-    async def _live(self, reg: Registration) -> AsyncIterator[Event]:
+    async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
+        receive = reg.receive
         while True:
-            # Take what is already buffered without a scheduler round trip per event;
-            # wait (a cancellation point) only when the buffer is empty.
+            # Wait (a cancellation point) only when the buffer is empty, then take
+            # everything already buffered without a scheduler round trip per event.
             try:
-                event = reg.receive.receive_nowait()
+                first = receive.receive_nowait()
             except anyio.WouldBlock:
                 try:
-                    event = await reg.receive.receive()
+                    first = await receive.receive()
                 except anyio.EndOfStream:
                     return
             except anyio.EndOfStream:
                 return
-            if event.pos <= self.position:
-                continue
-            self.position = event.pos
-            self.delivered += 1
-            yield event
+            batch: list[Event] = []
+            event = first
+            while True:
+                if event.pos > self.position:
+                    self.position = event.pos
+                    batch.append(event)
+                if len(batch) >= self.page_size:
+                    break
+                try:
+                    event = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            if batch:
+                self.delivered += len(batch)
+                yield batch
 
 
 @asynccontextmanager
