@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     ws_max_frame_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_compression: bool = False
     group_commit_wait_ms: float = Field(default=2.0, gt=0)
     group_commit_max_requests: int = Field(default=256, ge=1)
     idempotency_ttl: timedelta = timedelta(hours=24)

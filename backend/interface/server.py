@@ -66,6 +66,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_max_size=settings.ws_max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval_seconds,
             ws_ping_timeout=settings.ws_ping_interval_seconds,
+            ws_per_message_deflate=settings.ws_compression,
         )
         return
     lifecycle = Lifecycle()
@@ -77,6 +78,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_interval_seconds,
+        ws_per_message_deflate=settings.ws_compression,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,

@@ -23,6 +23,8 @@ from httpx_ws import (
     WebSocketUpgradeError,
     aconnect_ws,
 )
+from websockets.asyncio import client as ws_client
+from websockets.typing import Subprotocol
 
 from backend.entities.event import format_id
 from backend.testing import postgres
@@ -359,3 +361,17 @@ async def test_queue_ops_consume_ack_nack_and_release(shared: ServerProcess) -> 
         with anyio.fail_after(15):
             while (await client.get("/queues/wsq")).json()["ready"] != 1:
                 await anyio.sleep(0.05)
+
+
+async def _negotiated_extensions(url: str) -> str | None:
+    """The extensions header of a handshake that offers permessage-deflate."""
+    ws_url = url.replace("http", "ws", 1) + "/ws"
+    async with ws_client.connect(ws_url, subprotocols=[Subprotocol("pgcast.v1")]) as ws:
+        assert ws.response is not None
+        return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+
+async def test_compression_is_off_unless_enabled(shared: ServerProcess, database_url: str) -> None:
+    assert await _negotiated_extensions(shared.url) is None
+    with start_server(database_url, extra_env={"WS_COMPRESSION": "true"}) as server:
+        assert "permessage-deflate" in (await _negotiated_extensions(server.url) or "")
