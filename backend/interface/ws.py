@@ -37,7 +37,6 @@ from typing import Any
 import anyio
 import orjson
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backend.core.concurrency import unwrap_single_error
@@ -50,6 +49,7 @@ from backend.core.errors import (
     Unauthorized,
 )
 from backend.core.filters import Filter, compile_filter
+from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern, parse_patterns, validate_name
 from backend.entities.event import format_time
 from backend.interface.access import principal_of, rate_key, spend
@@ -149,11 +149,11 @@ async def _session(
     websocket: WebSocket, state: AppState, principal: Principal | None
 ) -> tuple[int | None, str]:
     """Run the connection until it ends; returns the close code to send, if any."""
-    outbox, frames = anyio.create_memory_object_stream[str](OUTBOX_FRAMES)
-    with outbox, frames, unwrap_single_error():
+    outbox = Mailbox[str](OUTBOX_FRAMES)
+    with unwrap_single_error():
         async with anyio.create_task_group() as tasks:
             connection = Connection(websocket, state, outbox, tasks, principal)
-            tasks.start_soon(connection.write, frames)
+            tasks.start_soon(connection.write)
             tasks.start_soon(connection.end_on_shutdown)
             tasks.start_soon(connection.watch_credentials)
             await connection.receive()
@@ -211,7 +211,7 @@ class Connection:
 
     websocket: WebSocket
     state: AppState
-    outbox: MemoryObjectSendStream[str]
+    outbox: Mailbox[str]
     tasks: TaskGroup
     principal: Principal | None
     """Who the socket acts for; None until an `auth` frame when the handshake had no token."""
@@ -229,7 +229,7 @@ class Connection:
             self.tasks.cancel_scope.cancel()
 
     async def send(self, frame: Frame) -> None:
-        await self.outbox.send(orjson.dumps(frame).decode())
+        await self.outbox.put(orjson.dumps(frame).decode())
 
     async def send_error(self, echo: Frame, exc: BaseException) -> None:
         error = _as_error(exc)
@@ -260,17 +260,11 @@ class Connection:
         principal.check(permission, *names)
         return principal
 
-    async def write(self, frames: MemoryObjectReceiveStream[str]) -> None:
+    async def write(self) -> None:
         """The only writer to the socket; a client that stops reading is dropped."""
         timeout = self.state.settings.send_timeout
         try:
-            async for frame in frames:
-                batch = [frame]
-                while len(batch) < WRITE_BATCH:
-                    try:
-                        batch.append(frames.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+            while batch := await self.outbox.take(WRITE_BATCH):
                 # One cancel scope per burst. The deadline moves on after every REARM_BYTES
                 # sent, so each such slice of the burst gets the full send timeout without
                 # a clock read per frame.
@@ -365,7 +359,7 @@ class Connection:
             orjson.dumps(ref),
             envelopes_json(published),
         )
-        await self.outbox.send(body.decode())
+        await self.outbox.put(body.decode())
 
     async def ping(self, _frame: Frame) -> None:
         await self.send({"op": "pong"})
@@ -465,7 +459,7 @@ class Connection:
                     async for delivery in deliveries:
                         self.held[str(delivery.id)] = (sub, delivery)
                         body = delivery.message.to_json()
-                        await self.outbox.send(
+                        await self.outbox.put(
                             (b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()
                         )
             except DB_DOWN as exc:
@@ -520,10 +514,8 @@ class Connection:
                     async for batch in batches:
                         for event in batch:
                             frame = ws_event_frame(sub_json, event).decode()
-                            try:
-                                self.outbox.send_nowait(frame)
-                            except anyio.WouldBlock:
-                                await self.outbox.send(frame)
+                            if not self.outbox.offer(frame):
+                                await self.outbox.put(frame)
                         metrics.delivered("ws", batch)
                 return
             except CursorExpired as exc:

@@ -17,10 +17,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from backend.connectors.database import Pool
 from backend.core.filters import Filter
+from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern
 from backend.entities.event import Event
 from backend.services import log_queries
@@ -35,8 +35,7 @@ class Registration:
     patterns: tuple[Pattern, ...]
     filter: Filter | None
     start: int
-    send: MemoryObjectSendStream[Event]
-    receive: MemoryObjectReceiveStream[Event]
+    mailbox: Mailbox[Event]
     lagging: bool = False
 
     def wants(self, event: Event, envelope: dict[str, Any] | None) -> bool:
@@ -88,10 +87,9 @@ class Hub:
 
     def register(self, patterns: Iterable[Pattern], filter: Filter | None) -> Registration:
         """Join the live path; every event after `position` will be offered to the buffer."""
-        send, receive = anyio.create_memory_object_stream[Event](self.buffer_size)
-        reg = Registration(tuple(patterns), filter, self.position, send, receive)
+        reg = Registration(tuple(patterns), filter, self.position, Mailbox(self.buffer_size))
         if self.closed:
-            send.close()
+            reg.mailbox.close()
             return reg
         for pattern in reg.patterns:
             if pattern.is_literal:
@@ -104,8 +102,7 @@ class Hub:
         """Leave the live path and free the buffer (synchronous: safe in any cleanup)."""
         self._detach(reg)
         self._overflowed.discard(reg)
-        reg.send.close()
-        reg.receive.close()
+        reg.mailbox.close()
 
     def _detach(self, reg: Registration) -> None:
         self._wild.discard(reg)
@@ -130,7 +127,7 @@ class Hub:
         self._advanced.set()
         for reg in [*self._wild, *(r for regs in self._literal.values() for r in regs)]:
             self._detach(reg)
-            reg.send.close()
+            reg.mailbox.close()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Read from the log on each wake-up (and every poll interval) until cancelled."""
@@ -204,18 +201,15 @@ class Hub:
         return targets
 
     def _offer(self, reg: Registration, event: Event) -> None:
-        try:
-            reg.send.send_nowait(event)
-        except anyio.WouldBlock:
-            reg.lagging = True
-            self.stats.lag_events += 1
-            self._detach(reg)
-            self._overflowed.add(reg)
-            reg.send.close()
-            logger.info(
-                "subscriber lagging; it will catch up from the log", extra={"action": "lagged"}
-            )
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._detach(reg)
-        else:
+        mailbox = reg.mailbox
+        if mailbox.offer(event):
             self.stats.deliveries += 1
+            return
+        self._detach(reg)
+        if mailbox.closed:
+            return  # the subscriber left or was stopped
+        reg.lagging = True
+        self.stats.lag_events += 1
+        self._overflowed.add(reg)
+        mailbox.close()
+        logger.info("subscriber lagging; it will catch up from the log", extra={"action": "lagged"})

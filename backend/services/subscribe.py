@@ -14,8 +14,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
-import anyio
-
 from backend.connectors.database import Pool
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter, compile_filter
@@ -101,7 +99,7 @@ class Subscription:
         """
         self._stopped = True
         if self._reg is not None:
-            self._reg.send.close()
+            self._reg.mailbox.close()
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """Catch-up then live, one event at a time, until the hub closes or `stop`."""
@@ -160,32 +158,11 @@ class Subscription:
                 yield wanted
 
     async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
-        receive = reg.receive
-        while True:
-            # Wait (a cancellation point) only when the buffer is empty, then take
-            # everything already buffered without a scheduler round trip per event.
-            try:
-                first = receive.receive_nowait()
-            except anyio.WouldBlock:
-                try:
-                    first = await receive.receive()
-                except anyio.EndOfStream:
-                    return
-            except anyio.EndOfStream:
-                return
-            batch: list[Event] = []
-            event = first
-            while True:
-                if event.pos > self.position:
-                    self.position = event.pos
-                    batch.append(event)
-                if len(batch) >= self.page_size:
-                    break
-                try:
-                    event = receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
+        """Everything buffered at each wake-up, minus positions already passed."""
+        while taken := await reg.mailbox.take(self.page_size):
+            batch = [event for event in taken if event.pos > self.position]
             if batch:
+                self.position = batch[-1].pos
                 self.delivered += len(batch)
                 yield batch
 

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from backend.core.mailbox import Mailbox
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_take_returns_everything_ready_in_order_up_to_the_limit() -> None:
+    box: Mailbox[int] = Mailbox(10)
+    for n in range(5):
+        assert box.offer(n)
+    assert await box.take(3) == [0, 1, 2]
+    assert await box.take(10) == [3, 4]
+    assert len(box) == 0
+
+
+async def test_offer_refuses_beyond_capacity_and_after_close() -> None:
+    box: Mailbox[int] = Mailbox(2)
+    assert box.offer(1)
+    assert box.offer(2)
+    assert not box.offer(3)
+    box.close()
+    assert not box.offer(4)
+    assert await box.take(10) == [1, 2]
+    assert await box.take(10) == []
+
+
+async def test_a_waiting_take_wakes_on_offer_and_on_close() -> None:
+    box: Mailbox[str] = Mailbox(4)
+    got: list[list[str]] = []
+
+    async def reader() -> None:
+        got.append(await box.take(4))
+        got.append(await box.take(4))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await anyio.wait_all_tasks_blocked()
+        box.offer("a")
+        await anyio.wait_all_tasks_blocked()
+        box.close()
+    assert got == [["a"], []]
+
+
+async def test_a_cancelled_take_loses_nothing() -> None:
+    box: Mailbox[int] = Mailbox(4)
+    with anyio.move_on_after(0.01):
+        await box.take(4)
+    assert box.offer(7)
+    assert await box.take(4) == [7]
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Mailbox(0)
+
+
+async def test_put_waits_for_room_and_fails_once_closed() -> None:
+    box: Mailbox[int] = Mailbox(1)
+    await box.put(1)
+    done: list[int] = []
+
+    async def producer(n: int) -> None:
+        await box.put(n)
+        done.append(n)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer, 2)
+        await anyio.wait_all_tasks_blocked()
+        assert done == []
+        assert await box.take(5) == [1]
+    assert done == [2]
+    assert await box.take(5) == [2]
+    box.close()
+    with pytest.raises(anyio.ClosedResourceError):
+        await box.put(3)
+
+
+async def test_close_releases_a_waiting_put() -> None:
+    box: Mailbox[int] = Mailbox(1)
+    await box.put(1)
+    outcome: list[str] = []
+
+    async def producer() -> None:
+        try:
+            await box.put(2)
+        except anyio.ClosedResourceError:
+            outcome.append("closed")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await anyio.wait_all_tasks_blocked()
+        box.close()
+    assert outcome == ["closed"]
+    assert await box.take(5) == [1]
