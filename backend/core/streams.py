@@ -239,22 +239,42 @@ async def _take(source: AsyncIterable[T], n: int) -> AsyncGenerator[T, None]:
 
 
 def batch(
-    source: AsyncIterable[T], size: int, max_wait: float
+    source: AsyncIterable[T],
+    size: int,
+    max_wait: float,
+    *,
+    hold: Callable[[], bool] | None = None,
 ) -> AbstractAsyncContextManager[ObjectReceiveStream[list[T]]]:
     """Lists of up to `size` items.
 
     A batch is sent when full, when `max_wait` seconds have passed since its first item
-    arrived, or when the source ends. It never sends an empty list.
+    arrived, or when the source ends. It never sends an empty list. With `hold`, a batch
+    waits for more only while `hold()` is true; otherwise it leaves at once with whatever
+    is ready (group commit holds only while another commit is in flight, so a lone
+    request pays no wait).
     """
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     if max_wait <= 0:
         raise ValueError(f"max_wait must be positive, got {max_wait}")
-    return task_backed(_batch_into, source, size, max_wait)
+    return task_backed(_batch_into, source, size, max_wait, hold)
+
+
+def _take_ready(items: MemoryObjectReceiveStream[T], pending: list[T], size: int) -> None:
+    """Move what is already waiting in `items` into `pending`, up to `size` in all."""
+    while len(pending) < size:
+        try:
+            pending.append(items.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return
 
 
 async def _batch_into(
-    out: MemoryObjectSendStream[list[T]], source: AsyncIterable[T], size: int, max_wait: float
+    out: MemoryObjectSendStream[list[T]],
+    source: AsyncIterable[T],
+    size: int,
+    max_wait: float,
+    hold: Callable[[], bool] | None,
 ) -> None:
     async with task_backed(_forward, source) as items:
         pending: list[T] = []
@@ -268,9 +288,11 @@ async def _batch_into(
                 if not pending:
                     deadline = anyio.current_time() + max_wait
                 pending.append(item)
-                if len(pending) < size:
+                _take_ready(items, pending, size)
+                if len(pending) < size and (hold is None or hold()):
                     continue
-            # Reached when the batch is full or its deadline cancelled the receive.
+            # Reached when the batch is full, its deadline cancelled the receive, or
+            # `hold` let it go.
             if not await _deliver(out, pending):
                 return
             pending, deadline = [], math.inf

@@ -458,3 +458,22 @@ async def test_invalid_arguments_fail_when_the_stage_is_built() -> None:
     with pytest.raises(ValueError, match="interval"):
         heartbeat(source, 0.0, lambda: None)
     assert not source.started
+
+
+async def test_batch_leaves_at_once_unless_hold_says_wait() -> None:
+    holding = False
+    send, receive = anyio.create_memory_object_stream[int](10)
+    async with batch(receive, 5, 10.0, hold=lambda: holding) as batches:
+        await send.send(1)
+        with anyio.fail_after(1):
+            assert await batches.receive() == [1]
+        holding = True
+        await send.send(2)
+        with anyio.move_on_after(0.2) as waited:
+            await batches.receive()
+        assert waited.cancelled_caught
+        holding = False
+        await send.send(3)
+        with anyio.fail_after(1):
+            assert await batches.receive() == [2, 3]
+        send.close()

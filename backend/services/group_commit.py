@@ -1,16 +1,19 @@
 """Group commit: concurrent publish requests in one process share one transaction.
 
 Requests queue up (bounded, so overload pushes back on callers); each worker batches them
-with the `batch` stream operator (whatever arrives within `max_wait`, default 2 ms, up to
-`max_requests`) and commits each batch in one transaction. Every caller is answered only
-after its own events are committed. When a batch fails for a reason other than the
-database being unreachable, each request is retried alone, so one bad request fails only
-itself.
+with the `batch` stream operator and commits each batch in one transaction. While publishers
+are busy (a commit in flight, or a batch of several requests moments ago) a batch gathers
+whatever arrives within `max_wait` (default 2 ms, up to `max_requests`); after a quiet
+spell it leaves at once, so a lone publish pays no wait.
+Every caller is answered only after its own events are committed. When a batch fails
+for a reason other than the database being unreachable, each request is retried alone,
+so one bad request fails only itself.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +28,9 @@ from backend.entities.event import Event, NewEvent
 from backend.services.publish import publish_events
 
 logger = logging.getLogger(__name__)
+
+# A batch taken within this many `max_wait`s of the previous one means publishers are busy.
+BUSY_WINDOW_WAITS = 5
 
 
 @dataclass(eq=False)
@@ -54,6 +60,9 @@ class GroupCommitter:
     stats: GroupCommitStats = field(default_factory=GroupCommitStats)
     _send: MemoryObjectSendStream[_Request] = field(init=False)
     _receive: MemoryObjectReceiveStream[_Request] = field(init=False)
+    _in_flight: int = field(default=0, init=False)
+    _last_batch: float = field(default=-math.inf, init=False)
+    _last_size: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[_Request](self.queue_size)
@@ -81,17 +90,32 @@ class GroupCommitter:
             self._receive.close()
 
     async def _worker(self, requests: MemoryObjectReceiveStream[_Request]) -> None:
-        async with batch(requests, self.max_requests, self.max_wait) as batches:
+        async with batch(requests, self.max_requests, self.max_wait, hold=self._busy) as batches:
             async for group in batches:
                 # Once taken, a batch is finished even if the process is stopping, within a bound.
-                with anyio.move_on_after(self.commit_timeout, shield=True):
-                    await self._commit(group)
+                self._last_batch = anyio.current_time()
+                self._last_size = len(group)
+                self._in_flight += 1
+                try:
+                    with anyio.move_on_after(self.commit_timeout, shield=True):
+                        await self._commit(group)
+                finally:
+                    self._in_flight -= 1
                 self._fail(
                     [r for r in group if not r.done.is_set()],
                     DatabaseUnavailable(
                         "the database did not answer in time; nothing was acknowledged"
                     ),
                 )
+
+    def _busy(self) -> bool:
+        """Worth waiting for company: a commit is in flight, or the last batch, just now,
+        had several requests. A single client publishing one request after another is
+        neither, so it pays no wait."""
+        if self._in_flight > 0:
+            return True
+        recent = anyio.current_time() - self._last_batch < BUSY_WINDOW_WAITS * self.max_wait
+        return recent and self._last_size > 1
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:
