@@ -87,8 +87,8 @@ async def publish_events(
     committed = False
     try:
         async with pool.acquire() as conn:
-            async with conn.transaction():
-                seqs = await log_queries.insert_events(conn, events)
+            # One INSERT statement commits atomically on its own: no BEGIN/COMMIT round trips.
+            seqs = await log_queries.insert_events(conn, events)
             committed = True
             return await _sequenced(conn, seqs, on_sequenced)
     except UNAVAILABLE_ERRORS as exc:
