@@ -1,8 +1,7 @@
 """A bounded buffer with one reader that takes everything ready at once.
 
-The hub hands each event to every matching subscriber without ever waiting (`offer`), and
-each subscriber takes what has piled up in one go; a WebSocket's outgoing frames wait for
-room instead (`put`). anyio's memory object streams do more than
+The hub hands each event to every matching subscriber without ever waiting, and each
+subscriber takes what has piled up in one go. anyio's memory object streams do more than
 that needs on every wait (they record the waiting task for their statistics), which on a
 busy fan-out was the largest single cost of a delivery. This buffer waits on one plain
 `anyio.Event`, created only when the reader finds it empty.
@@ -19,8 +18,7 @@ T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """Holds at most `capacity` items; `offer` never blocks, `put` waits for room, and
-    `take` waits only when empty."""
+    """Holds at most `capacity` items; `offer` never blocks, `take` waits only when empty."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -29,7 +27,6 @@ class Mailbox(Generic[T]):
         self.closed = False
         self._items: deque[T] = deque()
         self._waiter: anyio.Event | None = None
-        self._room: anyio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -42,22 +39,10 @@ class Mailbox(Generic[T]):
         self._wake()
         return True
 
-    async def put(self, item: T) -> None:
-        """Add `item`, waiting while the mailbox is full; ClosedResourceError once closed."""
-        while len(self._items) >= self.capacity and not self.closed:
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
-        if self.closed:
-            raise anyio.ClosedResourceError
-        self._items.append(item)
-        self._wake()
-
     def close(self) -> None:
         """No more items: the reader gets what is left, then an empty list."""
         self.closed = True
         self._wake()
-        self._make_room()
 
     async def take(self, limit: int) -> list[T]:
         """Up to `limit` items, oldest first; waits while empty; [] once closed and drained.
@@ -75,7 +60,6 @@ class Mailbox(Generic[T]):
             items.clear()
         else:
             taken = [items.popleft() for _ in range(limit)]
-        self._make_room()
         return taken
 
     def _wake(self) -> None:
@@ -83,9 +67,3 @@ class Mailbox(Generic[T]):
         if waiter is not None:
             self._waiter = None
             waiter.set()
-
-    def _make_room(self) -> None:
-        room = self._room
-        if room is not None:
-            self._room = None
-            room.set()
