@@ -232,6 +232,7 @@ async def _event_body(
         yield sse_retry(state.settings.sse_retry_ms)
         while ending.farewell is None:
             reset: CursorExpired | None = None
+            database_down = False
             try:
                 async with state.engine.subscription(patterns, after, flt) as (subscription, _):
                     ending.follow(subscription)
@@ -243,6 +244,8 @@ async def _event_body(
             except CursorExpired as exc:
                 reset = exc
             except DB_DOWN:
+                database_down = True
+            if database_down:
                 yield sse_comment(DB_DOWN_COMMENT)
                 return
             if reset is None:
