@@ -271,10 +271,23 @@ def event_stream(
     lifecycle = state.lifecycle
 
     async def watch() -> None:
-        """Stop the subscription on shutdown or token expiry; the body then says why."""
-        with unwrap_single_error():
-            await first_to_finish(lifecycle.shutting_down.wait, lambda: _until(expires_at))
-        shutting_down = lifecycle.shutting_down.is_set()
-        ending.end(sse_comment(SHUTDOWN_COMMENT if shutting_down else EXPIRED_COMMENT))
+        """Stop the subscription on shutdown or token expiry; the body then says why.
+
+        One task that waits for both, rather than a task for each: every idle stream
+        holds it for as long as it is open.
+        """
+        stopping = lifecycle.shutting_down
+        while not stopping.is_set():
+            if expires_at is None:
+                await stopping.wait()
+                break
+            # The loop's clock may wake a hair early against the wall clock: wait again
+            # until the expiry has really passed, so the token's own check agrees.
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                break
+            with anyio.move_on_after(remaining):
+                await stopping.wait()
+        ending.end(sse_comment(SHUTDOWN_COMMENT if stopping.is_set() else EXPIRED_COMMENT))
 
     return _respond(state, _event_body(state, patterns, after, flt, ending), watch)
