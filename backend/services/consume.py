@@ -73,14 +73,18 @@ class Consumer:
     in_flight: dict[str, int] = field(default_factory=dict)
 
     def settled(self, lease: str) -> None:
+        self.queues.holders.pop(lease, None)
         if self.in_flight.pop(lease, None) is not None:
             self.queues.waker.wake(self.queue)
 
     async def deliveries(self) -> AsyncGenerator[Delivery, None]:
+        quiet = False
         while True:
             woken = self.queues.waker.event(self.queue)
             room = self.prefetch - len(self.in_flight)
-            if room <= 0:
+            if room <= 0 and quiet:
+                # Settles in this process free room at once (`Queues.holders`); only after
+                # a quiet poll ask the database about the rest (another process, reaped).
                 await self._forget_settled_elsewhere()
                 room = self.prefetch - len(self.in_flight)
             claimed = (
@@ -89,11 +93,13 @@ class Consumer:
             for message in claimed:
                 assert message.lease is not None
                 self.in_flight[message.lease] = message.id
+                self.queues.holders[message.lease] = self.settled
                 yield Delivery(self, message)
             if claimed:
                 continue
-            with anyio.move_on_after(await self._idle_wait(room)):
+            with anyio.move_on_after(await self._idle_wait(room)) as waited:
                 await woken.wait()
+            quiet = waited.cancelled_caught
 
     async def _idle_wait(self, room: int) -> float:
         """Sleep until woken, the next delayed message is due, or the safety poll."""
@@ -105,13 +111,16 @@ class Consumer:
         return wait
 
     async def _forget_settled_elsewhere(self) -> None:
-        """Messages acked through another connection (HTTP) free room here too."""
+        """Messages settled in another process, or reaped after their lease, free room too."""
         held = await self.queues.still_leased(list(self.in_flight))
         for lease in [lease for lease in self.in_flight if lease not in held]:
             del self.in_flight[lease]
+            self.queues.holders.pop(lease, None)
 
     async def release_all(self) -> None:
         leases, self.in_flight = list(self.in_flight), {}
+        for lease in leases:
+            self.queues.holders.pop(lease, None)
         with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
             await self.queues.release(leases)
 

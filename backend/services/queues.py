@@ -136,6 +136,9 @@ class Queues:
     poll_interval: float = 2.0
     retention: timedelta = timedelta(days=7)
     waker: QueueWaker = field(default_factory=QueueWaker)
+    holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
+    """Leases held by this process's consumers, and what to call when one is settled, by
+    whichever connection: the consumer gets its room back without asking the database."""
     _pending_notify: set[str] = field(default_factory=set)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
 
@@ -208,6 +211,7 @@ class Queues:
         async with self._conn() as conn:
             if not await q.ack(conn, queue, message_id, lease):
                 await self._refuse(conn, queue, message_id)
+        self._settled(lease)
         self.changed(queue)
 
     async def nack(
@@ -227,8 +231,14 @@ class Queues:
                 assert moved is not None
                 await self._lifecycle(conn, [moved])
             await self._sequence(conn)
+        self._settled(lease)
         self.changed(queue)
         return moved
+
+    def _settled(self, lease: str) -> None:
+        holder = self.holders.pop(lease, None)
+        if holder is not None:
+            holder(lease)
 
     async def extend(self, queue: str, message_id: int, lease: str, seconds: float) -> datetime:
         async with self._conn() as conn:

@@ -178,3 +178,30 @@ async def test_bad_input_is_refused(database_url: str) -> None:
             await engine.queues.ack("other", message.id, "lease")
         with pytest.raises(Conflict):
             await engine.queues.ack("bad", message.id, "not-the-lease")
+
+
+async def test_a_settle_by_another_path_frees_the_consumers_room(database_url: str) -> None:
+    """Acked here through the service (as HTTP does): room at once, without a database
+    check. Acked in another process: room after one quiet poll."""
+    slow_poll = {**FAST, "poll_interval_seconds": 30}
+    async with (
+        running_engine(database_url, **slow_poll) as engine,
+        running_engine(database_url, **FAST) as other,
+    ):
+        for n in range(3):
+            await engine.enqueue("room", n)
+        async with engine.consume("room", prefetch=1) as deliveries:
+            first = await anext(deliveries)
+            await engine.queues.ack("room", first.id, first.lease)
+            with anyio.fail_after(2):
+                second = await anext(deliveries)
+        async with other.consume("room", prefetch=1) as deliveries:
+            third = await anext(deliveries)
+            await engine.queues.ack("room", third.id, third.lease)
+            assert third.lease in other.queues.holders  # this process has not heard of it
+            with anyio.fail_after(5):
+                fourth_or_end = await anext(deliveries)
+    assert [first.data, second.data, third.data] == [0, 1, 2]
+    # Room came back after the other process's quiet poll: the next claim found the
+    # second message, which the first consumer returned when it left.
+    assert fourth_or_end.data == 1
