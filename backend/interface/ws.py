@@ -151,8 +151,7 @@ async def _session(
     with unwrap_single_error():
         async with anyio.create_task_group() as tasks:
             connection = Connection(websocket, state, tasks, principal)
-            tasks.start_soon(connection.watch_sends)
-            tasks.start_soon(connection.end_on_shutdown)
+            tasks.start_soon(connection.watch)
             tasks.start_soon(connection.watch_credentials)
             await connection.receive()
             connection.end(None)
@@ -264,7 +263,7 @@ class Connection:
         """Send `frames` together and in order, under the send lock.
 
         `frames` may be a generator, so a long batch is encoded one frame at a time as it
-        goes out. Each frame sent counts as progress for `watch_sends`; after a disconnect
+        goes out. Each frame sent counts as progress for `watch`; after a disconnect
         the connection ends and the caller is cancelled at its next await.
         """
         async with self.sending:
@@ -279,24 +278,26 @@ class Connection:
             finally:
                 self.writing = False
 
-    async def watch_sends(self) -> None:
-        """Drop a client whose socket accepted nothing for SEND_TIMEOUT during a write.
+    async def watch(self) -> None:
+        """Close with 1001 when the server shuts down; drop a client whose socket accepted
+        nothing for SEND_TIMEOUT during a write.
 
-        One watchdog per connection instead of a timeout scope around every write: a
-        scope costs more than the send itself on a busy fan-out. No close frame is sent,
-        because it could not get through either.
+        One watchdog task per connection instead of a timeout scope around every write: a
+        scope costs more than the send itself on a busy fan-out. A dropped client gets no
+        close frame, because it could not get through either.
         """
         timeout = self.state.settings.send_timeout
+        stopping = self.state.lifecycle.shutting_down
         while True:
-            await anyio.sleep(timeout / WATCHDOG_CHECKS)
+            with anyio.move_on_after(timeout / WATCHDOG_CHECKS):
+                await stopping.wait()
+            if stopping.is_set():
+                self.end(GOING_AWAY)
+                return
             if self.writing and time.monotonic() - self.progress_at >= timeout:
                 logger.info("dropped a stalled WebSocket client", extra={"action": "send_timeout"})
                 self.end(None)
                 return
-
-    async def end_on_shutdown(self) -> None:
-        await self.state.lifecycle.shutting_down.wait()
-        self.end(GOING_AWAY)
 
     async def receive(self) -> None:
         """Handle client frames in order until the client disconnects."""
