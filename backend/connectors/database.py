@@ -85,15 +85,6 @@ async def connect(
     return conn
 
 
-async def _keep_session(_conn: Connection) -> None:
-    """Skip asyncpg's session reset on release (a round trip per use of the pool).
-
-    pgcast never leaves session state on a pooled connection: no SET (only SET LOCAL), no
-    LISTEN (the listener has its own connection), no session advisory locks, no cursors
-    outside transactions. asyncpg still rolls back a transaction left open.
-    """
-
-
 @asynccontextmanager
 async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
     """A pool for the lifetime of the block, closed within a bounded time."""
@@ -102,7 +93,6 @@ async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
         min_size=1,
         max_size=size,
         init=_init_connection,
-        reset=_keep_session,
         command_timeout=60,
         server_settings={"application_name": APPLICATION_NAME},
     )
