@@ -25,7 +25,13 @@ def _series(results: list[ScenarioResult], key: str) -> dict[str, Any] | None:
     return None
 
 
-def _save(path: Path) -> Path:
+def _save(path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Label, grid and legend the current figure, then write it to `path`."""
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    plt.title(title)
+    plt.grid(True, which="both", alpha=0.3)
+    plt.legend(fontsize="small")
     plt.tight_layout()
     plt.savefig(path, dpi=DPI)
     plt.close()
@@ -58,12 +64,12 @@ def latency_cdf(results: list[ScenarioResult], path: Path) -> Path | None:
                 linestyle=_style(name),
             )
     plt.xscale("log")
-    plt.xlabel("latency, send to client (ms, log scale)")
-    plt.ylabel("fraction of events")
-    plt.title("End-to-end latency CDF")
-    plt.grid(True, which="both", alpha=0.3)
-    plt.legend(fontsize="small")
-    return _save(path)
+    return _save(
+        path,
+        "End-to-end latency CDF",
+        "latency, send to client (ms, log scale)",
+        "fraction of events",
+    )
 
 
 def throughput(results: list[ScenarioResult], path: Path) -> Path | None:
@@ -91,12 +97,12 @@ def throughput(results: list[ScenarioResult], path: Path) -> Path | None:
     plt.xscale("log", base=2)
     plt.yscale("log")
     plt.xticks(levels, [str(level) for level in levels])
-    plt.xlabel("concurrent clients / connections")
-    plt.ylabel("events/s committed (log scale)")
-    plt.title("Publish throughput against concurrency")
-    plt.grid(True, which="both", alpha=0.3)
-    plt.legend(fontsize="small")
-    return _save(path)
+    return _save(
+        path,
+        "Publish throughput against concurrency",
+        "concurrent clients / connections",
+        "events/s committed (log scale)",
+    )
 
 
 def memory(results: list[ScenarioResult], path: Path) -> Path | None:
@@ -106,12 +112,9 @@ def memory(results: list[ScenarioResult], path: Path) -> Path | None:
     plt.figure(figsize=SIZE)
     for name, points in series.items():
         plt.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    plt.xlabel("idle SSE connections")
-    plt.ylabel("server RSS (MiB)")
-    plt.title("Server memory against connections")
-    plt.grid(True, alpha=0.3)
-    plt.legend()
-    return _save(path)
+    return _save(
+        path, "Server memory against connections", "idle SSE connections", "server RSS (MiB)"
+    )
 
 
 CHARTS = {"latency-cdf": latency_cdf, "throughput": throughput, "memory": memory}

@@ -29,7 +29,7 @@ from backend.services.publish import publish_events
 
 logger = logging.getLogger(__name__)
 
-# A batch taken within this many `max_wait`s of the previous one means publishers are busy.
+# After a batch of several requests, publishers count as busy for this many `max_wait`s.
 BUSY_WINDOW_WAITS = 5
 
 
@@ -61,8 +61,7 @@ class GroupCommitter:
     _send: MemoryObjectSendStream[_Request] = field(init=False)
     _receive: MemoryObjectReceiveStream[_Request] = field(init=False)
     _in_flight: int = field(default=0, init=False)
-    _last_batch: float = field(default=-math.inf, init=False)
-    _last_size: int = field(default=0, init=False)
+    _busy_until: float = field(default=-math.inf, init=False)
 
     def __post_init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[_Request](self.queue_size)
@@ -93,8 +92,8 @@ class GroupCommitter:
         async with batch(requests, self.max_requests, self.max_wait, hold=self._busy) as batches:
             async for group in batches:
                 # Once taken, a batch is finished even if the process is stopping, within a bound.
-                self._last_batch = anyio.current_time()
-                self._last_size = len(group)
+                if len(group) > 1:
+                    self._busy_until = anyio.current_time() + BUSY_WINDOW_WAITS * self.max_wait
                 self._in_flight += 1
                 try:
                     with anyio.move_on_after(self.commit_timeout, shield=True):
@@ -112,10 +111,7 @@ class GroupCommitter:
         """Worth waiting for company: a commit is in flight, or the last batch, just now,
         had several requests. A single client publishing one request after another is
         neither, so it pays no wait."""
-        if self._in_flight > 0:
-            return True
-        recent = anyio.current_time() - self._last_batch < BUSY_WINDOW_WAITS * self.max_wait
-        return recent and self._last_size > 1
+        return self._in_flight > 0 or anyio.current_time() < self._busy_until
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:

@@ -36,7 +36,6 @@ class Registration:
     filter: Filter | None
     start: int
     mailbox: Mailbox[Event]
-    lagging: bool = False
 
     def wants(self, event: Event, envelope: dict[str, Any] | None) -> bool:
         if self.filter is None:
@@ -208,7 +207,6 @@ class Hub:
         self._detach(reg)
         if mailbox.closed:
             return  # the subscriber left or was stopped
-        reg.lagging = True
         self.stats.lag_events += 1
         self._overflowed.add(reg)
         mailbox.close()

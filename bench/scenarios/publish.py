@@ -58,11 +58,7 @@ def _http(ctx: Context, port: int, pid: int, clients: int, batch: int) -> dict[s
         )
         for i, share in enumerate(split(clients, sizes.client_processes))
     ]
-    try:
-        results, cpu = run_together(children, ctx.meter(pid), sizes.publish_seconds)
-    finally:
-        stop_all(children)
-    return _summarise(results, cpu)
+    return _measure(ctx, pid, children)
 
 
 def _sql(ctx: Context, pid: int | None, mode: str, connections: int) -> dict[str, Any]:
@@ -80,8 +76,13 @@ def _sql(ctx: Context, pid: int | None, mode: str, connections: int) -> dict[str
         )
         for i, share in enumerate(split(connections, sizes.client_processes))
     ]
+    return _measure(ctx, pid, children)
+
+
+def _measure(ctx: Context, pid: int | None, children: list[Child]) -> dict[str, Any]:
+    """Run the load processes together for the scenario's time, then summarise them."""
     try:
-        results, cpu = run_together(children, ctx.meter(pid), sizes.publish_seconds)
+        results, cpu = run_together(children, ctx.meter(pid), ctx.sizes.publish_seconds)
     finally:
         stop_all(children)
     return _summarise(results, cpu)
