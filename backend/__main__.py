@@ -1,5 +1,5 @@
 """`python -m backend` is the `pgcast` command."""
 
-from backend.interface.cli import main
+from backend.interface.main import main
 
 main()

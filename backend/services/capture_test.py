@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from backend.connectors.database import Connection, connect, open_pool
+from backend.connectors.store import log as log_queries
 from backend.core.errors import CaptureError, ConfigError
-from backend.services import log_queries
 from backend.services.capture import add_capture, list_captures, reconcile, remove_capture
 from backend.testing.engine import nothing_within, running_engine, take
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 
+from backend.connectors.store.queues import Moved
 from backend.entities.message import Message
-from backend.services.queue_queries import Moved
 from backend.services.queues import MAX_LEASE_SECONDS, Queues, integer, number, validate_queue
 
 CLEANUP_SECONDS = 5.0

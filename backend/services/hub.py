@@ -19,11 +19,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from backend.connectors.database import Pool
+from backend.connectors.store import log as log_queries
 from backend.core.filters import Filter
 from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern
 from backend.entities.event import Event
-from backend.services import log_queries
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.connectors.database import Connection, connect
+from backend.connectors.store import log as log_queries
 from backend.entities.event import Event, format_id
-from backend.services import log_queries
 from backend.services.engine import Engine
 from backend.testing import postgres
 from backend.testing.engine import running_engine

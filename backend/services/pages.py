@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import anyio
 
 from backend.connectors.database import Pool
+from backend.connectors.store import log as log_queries
+from backend.connectors.store.log import TopicSelector
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
-from backend.services import log_queries
 from backend.services.hub import Hub
-from backend.services.log_queries import TopicSelector
 from backend.services.subscribe import expired, resolve_start
 
 END_OF_LOG = 2**62

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 
 from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
+from backend.connectors.store import log as log_queries
+from backend.connectors.store.idempotency import run_once
 from backend.core.errors import DatabaseUnavailable, EventTooLarge, InvalidEvent
 from backend.core.names import validate_name
 from backend.entities.event import Event, NewEvent
-from backend.services import log_queries
-from backend.services.idempotency import run_once
 
 MAX_TYPE_LENGTH = 200
 RESERVED_SEGMENT = "pgcast"

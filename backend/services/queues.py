@@ -24,6 +24,9 @@ import anyio
 import orjson
 
 from backend.connectors.database import UNAVAILABLE_ERRORS, Acquire, Connection, Pool
+from backend.connectors.store import log as log_queries
+from backend.connectors.store import queues as q
+from backend.connectors.store.idempotency import run_once
 from backend.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -35,9 +38,6 @@ from backend.core.errors import (
 from backend.core.names import validate_name
 from backend.entities.event import NewEvent
 from backend.entities.message import Message, NewMessage, QueueStats
-from backend.services import log_queries
-from backend.services import queue_queries as q
-from backend.services.idempotency import run_once
 
 logger = logging.getLogger(__name__)
 

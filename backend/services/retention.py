@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from backend.connectors.database import Pool
-from backend.services import log_queries
-from backend.services.idempotency import prune_keys
+from backend.connectors.store import log as log_queries
+from backend.connectors.store.idempotency import prune_keys
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from backend.connectors.database import Pool
-from backend.services import log_queries
+from backend.connectors.store import log as log_queries
 
 logger = logging.getLogger(__name__)
 

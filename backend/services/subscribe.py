@@ -15,13 +15,13 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 from backend.connectors.database import Pool
+from backend.connectors.store import log as log_queries
+from backend.connectors.store.log import TopicSelector
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter, compile_filter
 from backend.core.names import Pattern, parse_patterns
 from backend.entities.event import Event, format_id, parse_id
-from backend.services import log_queries
 from backend.services.hub import Hub, Registration
-from backend.services.log_queries import TopicSelector
 
 EARLIEST = "earliest"
 LATEST = "latest"

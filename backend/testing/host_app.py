@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from backend.interface.app import create_app
+from backend.interface.server.app import create_app
 
 pgcast = create_app()
 

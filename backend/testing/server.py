@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from backend.connectors.embedded import free_port
+from backend.connectors.embedded import free_port as free_port
 
 
 @dataclass

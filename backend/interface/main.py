@@ -1,0 +1,23 @@
+"""The `pgcast` command line (also `python -m backend`): client commands plus serve and migrate."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from backend.core.errors import PgcastError
+from backend.interface.cli.app import app
+from backend.interface.server.commands import migrate, serve
+
+app.command()(serve)
+app.command()(migrate)
+
+
+def main() -> None:
+    """Entry point: typed errors become one line on stderr and exit status 1."""
+    try:
+        app()
+    except PgcastError as exc:
+        typer.echo(f"pgcast: {exc.message}", err=True)
+        sys.exit(1)

@@ -1,0 +1,115 @@
+"""`pgcast serve` and `pgcast migrate`: the commands that run the server or touch the schema."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from backend.core.errors import ConfigError
+from backend.core.logging import configure_logging
+from backend.core.settings import Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"pgcast: configuration error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from backend.connectors.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    already_running = server.running_port() is not None
+    url = server.start()
+    try:
+        yield url
+    finally:
+        if not already_running:
+            server.stop()
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback address without AUTH_SECRET (env INSECURE): anyone"
+            " who can reach it may read, publish and administer everything.",
+        ),
+    ] = False,
+) -> None:
+    """Migrate the database and serve HTTP, SSE and WebSocket.
+
+    Without AUTH_SECRET (or AUTH_PUBLIC_KEY_FILE) it only binds a loopback address.
+
+    Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
+    """
+    settings = _settings()
+    import anyio
+
+    from backend.connectors.schema_version import is_current
+    from backend.interface.security.protection import check_bind
+    from backend.interface.server.runner import run_server
+
+    bind = host or settings.host
+    insecure = insecure or settings.insecure
+    check_bind(bind, auth_enabled=settings.auth_enabled, insecure=insecure)
+    if insecure:
+        os.environ["INSECURE"] = "true"  # for the app factory of --reload's worker
+    with _database(settings) as url:
+        os.environ["DATABASE_URL"] = url
+        if not anyio.run(is_current, url):
+            from backend.connectors.migrations import upgrade
+
+            upgrade(url)
+        run_server(
+            settings.model_copy(update={"database_url": url, "insecure": insecure}),
+            host=bind,
+            port=settings.port if port is None else port,
+            reload=reload,
+        )
+
+
+def migrate(
+    check: Annotated[
+        bool, typer.Option("--check", help="Verify models and migrations agree, in a scratch DB.")
+    ] = False,
+) -> None:
+    """Apply the database migrations (forward-only).
+
+    Example: DATABASE_URL=postgresql://localhost/app pgcast migrate
+    """
+    settings = _settings()
+    from backend.connectors import migrations
+
+    with _database(settings) as url:
+        if not check:
+            migrations.upgrade(url)
+            typer.echo("pgcast: database is at the newest revision")
+            return
+        from backend.connectors.scratch import scratch_database
+
+        with scratch_database(url) as scratch_url:
+            migrations.upgrade(scratch_url)
+            problem = migrations.check(scratch_url)
+        if problem:
+            typer.echo(f"pgcast: models and migrations differ: {problem}", err=True)
+            raise typer.Exit(1)
+        typer.echo("pgcast: models and migrations agree")

@@ -1,0 +1,86 @@
+"""Running uvicorn from our own entry point, so shutdown reaches open streams at once.
+
+uvicorn waits for open connections before running lifespan teardown, and SSE/WebSocket
+streams never end by themselves. Our `Server.handle_exit` therefore also sets the app's
+shutdown event, which every stream watches, so they say goodbye and close within the grace
+period instead of holding the process up. Our `Server.shutdown` waits briefly for open
+WebSockets to send their own close frame (1001) before uvicorn fails the rest with 1012.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from types import FrameType
+
+import anyio
+import uvicorn
+
+from backend.core.settings import Settings
+from backend.interface.server.app import create_app
+from backend.interface.server.lifecycle import Lifecycle
+
+GRACEFUL_SECONDS = 5
+STREAM_GOODBYE_SECONDS = 2
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server that tells the app's streams to finish when a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """A requested stop is a clean exit (status 0), not a re-raised signal."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.lifecycle.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, give open WebSockets a moment to close with 1001, then finish."""
+        for server in self.servers:
+            server.close()
+        with anyio.move_on_after(STREAM_GOODBYE_SECONDS):
+            await self.lifecycle.streams_closed()
+        await super().shutdown(sockets)
+
+
+def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
+    """Serve until a signal; with `reload`, uvicorn's reloader owns the process."""
+    if reload:
+        uvicorn.run(
+            "backend.interface.server.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            reload=True,
+            reload_dirs=["backend"],
+            log_level=settings.log_level.lower(),
+            ws_max_size=settings.ws_max_frame_bytes,
+            ws_ping_interval=settings.ws_ping_interval_seconds,
+            ws_ping_timeout=settings.ws_ping_interval_seconds,
+            ws_per_message_deflate=settings.ws_compression,
+        )
+        return
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle=lifecycle),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
+        ws_per_message_deflate=settings.ws_compression,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        lifespan="on",
+        log_config=None,
+    )
+    Server(config, lifecycle).run()

@@ -1,0 +1,293 @@
+"""Server-Sent Events responses for subscriptions and queue consumers.
+
+The response (sse-starlette) runs the socket writer, heartbeat comments, the send timeout
+and client-disconnect detection. For an event subscription the writer iterates the
+subscription itself (`_event_body`): each wake-up writes every event that is ready in one
+chunk, with no task in between, so a busy stream costs one wake-up and one write per
+batch. A watcher task stops the subscription on shutdown or when the token expires; the
+body then writes a final comment and ends, so clients reconnect elsewhere. A resume
+point that is gone becomes an in-band `pgcast.reset` event and the stream continues from
+the oldest retained event. Queue consumers keep a producer task (`sse_response`) because
+a delivery's lease must be taken before it is written.
+
+Each stream holds one of the process's MAX_CONNECTIONS slots (503 when none is free) and
+ends when the token that opened it expires, so a revoked client cannot listen forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
+
+from backend.core.concurrency import first_to_finish, unwrap_single_error
+from backend.core.errors import CursorExpired, TooManyConnections
+from backend.core.filters import Filter
+from backend.core.names import Pattern
+from backend.entities.event import Event
+from backend.interface.http.errors import DB_DOWN
+from backend.interface.server.state import AppState
+from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.services.subscribe import EARLIEST, Subscription
+
+logger = logging.getLogger(__name__)
+
+WRITER_BUFFER = 64
+COALESCE_FRAMES = 64
+COALESCE_BYTES = 64 * 1024
+SHUTDOWN_GRACE_SECONDS = 1.0
+SHUTDOWN_COMMENT = "server shutting down; reconnect"
+EXPIRED_COMMENT = "token expired"
+DB_DOWN_COMMENT = "database unavailable; reconnect"
+
+
+class EventStream(EventSourceResponse):
+    """An SSE response whose send timeout is a normal way to end, not a server error.
+
+    `on_close` runs once the response is over, whichever way it ended (frees the slot).
+    """
+
+    on_close: Callable[[], None] | None = None
+    source: MemoryObjectReceiveStream[bytes] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            logger.info("closed a stalled SSE client", extra={"action": "send_timeout"})
+        finally:
+            if self.source is not None:
+                self.source.close()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(1, shield=True):
+                    await aclose()
+            if self.on_close is not None:
+                self.on_close()
+
+
+Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
+
+
+async def _until(deadline: float | None) -> None:
+    """Sleep until the wall-clock `deadline` (forever when None)."""
+    if deadline is None:
+        await anyio.sleep_forever()
+    else:
+        # The event loop's clock may wake a hair early against the wall clock: sleep again
+        # until the deadline has really passed, so the caller's expiry check agrees.
+        while time.time() < deadline:  # noqa: ASYNC110 - waiting on a clock, not an event
+            await anyio.sleep(max(0.001, deadline - time.time()))
+
+
+def _take_slot(state: AppState) -> None:
+    """Hold one of the process's streaming slots; TooManyConnections (503) when none is free."""
+    slots = state.guard.slots
+    if not slots.acquire():
+        raise TooManyConnections(
+            f"this server holds its limit of {slots.limit} streaming connections; retry later"
+        )
+
+
+def _respond(
+    state: AppState,
+    body: AsyncIterator[bytes],
+    sender: Callable[[], Coroutine[None, None, None]],
+    source: MemoryObjectReceiveStream[bytes] | None = None,
+) -> EventStream:
+    """The response around `body`, releasing the slot taken by `_take_slot` when it ends."""
+    settings = state.settings
+    slots = state.guard.slots
+    try:
+        response = EventStream(
+            body,
+            ping=settings.heartbeat_seconds,
+            send_timeout=settings.send_timeout,
+            data_sender_callable=sender,
+            shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+            headers={"Cache-Control": "no-store"},
+        )
+    except BaseException:
+        slots.release()
+        raise
+    response.on_close = slots.release
+    response.source = source
+    return response
+
+
+def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
+    """An SSE response fed by `pump` through a small buffer (queue consumers).
+
+    Retry hint, heartbeats and a clean shutdown; raises TooManyConnections (503) when every
+    streaming slot is taken.
+    """
+    _take_slot(state)
+    send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
+    settings = state.settings
+    lifecycle = state.lifecycle
+
+    async def produce() -> None:
+        state.metrics.connections.labels("sse").inc()
+        try:
+            with send:
+                await send.send(sse_retry(settings.sse_retry_ms))
+                try:
+                    with unwrap_single_error():
+                        await first_to_finish(
+                            lambda: pump(send),
+                            lifecycle.shutting_down.wait,
+                            lambda: _until(expires_at),
+                        )
+                except DB_DOWN:
+                    with anyio.move_on_after(1):
+                        await send.send(sse_comment(DB_DOWN_COMMENT))
+                    return
+                if expires_at is not None and time.time() >= expires_at:
+                    with anyio.move_on_after(1):
+                        await send.send(sse_comment(EXPIRED_COMMENT))
+                    return
+                if lifecycle.shutting_down.is_set():
+                    with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS / 2):
+                        await send.send(sse_comment(SHUTDOWN_COMMENT))
+        finally:
+            state.metrics.connections.labels("sse").dec()
+
+    return _respond(state, _coalesced(receive), produce, receive)
+
+
+async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[bytes]:
+    """Everything already queued leaves in one write: far fewer sends when a client is
+    behind or a burst arrives, the same bytes in the same order."""
+    async for first in frames:
+        chunks = [first]
+        size = len(first)
+        # Bounded in bytes too: a stalled client holds at most one such chunk in flight.
+        while len(chunks) < COALESCE_FRAMES and size < COALESCE_BYTES:
+            try:
+                chunk = frames.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        yield b"".join(chunks)
+
+
+@dataclass(eq=False)
+class _Ending:
+    """Set once, from the watcher task: the farewell comment, and the subscription to stop."""
+
+    farewell: bytes | None = None
+    subscription: Subscription | None = None
+
+    def end(self, farewell: bytes) -> None:
+        if self.farewell is None:
+            self.farewell = farewell
+            if self.subscription is not None:
+                self.subscription.stop()
+
+    def follow(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        if self.farewell is not None:
+            subscription.stop()
+
+
+def _chunks(events: list[Event]) -> Iterator[bytes]:
+    """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
+    chunk: list[bytes] = []
+    size = 0
+    for event in events:
+        frame = sse_frame(event)
+        if chunk and size + len(frame) > COALESCE_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk)
+
+
+async def _event_body(
+    state: AppState,
+    patterns: tuple[Pattern, ...],
+    after: str | int,
+    flt: Filter | None,
+    ending: _Ending,
+) -> AsyncGenerator[bytes, None]:
+    """What the response writes: straight from the subscription, with no task in between.
+
+    Each wake-up writes every event that is ready; a resume point that is gone becomes an
+    in-band reset, and the stream continues from the oldest retained event.
+    """
+    metrics = state.metrics
+    metrics.connections.labels("sse").inc()
+    try:
+        yield sse_retry(state.settings.sse_retry_ms)
+        while ending.farewell is None:
+            reset: CursorExpired | None = None
+            database_down = False
+            try:
+                async with state.engine.subscription(patterns, after, flt) as (subscription, _):
+                    ending.follow(subscription)
+                    async with aclosing(subscription.batches()) as batches:
+                        async for batch in batches:
+                            for chunk in _chunks(batch):
+                                yield chunk
+                            metrics.delivered("sse", batch)
+            except CursorExpired as exc:
+                reset = exc
+            except DB_DOWN:
+                database_down = True
+            if database_down:
+                yield sse_comment(DB_DOWN_COMMENT)
+                return
+            if reset is None:
+                break
+            yield sse_reset(reset)
+            after = EARLIEST
+        if ending.farewell is not None:
+            yield ending.farewell
+    finally:
+        metrics.connections.labels("sse").dec()
+
+
+def event_stream(
+    state: AppState,
+    patterns: tuple[Pattern, ...],
+    after: str | int,
+    flt: Filter | None,
+    expires_at: float | None,
+) -> EventStream:
+    """The SSE response for an already validated and authorized subscription request."""
+    _take_slot(state)
+    ending = _Ending()
+    lifecycle = state.lifecycle
+
+    async def watch() -> None:
+        """Stop the subscription on shutdown or token expiry; the body then says why.
+
+        One task that waits for both, rather than a task for each: every idle stream
+        holds it for as long as it is open.
+        """
+        stopping = lifecycle.shutting_down
+        while not stopping.is_set():
+            if expires_at is None:
+                await stopping.wait()
+                break
+            # The loop's clock may wake a hair early against the wall clock: wait again
+            # until the expiry has really passed, so the token's own check agrees.
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                break
+            with anyio.move_on_after(remaining):
+                await stopping.wait()
+        ending.end(sse_comment(SHUTDOWN_COMMENT if stopping.is_set() else EXPIRED_COMMENT))
+
+    return _respond(state, _event_body(state, patterns, after, flt, ending), watch)
