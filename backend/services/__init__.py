@@ -1,7 +1,10 @@
 """Business logic as composable async generators: publish, subscribe, queues, capture.
 
 Applications use `Engine.open(url, settings)` and then `subscribe` / `publish` (module
-functions acting on the current engine, or the engine's methods).
+functions acting on the current engine, or the engine's methods). The stream operators
+(`merge`, `batch`, `throttle`, `heartbeat`, `take`, `amap`, and `streams.map` /
+`streams.filter`) compose subscriptions and deliveries; docs/python.md shows each in a
+runnable example.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from backend.core import streams
 from backend.core.filters import Filter
+from backend.core.streams import amap, batch, heartbeat, merge, take, throttle
 from backend.entities.event import Event
 from backend.entities.message import Message
 from backend.services.consume import Delivery
@@ -74,4 +79,20 @@ async def enqueue(
     )
 
 
-__all__ = ["Delivery", "Engine", "Event", "Message", "consume", "enqueue", "publish", "subscribe"]
+__all__ = [
+    "Delivery",
+    "Engine",
+    "Event",
+    "Message",
+    "amap",
+    "batch",
+    "consume",
+    "enqueue",
+    "heartbeat",
+    "merge",
+    "publish",
+    "streams",
+    "subscribe",
+    "take",
+    "throttle",
+]
