@@ -6,6 +6,7 @@ A bad value stops start-up with one line naming the variable; `load_settings` ra
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,19 @@ from backend.core.errors import ConfigError
 MIN_SECRET_LENGTH = 32
 
 
+def worker_count(text: str) -> int:
+    """`auto` (one per core) or a positive number of server processes."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"must be a positive number or 'auto', got {text!r}") from None
+    if count < 1:
+        raise ValueError(f"must be a positive number or 'auto', got {text!r}")
+    return count
+
+
 class Settings(BaseSettings):
     """Everything pgcast reads from its environment. Documented in docs/operations.md."""
 
@@ -27,6 +41,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     data_dir: Path = Path(".data")
@@ -66,6 +81,12 @@ class Settings(BaseSettings):
     max_subscriptions: int = Field(default=100, ge=1)
     publish_rate: float = Field(default=0.0, ge=0)
     publish_burst: int = Field(default=0, ge=0)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        """`auto` is one worker per core."""
+        return worker_count(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
 
 from backend.core.errors import ConfigError
-from backend.core.settings import load_settings
+from backend.core.settings import load_settings, worker_count
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,6 +44,8 @@ def test_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None
         ("MAX_EVENT_BYTES", "0"),
         ("AUTH_SECRET", "too-short"),
         ("PUBLISH_RATE", "-1"),
+        ("WORKERS", "0"),
+        ("WORKERS", "many"),
     ],
 )
 def test_a_bad_value_names_the_variable(
@@ -53,3 +56,16 @@ def test_a_bad_value_names_the_variable(
         load_settings()
     assert info.value.message.startswith(f"{name}: ")
     assert "\n" not in info.value.message
+
+
+def test_workers_default_to_one_and_auto_means_one_per_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().workers == 1
+    monkeypatch.setenv("WORKERS", "auto")
+    assert load_settings().workers == (os.cpu_count() or 1)
+    monkeypatch.setenv("WORKERS", "3")
+    assert load_settings().workers == 3
+    assert worker_count(" AUTO ") == (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="'auto'"):
+        worker_count("-2")

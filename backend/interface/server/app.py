@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -77,10 +78,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Engine.open(url, settings) as engine:
+        async with Engine.open(url, settings) as engine, anyio.create_task_group() as tasks:
             metrics.attach(engine)
+            tasks.start_soon(metrics.refresh_shared)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard)
             yield
+            tasks.cancel_scope.cancel()
 
     routes = [
         Route("/healthz", health.healthz),

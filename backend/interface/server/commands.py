@@ -11,7 +11,7 @@ import typer
 
 from backend.core.errors import ConfigError
 from backend.core.logging import configure_logging
-from backend.core.settings import Settings, load_settings
+from backend.core.settings import Settings, load_settings, worker_count
 
 
 def _settings() -> Settings:
@@ -46,6 +46,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    workers: Annotated[
+        str | None,
+        typer.Option(help="Server processes on the one port: a number or 'auto' (env WORKERS)."),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -62,6 +66,11 @@ def serve(
     Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
     """
     settings = _settings()
+    if workers is not None:
+        settings = _with_workers(settings, workers)
+    if reload and settings.workers > 1:
+        typer.echo("pgcast: --reload runs one process: drop --workers (or WORKERS)", err=True)
+        raise typer.Exit(2)
     import anyio
 
     from backend.connectors.schema_version import is_current
@@ -85,6 +94,15 @@ def serve(
             port=settings.port if port is None else port,
             reload=reload,
         )
+
+
+def _with_workers(settings: Settings, text: str) -> Settings:
+    try:
+        count = worker_count(text)
+    except ValueError as exc:
+        typer.echo(f"pgcast: --workers {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings.model_copy(update={"workers": count})
 
 
 def migrate(

@@ -1,13 +1,23 @@
-"""Prometheus metrics, one registry per app (several apps may live in one process)."""
+"""Prometheus metrics, one registry per app (several apps may live in one process).
+
+With `serve --workers N` every worker counts into files of a shared directory
+(prometheus-client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set by the parent), and
+whichever worker answers a scrape reports the sum over all of them. Engine figures that
+are read at scrape time in one process are copied into shared gauges and counters about
+once a second instead.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +27,14 @@ from backend.services.engine import Engine
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+SHARED_REFRESH_SECONDS = 1.0
+
+
+def shared_metrics_dir() -> str | None:
+    """The multiprocess directory when several workers share the metrics, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class EngineCollector(Collector):
@@ -67,10 +85,18 @@ class Metrics:
 
     def __post_init__(self) -> None:
         self._per_transport: dict[str, tuple[Counter, Histogram]] = {}
+        self.shared_dir = shared_metrics_dir()
         r = self.registry
-        r.register(self.engine_collector)
+        if self.shared_dir is None:
+            r.register(self.engine_collector)
+        else:
+            self.engine_gauges = SharedEngineFigures(r)
         self.connections = Gauge(
-            "pgcast_connections", "Open streaming connections", ["transport"], registry=r
+            "pgcast_connections",
+            "Open streaming connections",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.published = Counter(
             "pgcast_events_published", "Events published through this process", registry=r
@@ -112,5 +138,72 @@ class Metrics:
         children[0].inc(len(events))
         children[1].observe(max(0.0, time.time() - events[0].time.timestamp()))
 
+    async def refresh_shared(self) -> None:
+        """With shared metrics: copy the engine's figures out about once a second."""
+        if self.shared_dir is None:
+            return
+        while True:
+            self._copy_engine_figures()
+            await anyio.sleep(SHARED_REFRESH_SECONDS)
+
+    def _copy_engine_figures(self) -> None:
+        engine = self.engine_collector.engine
+        if self.shared_dir is not None and engine is not None:
+            self.engine_gauges.copy_from(engine)
+
     async def endpoint(self, _request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")
+        if self.shared_dir is None:
+            registry = self.registry
+        else:
+            self._copy_engine_figures()
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+class SharedEngineFigures:
+    """The EngineCollector's figures as multiprocess metrics, summed over live workers."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.subscriptions = Gauge(
+            "pgcast_subscriptions",
+            "Open subscriptions (live, lagging or catching up)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.lagging = Gauge(
+            "pgcast_lagging_subscribers",
+            "Subscriptions behind the live path: draining after an overflow or reading the log",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.position = Gauge(
+            "pgcast_log_position",
+            "Last position the hub has read (the highest over the workers)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.listener_up = Gauge(
+            "pgcast_listener_up",
+            "1 while the LISTEN connection is healthy (0 when any worker's is down)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.reconnects = Counter(
+            "pgcast_listener_reconnects", "Reconnects of the LISTEN connection", registry=r
+        )
+        self.overflows = Counter(
+            "pgcast_subscriber_overflows", "Times a subscriber's buffer overflowed", registry=r
+        )
+        self._counted = (0, 0)
+
+    def copy_from(self, engine: Engine) -> None:
+        hub = engine.hub
+        self.subscriptions.set(hub.subscribers + hub.draining + hub.catching_up)
+        self.lagging.set(hub.draining + hub.catching_up)
+        self.position.set(hub.position)
+        self.listener_up.set(int(engine.listener.healthy))
+        reconnects, overflows = engine.listener.reconnects, hub.stats.lag_events
+        self.reconnects.inc(reconnects - self._counted[0])
+        self.overflows.inc(overflows - self._counted[1])
+        self._counted = (reconnects, overflows)

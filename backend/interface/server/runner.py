@@ -52,8 +52,33 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """One server process until a signal, on `sockets` when given, else on host:port."""
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle=lifecycle),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_interval_seconds,
+        ws_per_message_deflate=settings.ws_compression,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        lifespan="on",
+        log_config=None,
+    )
+    Server(config, lifecycle).run(sockets=sockets)
+
+
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
-    """Serve until a signal; with `reload`, uvicorn's reloader owns the process."""
+    """Serve until a signal: one process, `settings.workers` processes, or uvicorn's reloader."""
     if reload:
         uvicorn.run(
             "backend.interface.server.app:create_app",
@@ -69,18 +94,11 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_per_message_deflate=settings.ws_compression,
         )
         return
-    lifecycle = Lifecycle()
-    config = uvicorn.Config(
-        create_app(settings, lifecycle=lifecycle),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
-        ws_per_message_deflate=settings.ws_compression,
-        timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        lifespan="on",
-        log_config=None,
-    )
-    Server(config, lifecycle).run()
+    if settings.workers > 1:
+        from backend.interface.server.workers import supervise
+
+        status = supervise(settings, host=host, port=port, count=settings.workers)
+        if status:
+            raise SystemExit(status)
+        return
+    serve(settings, host=host, port=port)
