@@ -21,6 +21,9 @@ def include_name(name: str | None, type_: str, parent_names: object) -> bool:
 
 
 def run_with(connection: Connection) -> None:
+    # Replicas that start together migrate one at a time: the lock lasts until this
+    # transaction commits, and the next one then finds the schema already current.
+    connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('pgcast.migrations'))"))
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
     context.configure(
         connection=connection,

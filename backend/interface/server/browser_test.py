@@ -30,7 +30,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from backend.entities.event import MAX_POSITION, format_id
 from backend.testing import postgres
-from backend.testing.browsers import require_browser
+from backend.testing.programs import require_program
 from backend.testing.server import ServerProcess, spawn, start_server
 
 pytestmark = pytest.mark.external
@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    return require_browser(CHROMIUM, INSTALL)
+    return require_program(CHROMIUM, INSTALL)
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +164,9 @@ def js_event_ids(page: Page, name: str) -> list[str]:
 def test_a_missing_browser_skips_locally_and_fails_in_ci(tmp_path: Path) -> None:
     missing = tmp_path / "chromium"
     with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
-        require_browser(missing, INSTALL, ci=False)
+        require_program(missing, INSTALL, ci=False)
     with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
-        require_browser(missing, INSTALL, ci=True)
+        require_program(missing, INSTALL, ci=True)
 
 
 def test_published_event_appears_live(page: Page, shared_server: ServerProcess) -> None:

@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from backend.testing.browsers import require_browser
 from backend.testing.firefox import Firefox, Tab, launch
+from backend.testing.programs import require_program
 from backend.testing.server import ServerProcess, spawn, start_server
 
 pytestmark = pytest.mark.external
@@ -34,7 +34,7 @@ STATE = "() => document.querySelector('#status').dataset.state"
 
 @pytest.fixture(scope="module")
 def firefox() -> Iterator[Firefox]:
-    with launch(require_browser(FIREFOX, INSTALL)) as browser:
+    with launch(require_program(FIREFOX, INSTALL)) as browser:
         yield browser
 
 

@@ -1,4 +1,4 @@
-"""Finding the Debian browsers the page tests drive; nothing here downloads a browser."""
+"""Finding the Debian programs that tests drive (browsers, nginx); nothing here downloads one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 
-def require_browser(path: Path, install: str, *, ci: bool | None = None) -> str:
-    """The browser's path; skip when it is missing, but fail under CI, which installs it."""
+def require_program(path: Path, install: str, *, ci: bool | None = None) -> str:
+    """The program's path; skip when it is missing, but fail under CI, which installs it."""
     if path.is_file() and os.access(path, os.X_OK):
         return str(path)
     message = f"{path} is missing: install it with `{install}` (.ci/run does, as root)"
