@@ -1,4 +1,4 @@
-"""The WebSocket protocol (`pgcast.v1`) against a real server process.
+"""The WebSocket protocol (`pgcast.v1`) against a real server process, through `/ws`.
 
 Starting a server costs seconds, so the tests share one (`shared`, with a small frame limit
 and a short send timeout) and keep to their own topics; only the shutdown test, which
