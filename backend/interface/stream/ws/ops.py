@@ -45,6 +45,9 @@ from backend.services.queues import (
 )
 
 MAX_PREFETCH = 100
+NACK_DELAY = "delay_seconds"
+NACK_DELAY_DEPRECATED = "delay"
+"""The old WebSocket name of nack's `delay_seconds`, still accepted; HTTP never used it."""
 
 
 async def dispatch(connection: Connection, text: str | None) -> None:
@@ -168,10 +171,8 @@ async def ack(connection: Connection, frame: Frame) -> None:
 
 async def nack(connection: Connection, frame: Frame) -> None:
     delivery = _held_delivery(connection, frame)
-    delay = frame.get("delay")
+    delay = _nack_delay(frame)
     error = frame.get("error")
-    if delay is not None:
-        delay = number(delay, "delay", 0, MAX_DELAY_SECONDS)
     if error is not None and not isinstance(error, str):
         raise FrameError("invalid_frame", "error must be a string")
     try:
@@ -179,6 +180,21 @@ async def nack(connection: Connection, frame: Frame) -> None:
     finally:
         connection.held.pop(str(delivery.id), None)
     await connection.send({"op": "nacked", "message": str(delivery.id), "state": moved.state})
+
+
+def _nack_delay(frame: Frame) -> float | None:
+    """`delay_seconds`, or its deprecated spelling `delay`; both only if they agree."""
+    given = [name for name in (NACK_DELAY, NACK_DELAY_DEPRECATED) if name in frame]
+    if not given:
+        return None
+    if len(given) == 2 and frame[NACK_DELAY] != frame[NACK_DELAY_DEPRECATED]:
+        raise FrameError(
+            "invalid_frame",
+            f"nack has both '{NACK_DELAY}' and its deprecated alias '{NACK_DELAY_DEPRECATED}'"
+            f" with different values; send only '{NACK_DELAY}'",
+        )
+    value = frame[given[0]]
+    return None if value is None else number(value, given[0], 0, MAX_DELAY_SECONDS)
 
 
 async def extend(connection: Connection, frame: Frame) -> None:
@@ -237,7 +253,12 @@ OPS: dict[str, Op] = {
     "ping": Op(ping, None, frozenset()),
     "consume": Op(consume, "id", frozenset({"id", "queue", "prefetch", "lease"})),
     "ack": Op(ack, "message", frozenset({"message"}), "message_id"),
-    "nack": Op(nack, "message", frozenset({"message", "delay", "error"}), "message_id"),
+    "nack": Op(
+        nack,
+        "message",
+        frozenset({"message", NACK_DELAY, NACK_DELAY_DEPRECATED, "error"}),
+        "message_id",
+    ),
     "extend": Op(extend, "message", frozenset({"message", "seconds"}), "message_id"),
     "auth": Op(auth, None, frozenset({"token"})),
 }
