@@ -20,7 +20,13 @@ from backend.interface.security.auth import Permission, Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.sse import EventStream, sse_response
 from backend.services.consume import consume
-from backend.services.queues import MAX_LEASE_SECONDS, number, parse_message_id, validate_queue
+from backend.services.queues import (
+    MAX_DELAY_SECONDS,
+    MAX_LEASE_SECONDS,
+    number,
+    parse_message_id,
+    validate_queue,
+)
 
 MESSAGE_FIELDS = frozenset({"data", "key", "delay_seconds", "max_attempts"})
 MAX_PREFETCH = 100
@@ -128,7 +134,7 @@ async def nack(request: Request) -> Response:
     delay = body.get("delay_seconds")
     error = body.get("error")
     if delay is not None:
-        delay = number(delay, "delay_seconds", 0, 365 * 24 * 3600)
+        delay = number(delay, "delay_seconds", 0, MAX_DELAY_SECONDS)
     if error is not None and not isinstance(error, str):
         raise RequestError(400, "invalid_request", "error must be a string")
     moved = await state.engine.queues.nack(

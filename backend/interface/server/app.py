@@ -30,7 +30,7 @@ from backend.interface.server import browser
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
 from backend.interface.server.state import AppState
-from backend.interface.stream import ws
+from backend.interface.stream.ws.endpoint import websocket_endpoint
 from backend.services.engine import Engine
 
 # Request headers a cross-origin page may send, and response headers it may read.
@@ -107,7 +107,7 @@ def create_app(
         Route("/admin/captures", http_capture.captures, methods=["GET"]),
         Route("/admin/captures/{table}", http_capture.put_capture, methods=["PUT"]),
         Route("/admin/captures/{table}", http_capture.delete_capture, methods=["DELETE"]),
-        WebSocketRoute("/ws", ws.websocket_endpoint),
+        WebSocketRoute("/ws", websocket_endpoint),
         Route("/", browser.index, methods=["GET"]),
         browser.static_mount(),
     ]

@@ -317,7 +317,7 @@ def test_js_client_websocket_publish_and_consume(page: Page, shared_server: Serv
                         log.push(`extended:${typeof lease_until}`);
                     }
                     if (job === "retry" && message.attempt === 1) {
-                        const { state } = await handle.nack({ delay: 0, error: "again" });
+                        const { state } = await handle.nack({ delay_seconds: 0, error: "again" });
                         log.push(`nacked:${state}`);
                         return;
                     }

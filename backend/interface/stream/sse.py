@@ -2,13 +2,14 @@
 
 The response (sse-starlette) runs the socket writer, heartbeat comments, the send timeout
 and client-disconnect detection. For an event subscription the writer iterates the
-subscription itself (`_event_body`): each wake-up writes every event that is ready in one
-chunk, with no task in between, so a busy stream costs one wake-up and one write per
-batch. A watcher task stops the subscription on shutdown or when the token expires; the
-body then writes a final comment and ends, so clients reconnect elsewhere. A resume
-point that is gone becomes an in-band `pgcast.reset` event and the stream continues from
-the oldest retained event. Queue consumers keep a producer task (`sse_response`) because
-a delivery's lease must be taken before it is written.
+subscription's session (`_event_body`, over `stream.session.Session`): each wake-up
+writes every event that is ready in one chunk, with no task in between, so a busy stream
+costs one wake-up and one write per batch. A watcher task ends the session on shutdown or
+when the token expires; the body then writes the farewell as a comment and ends, so
+clients reconnect elsewhere. A resume point that is gone becomes an in-band
+`pgcast.reset` event and the stream continues from the oldest retained event. Queue
+consumers keep a producer task (`sse_response`) because a delivery's lease must be taken
+before it is written.
 
 Each stream holds one of the process's MAX_CONNECTIONS slots (503 when none is free) and
 ends when the token that opened it expires, so a revoked client cannot listen forever.
@@ -17,10 +18,8 @@ ends when the token that opened it expires, so a revoked client cannot listen fo
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -36,7 +35,7 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
-from backend.services.subscribe import EARLIEST, Subscription
+from backend.interface.stream.session import Session, farewell_due, until_farewell
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +43,6 @@ WRITER_BUFFER = 64
 COALESCE_FRAMES = 64
 COALESCE_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 1.0
-SHUTDOWN_COMMENT = "server shutting down; reconnect"
-EXPIRED_COMMENT = "token expired"
 DB_DOWN_COMMENT = "database unavailable; reconnect"
 
 
@@ -75,17 +72,6 @@ class EventStream(EventSourceResponse):
 
 
 Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
-
-
-async def _until(deadline: float | None) -> None:
-    """Sleep until the wall-clock `deadline` (forever when None)."""
-    if deadline is None:
-        await anyio.sleep_forever()
-    else:
-        # The event loop's clock may wake a hair early against the wall clock: sleep again
-        # until the deadline has really passed, so the caller's expiry check agrees.
-        while time.time() < deadline:  # noqa: ASYNC110 - waiting on a clock, not an event
-            await anyio.sleep(max(0.001, deadline - time.time()))
 
 
 def _take_slot(state: AppState) -> None:
@@ -132,7 +118,10 @@ def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> Event
     _take_slot(state)
     send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
     settings = state.settings
-    lifecycle = state.lifecycle
+    stopping = state.lifecycle.shutting_down
+
+    async def until_ending() -> None:
+        await until_farewell(stopping, expires_at)
 
     async def produce() -> None:
         state.metrics.connections.labels("sse").inc()
@@ -141,22 +130,15 @@ def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> Event
                 await send.send(sse_retry(settings.sse_retry_ms))
                 try:
                     with unwrap_single_error():
-                        await first_to_finish(
-                            lambda: pump(send),
-                            lifecycle.shutting_down.wait,
-                            lambda: _until(expires_at),
-                        )
+                        await first_to_finish(lambda: pump(send), until_ending)
                 except DB_DOWN:
                     with anyio.move_on_after(1):
                         await send.send(sse_comment(DB_DOWN_COMMENT))
                     return
-                if expires_at is not None and time.time() >= expires_at:
-                    with anyio.move_on_after(1):
-                        await send.send(sse_comment(EXPIRED_COMMENT))
-                    return
-                if lifecycle.shutting_down.is_set():
+                farewell = farewell_due(stopping, expires_at)
+                if farewell is not None:
                     with anyio.move_on_after(SHUTDOWN_GRACE_SECONDS / 2):
-                        await send.send(sse_comment(SHUTDOWN_COMMENT))
+                        await send.send(sse_comment(farewell.value))
         finally:
             state.metrics.connections.labels("sse").dec()
 
@@ -180,25 +162,6 @@ async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[
         yield b"".join(chunks)
 
 
-@dataclass(eq=False)
-class _Ending:
-    """Set once, from the watcher task: the farewell comment, and the subscription to stop."""
-
-    farewell: bytes | None = None
-    subscription: Subscription | None = None
-
-    def end(self, farewell: bytes) -> None:
-        if self.farewell is None:
-            self.farewell = farewell
-            if self.subscription is not None:
-                self.subscription.stop()
-
-    def follow(self, subscription: Subscription) -> None:
-        self.subscription = subscription
-        if self.farewell is not None:
-            subscription.stop()
-
-
 def _chunks(events: list[Event]) -> Iterator[bytes]:
     """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
     chunk: list[bytes] = []
@@ -214,46 +177,31 @@ def _chunks(events: list[Event]) -> Iterator[bytes]:
         yield b"".join(chunk)
 
 
-async def _event_body(
-    state: AppState,
-    patterns: tuple[Pattern, ...],
-    after: str | int,
-    flt: Filter | None,
-    ending: _Ending,
-) -> AsyncGenerator[bytes, None]:
-    """What the response writes: straight from the subscription, with no task in between.
+async def _event_body(state: AppState, session: Session) -> AsyncGenerator[bytes, None]:
+    """What the response writes: straight from the session, with no task in between.
 
-    Each wake-up writes every event that is ready; a resume point that is gone becomes an
-    in-band reset, and the stream continues from the oldest retained event.
+    Each wake-up writes every event that is ready; a reset and the farewell go in-band.
     """
     metrics = state.metrics
     metrics.connections.labels("sse").inc()
     try:
         yield sse_retry(state.settings.sse_retry_ms)
-        while ending.farewell is None:
-            reset: CursorExpired | None = None
-            database_down = False
-            try:
-                async with state.engine.subscription(patterns, after, flt) as (subscription, _):
-                    ending.follow(subscription)
-                    async with aclosing(subscription.batches()) as batches:
-                        async for batch in batches:
-                            for chunk in _chunks(batch):
-                                yield chunk
-                            metrics.delivered("sse", batch)
-            except CursorExpired as exc:
-                reset = exc
-            except DB_DOWN:
-                database_down = True
-            if database_down:
-                yield sse_comment(DB_DOWN_COMMENT)
-                return
-            if reset is None:
-                break
-            yield sse_reset(reset)
-            after = EARLIEST
-        if ending.farewell is not None:
-            yield ending.farewell
+        database_down = False
+        try:
+            async with aclosing(session.items()) as items:
+                async for item in items:
+                    if isinstance(item, CursorExpired):
+                        yield sse_reset(item)
+                    elif isinstance(item, list):
+                        for chunk in _chunks(item):
+                            yield chunk
+                        metrics.delivered("sse", item)
+        except DB_DOWN:
+            database_down = True
+        if database_down:
+            yield sse_comment(DB_DOWN_COMMENT)
+        elif session.farewell is not None:
+            yield sse_comment(session.farewell.value)
     finally:
         metrics.connections.labels("sse").dec()
 
@@ -267,27 +215,11 @@ def event_stream(
 ) -> EventStream:
     """The SSE response for an already validated and authorized subscription request."""
     _take_slot(state)
-    ending = _Ending()
-    lifecycle = state.lifecycle
+    session = Session(state.engine, patterns, after, flt)
+    stopping = state.lifecycle.shutting_down
 
     async def watch() -> None:
-        """Stop the subscription on shutdown or token expiry; the body then says why.
+        """Stop the session on shutdown or token expiry; the body then says why."""
+        session.end(await until_farewell(stopping, expires_at))
 
-        One task that waits for both, rather than a task for each: every idle stream
-        holds it for as long as it is open.
-        """
-        stopping = lifecycle.shutting_down
-        while not stopping.is_set():
-            if expires_at is None:
-                await stopping.wait()
-                break
-            # The loop's clock may wake a hair early against the wall clock: wait again
-            # until the expiry has really passed, so the token's own check agrees.
-            remaining = expires_at - time.time()
-            if remaining <= 0:
-                break
-            with anyio.move_on_after(remaining):
-                await stopping.wait()
-        ending.end(sse_comment(SHUTDOWN_COMMENT if stopping.is_set() else EXPIRED_COMMENT))
-
-    return _respond(state, _event_body(state, patterns, after, flt, ending), watch)
+    return _respond(state, _event_body(state, session), watch)

@@ -521,7 +521,7 @@ export async function publish(baseUrl, topic, data, options = {}) {
 /**
  * Lease messages from a queue over WebSocket and hand each to
  * onMessage(message, {ack, nack, extend}). Settle every message: ack() resolves once it
- * is deleted, nack({delay, error}) with its new state, extend(seconds) with
+ * is deleted, nack({delay_seconds, error}) with its new state, extend(seconds) with
  * {lease_until}. A message whose handler throws or rejects is nacked with the error,
  * which also goes to onError (or to reportError when there is no onError).
  * options: prefetch (1), lease (seconds, 30), onMessage, onStatus, onError.
@@ -595,10 +595,13 @@ export function consume(baseUrl, queue, options = {}) {
         settled = true;
         return request("ack", {}, "acked").then(() => undefined);
       },
-      nack({ delay, error } = {}) {
+      nack({ delay_seconds, delay, error } = {}) {
         settled = true;
         const fields = {};
-        if (delay !== undefined) fields.delay = delay;
+        if (delay_seconds !== undefined) fields.delay_seconds = delay_seconds;
+        // `delay` is the deprecated name: sent as `delay_seconds`, or beside it for the
+        // server to check that both agree.
+        if (delay !== undefined) fields[delay_seconds === undefined ? "delay_seconds" : "delay"] = delay;
         if (error !== undefined) fields.error = String(error);
         return request("nack", fields, "nacked").then((frame) => ({ state: frame.state }));
       },

@@ -1,4 +1,4 @@
-"""The WebSocket protocol (`pgcast.v1`) against a real server process.
+"""The WebSocket protocol (`pgcast.v1`) against a real server process, through `/ws`.
 
 Starting a server costs seconds, so the tests share one (`shared`, with a small frame limit
 and a short send timeout) and keep to their own topics; only the shutdown test, which
@@ -361,6 +361,33 @@ async def test_queue_ops_consume_ack_nack_and_release(shared: ServerProcess) -> 
         with anyio.fail_after(15):
             while (await client.get("/queues/wsq")).json()["ready"] != 1:
                 await anyio.sleep(0.05)
+
+
+async def test_nack_takes_delay_seconds_or_its_deprecated_alias_delay(
+    shared: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient(base_url=shared.url) as client, connect(shared.url) as ws:
+        await client.post("/queues/wsdelay/messages", json=[{"data": n} for n in range(3)])
+        await send(ws, op="consume", id="d", queue="wsdelay", prefetch=3)
+        assert await receive(ws) == {"op": "subscribed", "id": "d"}
+        first, second, third = await receive_many(ws, 3)
+        await send(ws, op="nack", message=third["id"], delay_seconds=60, delay=30)
+        conflict = await receive(ws)
+        await send(ws, op="nack", message=first["id"], delay_seconds=60)
+        assert await receive(ws) == {"op": "nacked", "message": first["id"], "state": "ready"}
+        await send(ws, op="nack", message=second["id"], delay=60)
+        assert await receive(ws) == {"op": "nacked", "message": second["id"], "state": "ready"}
+        await send(ws, op="nack", message=third["id"], delay_seconds=60, delay=60.0)
+        assert await receive(ws) == {"op": "nacked", "message": third["id"], "state": "ready"}
+        stats = (await client.get("/queues/wsdelay")).json()
+    assert (conflict["op"], conflict["code"], conflict["message_id"]) == (
+        "error",
+        "invalid_frame",
+        third["id"],
+    )
+    assert "'delay_seconds'" in conflict["message"]
+    assert "'delay'" in conflict["message"]
+    assert (stats["ready"], stats["delayed"]) == (0, 3)
 
 
 async def _negotiated_extensions(url: str) -> str | None:

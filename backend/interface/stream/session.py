@@ -1,0 +1,122 @@
+"""One event subscription on a streaming transport, shared by SSE and WebSocket.
+
+A transport iterates `Session.items()` and writes what it gets in its own encoding: the
+`OPENED` marker once the start is fixed, batches of events, and in-band resets (a resume
+point that is gone restarts the subscription from the oldest retained event, never a
+silent skip). A watcher waits in `until_farewell` for shutdown or token expiry; the
+transport then says goodbye its own way: SSE ends its session and writes a comment,
+WebSocket closes the whole socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from enum import Enum
+
+import anyio
+
+from backend.core.errors import CursorExpired
+from backend.core.filters import Filter
+from backend.core.names import Pattern
+from backend.entities.event import Event
+from backend.services.engine import Engine
+from backend.services.subscribe import EARLIEST, Subscription
+
+
+class Farewell(Enum):
+    """Why a stream ends before its client leaves; the value is the text clients see."""
+
+    SHUTDOWN = "server shutting down; reconnect"
+    EXPIRED = "token expired"
+
+
+def farewell_due(stopping: anyio.Event, expires_at: float | None) -> Farewell | None:
+    """The farewell owed now, if any: an expired token first, then a shutdown."""
+    if expires_at is not None and time.time() >= expires_at:
+        return Farewell.EXPIRED
+    if stopping.is_set():
+        return Farewell.SHUTDOWN
+    return None
+
+
+async def until_farewell(stopping: anyio.Event, expires_at: float | None) -> Farewell:
+    """Wait for shutdown or the wall-clock `expires_at`, whichever comes first.
+
+    One wait for both rather than a task each: every idle stream holds it while it is open.
+    """
+    while (farewell := farewell_due(stopping, expires_at)) is None:
+        if expires_at is None:
+            await stopping.wait()
+        else:
+            # The loop's clock may wake a hair early against the wall clock: the check above
+            # then waits again, so the token's own expiry check agrees with the farewell.
+            with anyio.move_on_after(expires_at - time.time()):
+                await stopping.wait()
+    return farewell
+
+
+class Opened:
+    """The start is fixed: everything published from now on will be delivered."""
+
+
+OPENED = Opened()
+
+Item = Opened | list[Event] | CursorExpired
+
+
+@dataclass(eq=False)
+class Session:
+    """A subscription that survives resets and that another task can end with a farewell."""
+
+    engine: Engine
+    patterns: tuple[Pattern, ...]
+    after: str | int
+    filter: Filter | None
+    farewell: Farewell | None = None
+    _subscription: Subscription | None = field(default=None, init=False)
+
+    def end(self, farewell: Farewell) -> None:
+        """Stop from outside; the first farewell wins, and `items` then runs out."""
+        if self.farewell is None:
+            self.farewell = farewell
+            if self._subscription is not None:
+                self._subscription.stop()
+
+    async def items(self) -> AsyncGenerator[Item, None]:
+        """`OPENED` once (before any batch or reset), then batches and resets.
+
+        Ends when the engine stops or the session is ended; a lost database raises.
+        """
+        opened = False
+        after = self.after
+        while self.farewell is None:
+            try:
+                async with self.engine.subscription(self.patterns, after, self.filter) as (
+                    subscription,
+                    _,
+                ):
+                    self._follow(subscription)
+                    if not opened:
+                        opened = True
+                        yield OPENED
+                    async with aclosing(subscription.batches()) as batches:
+                        async for batch in batches:
+                            yield batch
+                return
+            except CursorExpired as exc:
+                reset = exc
+            finally:
+                self._subscription = None
+            if not opened:
+                opened = True
+                yield OPENED
+            yield reset
+            after = EARLIEST
+
+    def _follow(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+        if self.farewell is not None:
+            subscription.stop()

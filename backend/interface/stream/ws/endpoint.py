@@ -1,0 +1,126 @@
+"""GET /ws: the handshake, credentials at connect, and the receive loop.
+
+Close codes: 1001 when the server shuts down (or its engine stops), 1011 on an internal
+error; uvicorn closes with 1009 a frame over WS_MAX_FRAME_BYTES. A handshake offering
+only other subprotocols is refused with HTTP 403.
+
+Access (docs/security.md): a handshake from a foreign `Origin` is refused with HTTP 403 and
+one carrying a bad token (header or `?token=`) with HTTP 401. Without any token, the
+first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS, or the
+token expiring closes the socket with 1008. A full server (MAX_CONNECTIONS) accepts and
+closes at once with 1013.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backend.core.concurrency import unwrap_single_error
+from backend.core.errors import Forbidden, PgcastError, Unauthorized
+from backend.interface.http.errors import error_response
+from backend.interface.security.access import principal_of
+from backend.interface.security.auth import Principal
+from backend.interface.server.state import AppState
+from backend.interface.stream.session import until_farewell
+from backend.interface.stream.ws.connection import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    Connection,
+)
+from backend.interface.stream.ws.ops import dispatch
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "pgcast.v1"
+CLOSE_TIMEOUT = 1.0
+AUTH_TIMEOUT_SECONDS = 10.0
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """GET /ws: check origin and credentials, negotiate `pgcast.v1`, serve frames, close."""
+    state = AppState.of(websocket)
+    guard = state.guard
+    offered: list[str] = websocket.scope.get("subprotocols") or []
+    if offered and SUBPROTOCOL not in offered:
+        await websocket.close(1002)  # before accept, so uvicorn answers HTTP 403
+        return
+    if not guard.origins.allows(websocket.headers.get("origin"), websocket.headers.get("host")):
+        await _refuse(websocket, Forbidden("this origin may not open a WebSocket here"))
+        return
+    try:
+        principal = principal_of(websocket)
+    except Unauthorized as exc:
+        await _refuse(websocket, exc)
+        return
+    subprotocol = SUBPROTOCOL if offered else None
+    if not guard.slots.acquire():
+        await websocket.accept(subprotocol)
+        with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
+            await websocket.close(TRY_AGAIN_LATER, "too many connections; retry later")
+        return
+    gauge = state.metrics.connections.labels("ws")
+    gauge.inc()
+    try:
+        with state.lifecycle.stream():
+            await websocket.accept(subprotocol)
+            try:
+                code, reason = await _serve(websocket, state, principal)
+            except Exception:
+                logger.exception("WebSocket session failed", extra={"action": "ws_error"})
+                code, reason = INTERNAL_ERROR, ""
+            if code is not None:
+                with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
+                    await websocket.close(code, reason)
+    finally:
+        gauge.dec()
+        guard.slots.release()
+
+
+async def _refuse(websocket: WebSocket, exc: PgcastError) -> None:
+    """Refuse the handshake with the JSON error and its status, where the server can."""
+    if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
+        await websocket.send_denial_response(error_response(exc))
+    else:
+        await websocket.close(POLICY_VIOLATION)
+
+
+async def _serve(
+    websocket: WebSocket, state: AppState, principal: Principal | None
+) -> tuple[int | None, str]:
+    """Run the connection until it ends; returns the close code to send, if any."""
+    with unwrap_single_error():
+        async with anyio.create_task_group() as tasks:
+            connection = Connection(websocket, state, tasks, principal)
+            tasks.start_soon(connection.watch)
+            tasks.start_soon(_watch_credentials, connection)
+            await _receive(connection)
+            connection.end(None)
+    return connection.close_code, connection.close_reason
+
+
+async def _receive(connection: Connection) -> None:
+    """Handle client frames in order until the client disconnects."""
+    while True:
+        message = await connection.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await dispatch(connection, message.get("text"))
+
+
+async def _watch_credentials(connection: Connection) -> None:
+    """Close with 1008 when no `auth` arrives in time, and when the token expires."""
+    if connection.principal is None:
+        with anyio.move_on_after(AUTH_TIMEOUT_SECONDS):
+            await connection.authenticated.wait()
+    if connection.principal is None:
+        connection.end(POLICY_VIOLATION, "no auth frame in time")
+        return
+    expires_at = connection.principal.expires_at
+    if expires_at is not None:
+        stopping = connection.state.lifecycle.shutting_down
+        connection.say_farewell(await until_farewell(stopping, expires_at))

@@ -1,0 +1,59 @@
+"""Parsing and checking client frames: JSON objects with an `op` and its fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from backend.core.errors import PgcastError
+
+SubId = str | int
+Frame = dict[str, Any]
+
+
+class FrameError(PgcastError):
+    """A client frame the protocol cannot accept; `code` goes into the error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse(text: str | None) -> Frame:
+    """The frame a text message holds; binary messages and non-objects are refused."""
+    if text is None:
+        raise FrameError("invalid_frame", "frames must be text, not binary")
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("invalid_json", f"the frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise FrameError("invalid_frame", "a frame must be a JSON object")
+    return frame
+
+
+def is_auth_frame(text: str | None) -> bool:
+    """Whether a message is an `auth` frame: the only one a socket without a token may send."""
+    try:
+        frame = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(frame, dict) and frame.get("op") == "auth"
+
+
+def required(frame: Frame, name: str) -> Any:
+    if name not in frame:
+        raise FrameError("invalid_frame", f"{frame['op']} needs '{name}'")
+    return frame[name]
+
+
+def sub_id(frame: Frame) -> SubId:
+    value = required(frame, "id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise FrameError("invalid_frame", "id must be a string or an integer")
+    return value
+
+
+def is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float)
