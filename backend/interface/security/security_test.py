@@ -290,7 +290,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_serve_refuses_a_public_address_without_auth(shared_server: ServerProcess) -> None:
     refused = pgcast("serve", "--host", "0.0.0.0", env=clean_env())
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in refused.stderr
     insecure = spawn(shared_server.database_url, extra_env={"HOST": "0.0.0.0", "INSECURE": "true"})
     try:

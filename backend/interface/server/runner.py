@@ -5,17 +5,24 @@ streams never end by themselves. Our `Server.handle_exit` therefore also sets th
 shutdown event, which every stream watches, so they say goodbye and close within the grace
 period instead of holding the process up. Our `Server.shutdown` waits briefly for open
 WebSockets to send their own close frame (1001) before uvicorn fails the rest with 1012.
+
+When the engine cannot start (a missing CAPTURE_TABLES table, a database that went away
+after migrating), uvicorn would log the lifespan's traceback and exit with its own status 3.
+Instead the typed error the app recorded is raised from `Server.startup`, so the command
+line prints it as one line with its documented exit status.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from types import FrameType
 
 import anyio
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
@@ -23,6 +30,39 @@ from backend.interface.server.lifecycle import Lifecycle
 
 GRACEFUL_SECONDS = 5
 STREAM_GOODBYE_SECONDS = 2
+
+
+class QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's error lines about a failed start-up that the command line reports."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        super().__init__()
+        self.lifecycle = lifecycle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.lifecycle.startup_error is None or record.levelno < logging.ERROR
+
+
+def report_startup_errors(app: ASGIApp, lifecycle: Lifecycle) -> ASGIApp:
+    """Wrap `app` so a typed start-up error reaches uvicorn without its traceback text."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_without_traceback(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and lifecycle.startup_error:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        try:
+            await app(scope, receive, send_without_traceback)
+        except Exception as exc:
+            if exc is not lifecycle.startup_error:
+                raise
+
+    return wrapped
 
 
 class Server(uvicorn.Server):
@@ -38,6 +78,15 @@ class Server(uvicorn.Server):
         with super().capture_signals():
             yield
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Raise the app's typed start-up error rather than exit with uvicorn's status."""
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            if self.lifecycle.startup_error is not None:
+                raise self.lifecycle.startup_error from None
+            raise
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.begin_shutdown()
@@ -71,7 +120,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
         return
     lifecycle = Lifecycle()
     config = uvicorn.Config(
-        create_app(settings, lifecycle=lifecycle),
+        report_startup_errors(create_app(settings, lifecycle=lifecycle), lifecycle),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
@@ -83,4 +132,10 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
         lifespan="on",
         log_config=None,
     )
-    Server(config, lifecycle).run()
+    quiet = QuietStartupFailure(lifecycle)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addFilter(quiet)
+    try:
+        Server(config, lifecycle).run()
+    finally:
+        uvicorn_errors.removeFilter(quiet)
