@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     allowed_origins: str = ""
     max_connections: int = Field(default=10000, ge=1)
     max_subscriptions: int = Field(default=100, ge=1)
+    max_patterns: int = Field(default=100, ge=1)
     publish_rate: float = Field(default=0.0, ge=0)
     publish_burst: int = Field(default=0, ge=0)
 
