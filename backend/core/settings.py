@@ -43,6 +43,7 @@ class Settings(BaseSettings):
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     send_timeout: float = Field(default=30.0, gt=0)
+    headers_timeout_seconds: float = Field(default=10.0, gt=0)
     sse_retry_ms: int = Field(default=2000, ge=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     ws_max_frame_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)

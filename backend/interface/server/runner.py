@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
+from backend.interface.server.deadline import with_header_timeout
 from backend.interface.server.lifecycle import Lifecycle
 
 GRACEFUL_SECONDS = 5
@@ -116,6 +117,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_ping_interval=settings.ws_ping_interval_seconds,
             ws_ping_timeout=settings.ws_ping_interval_seconds,
             ws_per_message_deflate=settings.ws_compression,
+            http=with_header_timeout(settings.headers_timeout_seconds),
         )
         return
     lifecycle = Lifecycle()
@@ -128,6 +130,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_interval_seconds,
         ws_per_message_deflate=settings.ws_compression,
+        http=with_header_timeout(settings.headers_timeout_seconds),
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,
