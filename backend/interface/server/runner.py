@@ -26,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
-from backend.interface.server.deadline import with_header_timeout
 from backend.interface.server.lifecycle import Lifecycle
+from backend.interface.server.protocols import WebSocketProtocol, with_header_timeout
 
 GRACEFUL_SECONDS = 5
 STREAM_GOODBYE_SECONDS = 2
@@ -118,6 +118,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_ping_timeout=settings.ws_ping_interval_seconds,
             ws_per_message_deflate=settings.ws_compression,
             http=with_header_timeout(settings.headers_timeout_seconds),
+            ws=WebSocketProtocol,
         )
         return
     lifecycle = Lifecycle()
@@ -131,6 +132,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
         ws_ping_timeout=settings.ws_ping_interval_seconds,
         ws_per_message_deflate=settings.ws_compression,
         http=with_header_timeout(settings.headers_timeout_seconds),
+        ws=WebSocketProtocol,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,
