@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from backend.connectors.database import Pool
+from backend.connectors.outage import outage, report_failure
 from backend.connectors.store import log as log_queries
 from backend.core.filters import Filter
 from backend.core.mailbox import Mailbox
@@ -141,9 +142,10 @@ class Hub:
             try:
                 await self._drain()
                 backoff = 0.05
+                outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
                 self.stats.read_errors += 1
-                logger.warning("hub read failed: %r", exc, extra={"action": "hub_read_failed"})
+                report_failure(logger, "hub read", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
                 self._wake.set()
@@ -156,7 +158,7 @@ class Hub:
                     _, head = await log_queries.log_bounds(conn)
                 return head
             except Exception as exc:  # noqa: BLE001 - wait for the database to come back
-                logger.warning("hub cannot read the log head: %r", exc)
+                report_failure(logger, "reading the log head", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
