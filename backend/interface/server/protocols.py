@@ -32,6 +32,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
+
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
 TIMEOUT_RESPONSE = b"".join(
     [
@@ -48,7 +50,7 @@ TIMEOUT_RESPONSE = b"".join(
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a headers deadline and quiet abandoned responses."""
 
-    header_timeout: float = 10.0
+    header_timeout: float = DEFAULT_HEADERS_TIMEOUT
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

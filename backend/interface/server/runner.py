@@ -27,7 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
 from backend.interface.server.lifecycle import Lifecycle
-from backend.interface.server.protocols import WebSocketProtocol, with_header_timeout
+from backend.interface.server.protocols import (
+    HttpProtocol,
+    WebSocketProtocol,
+    with_header_timeout,
+)
 
 GRACEFUL_SECONDS = 5
 STREAM_GOODBYE_SECONDS = 2
@@ -117,7 +121,7 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_ping_interval=settings.ws_ping_interval_seconds,
             ws_ping_timeout=settings.ws_ping_interval_seconds,
             ws_per_message_deflate=settings.ws_compression,
-            http=with_header_timeout(settings.headers_timeout_seconds),
+            http=HttpProtocol,  # reloaded workers get a copy: no per-run class
             ws=WebSocketProtocol,
         )
         return
