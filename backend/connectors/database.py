@@ -16,7 +16,7 @@ import anyio
 import asyncpg
 import orjson
 
-from backend.core.errors import DatabaseUnavailable
+from backend.core.errors import ConfigError, DatabaseUnavailable, PgcastError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionFailureError,
     TimeoutError,
 )
-
+# Errors that mean "the server answered, and DATABASE_URL is wrong": retrying cannot help.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidPasswordError,
+)
 
 APPLICATION_NAME = "pgcast"
 LISTENER_APPLICATION_NAME = "pgcast-listener"
@@ -56,6 +61,27 @@ def sqlalchemy_url(url: str) -> str:
     """SQLAlchemy needs the driver named in the scheme."""
     plain = asyncpg_dsn(url).replace("postgres://", "postgresql://", 1)
     return plain.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def connect_failure(exc: BaseException) -> PgcastError | None:
+    """The typed error for a failed connection attempt, looking through wrapping exceptions.
+
+    SQLAlchemy (under Alembic) and asyncpg's pool wrap the driver's error; whatever wraps
+    it, a refusal becomes a ConfigError naming DATABASE_URL and an unreachable server
+    DatabaseUnavailable, so start-up can report it in one line. None for anything else.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PgcastError):
+            return current
+        if isinstance(current, REFUSED_ERRORS):
+            return ConfigError(f"DATABASE_URL: {current}")
+        if isinstance(current, UNAVAILABLE_ERRORS):
+            return DatabaseUnavailable(f"cannot connect to the database: {current}")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _init_connection(conn: Connection) -> None:
@@ -79,8 +105,8 @@ async def connect(
             timeout=connect_timeout,
             server_settings={"application_name": application_name},
         )
-    except UNAVAILABLE_ERRORS as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    except (*UNAVAILABLE_ERRORS, *REFUSED_ERRORS) as exc:
+        raise connect_failure(exc) or exc from exc
     await _init_connection(conn)
     return conn
 
@@ -88,14 +114,17 @@ async def connect(
 @asynccontextmanager
 async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
     """A pool for the lifetime of the block, closed within a bounded time."""
-    pool: Pool = await asyncpg.create_pool(
-        asyncpg_dsn(url),
-        min_size=1,
-        max_size=size,
-        init=_init_connection,
-        command_timeout=60,
-        server_settings={"application_name": APPLICATION_NAME},
-    )
+    try:
+        pool: Pool = await asyncpg.create_pool(
+            asyncpg_dsn(url),
+            min_size=1,
+            max_size=size,
+            init=_init_connection,
+            command_timeout=60,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+    except (*UNAVAILABLE_ERRORS, *REFUSED_ERRORS) as exc:
+        raise connect_failure(exc) or exc from exc
     try:
         yield pool
     finally:

@@ -24,6 +24,7 @@ from backend.connectors.database import (
     Connection,
     connect,
 )
+from backend.connectors.outage import outage, report_failure
 from backend.core.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,9 @@ class Listener:
             try:
                 await self._session()
             except _CONNECTION_LOST as exc:
-                logger.warning("listen connection lost: %s", exc, extra={"action": "listener_lost"})
+                outage.failed("listen connection", exc)
             except Exception as exc:  # noqa: BLE001 - e.g. the database refusing connections
-                logger.warning(
-                    "listen connection failed: %r", exc, extra={"action": "listener_failed"}
-                )
+                report_failure(logger, "listen connection", exc, action="listener_failed")
             self.connected = False
             self.reconnects += 1
             if self._established:
@@ -91,8 +90,10 @@ class Listener:
             self._established = True
             self.last_probe_ok = time.monotonic()
             action = "listener_reconnected" if self._ever_connected else "listener_connected"
+            level = logging.DEBUG if self._ever_connected else logging.INFO
             self._ever_connected = True
-            logger.info("listening for wake-ups", extra={"action": action})
+            logger.log(level, "listening for wake-ups", extra={"action": action})
+            outage.recovered()
             self.on_connect()
             await self._probe_until_lost(conn, lost)
         finally:

@@ -29,6 +29,12 @@ class InvalidName(PgcastError):
     code = "invalid_topic"
 
 
+class TooManyPatterns(PgcastError):
+    """A subscription names more topic patterns than MAX_PATTERNS allows."""
+
+    code = "too_many_patterns"
+
+
 class InvalidQueueName(InvalidName):
     """A queue name breaks the naming rules."""
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from backend.core.errors import InvalidName, InvalidQueueName
+from backend.core.errors import InvalidName, InvalidQueueName, TooManyPatterns
 
 MAX_NAME_LENGTH = 200
 ONE = "*"
@@ -172,10 +172,18 @@ def matches_any(patterns: Iterable[Pattern], topic: str) -> bool:
     return any(pattern.matches(topic) for pattern in patterns)
 
 
-def parse_patterns(texts: Iterable[object]) -> tuple[Pattern, ...]:
-    """Parse a subscription's patterns, failing on the first invalid one."""
+def parse_patterns(texts: Iterable[object], limit: int | None = None) -> tuple[Pattern, ...]:
+    """Parse a subscription's patterns, failing on the first invalid one.
+
+    With `limit`, more than that many patterns fail before any is parsed.
+    """
     if isinstance(texts, str):
         raise InvalidName("topic patterns must be a list of strings, not a single string")
+    texts = list(texts)
+    if limit is not None and len(texts) > limit:
+        raise TooManyPatterns(
+            f"{len(texts)} topic patterns; at most {limit} are allowed per subscription"
+        )
     patterns = tuple(Pattern.parse(text) for text in texts)
     if not patterns:
         raise InvalidName("at least one topic pattern is required")

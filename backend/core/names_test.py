@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backend.core.errors import InvalidName
+from backend.core.errors import InvalidName, TooManyPatterns
 from backend.core.names import Pattern, matches_any, parse_patterns, validate_name
 
 
@@ -255,3 +255,9 @@ def test_validate_name_accepts_exactly_the_grammar(text: str) -> None:
         assert not grammar
     else:
         assert grammar
+
+
+def test_parse_patterns_refuses_more_than_the_limit_before_parsing_any() -> None:
+    assert len(parse_patterns(["a"] * 3, limit=3)) == 3
+    with pytest.raises(TooManyPatterns, match="4 topic patterns; at most 3 are allowed"):
+        parse_patterns(["a", "b", "c", "not valid"], limit=3)

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     send_timeout: float = Field(default=30.0, gt=0)
+    headers_timeout_seconds: float = Field(default=10.0, gt=0)
     sse_retry_ms: int = Field(default=2000, ge=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     ws_max_frame_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)
@@ -79,6 +80,7 @@ class Settings(BaseSettings):
     allowed_origins: str = ""
     max_connections: int = Field(default=10000, ge=1)
     max_subscriptions: int = Field(default=100, ge=1)
+    max_patterns: int = Field(default=100, ge=1)
     publish_rate: float = Field(default=0.0, ge=0)
     publish_burst: int = Field(default=0, ge=0)
 

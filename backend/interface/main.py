@@ -9,15 +9,17 @@ import typer
 from backend.core.errors import PgcastError
 from backend.interface.cli.app import app
 from backend.interface.server.commands import migrate, serve
+from backend.interface.server.exits import describe
 
 app.command()(serve)
 app.command()(migrate)
 
 
 def main() -> None:
-    """Entry point: typed errors become one line on stderr and exit status 1."""
+    """Entry point: typed errors become one line on stderr and a documented exit status."""
     try:
         app()
     except PgcastError as exc:
-        typer.echo(f"pgcast: {exc.message}", err=True)
-        sys.exit(1)
+        line, status = describe(exc)
+        typer.echo(line, err=True)
+        sys.exit(status)

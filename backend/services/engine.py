@@ -16,6 +16,7 @@ import anyio
 
 from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
+from backend.connectors.outage import install_pool_filter
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -64,6 +65,7 @@ class Engine:
     @asynccontextmanager
     async def open(cls, url: str, settings: Settings) -> AsyncIterator[Engine]:
         """Run the engine for the duration of the block; it is also the current engine."""
+        install_pool_filter()
         async with open_pool(url, size=settings.pool_size) as pool:
             hub = Hub(
                 pool,

@@ -5,6 +5,9 @@ a buffer is full the hub closes that subscriber's stream and forgets it ("laggin
 subscriber then drains what it already has, reads its backlog from the log itself and
 registers again once it has caught up, so a slow reader loses nothing and costs at most one
 buffer of memory while everyone else keeps their pace.
+
+Subscribers are found through a subject trie, by walking each event's topic, so the cost
+of a delivery does not grow with the number of patterns other subscribers hold.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import anyio
 from anyio.abc import TaskStatus
 
 from backend.connectors.database import Pool
+from backend.connectors.outage import outage, report_failure
 from backend.connectors.store import log as log_queries
 from backend.core.filters import Filter
 from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern
+from backend.core.subjects import SubjectTrie
 from backend.entities.event import Event
 
 logger = logging.getLogger(__name__)
@@ -67,8 +72,8 @@ class Hub:
     stats: HubStats = field(default_factory=HubStats)
     closed: bool = False
     catching_up: int = 0
-    _literal: dict[str, set[Registration]] = field(default_factory=dict)
-    _wild: set[Registration] = field(default_factory=set)
+    _live: set[Registration] = field(default_factory=set)
+    _subjects: SubjectTrie[Registration] = field(default_factory=SubjectTrie)
     _overflowed: set[Registration] = field(default_factory=set)
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _started: anyio.Event = field(default_factory=anyio.Event)
@@ -77,7 +82,7 @@ class Hub:
     @property
     def subscribers(self) -> int:
         """Subscribers on the live path."""
-        return len(self._wild) + sum(len(regs) for regs in self._literal.values())
+        return len(self._live)
 
     @property
     def draining(self) -> int:
@@ -90,11 +95,9 @@ class Hub:
         if self.closed:
             reg.mailbox.close()
             return reg
+        self._live.add(reg)
         for pattern in reg.patterns:
-            if pattern.is_literal:
-                self._literal.setdefault(pattern.text, set()).add(reg)
-            else:
-                self._wild.add(reg)
+            self._subjects.add(pattern, reg)
         return reg
 
     def unregister(self, reg: Registration) -> None:
@@ -104,13 +107,11 @@ class Hub:
         reg.mailbox.close()
 
     def _detach(self, reg: Registration) -> None:
-        self._wild.discard(reg)
+        if reg not in self._live:
+            return
+        self._live.discard(reg)
         for pattern in reg.patterns:
-            regs = self._literal.get(pattern.text)
-            if regs is not None:
-                regs.discard(reg)
-                if not regs:
-                    del self._literal[pattern.text]
+            self._subjects.discard(pattern, reg)
 
     def wake(self, head: int | None = None) -> None:
         """A hint that the log may have grown (to `head`, when known)."""
@@ -124,7 +125,7 @@ class Hub:
         """End every live stream; subscribers see their iteration finish."""
         self.closed = True
         self._advanced.set()
-        for reg in [*self._wild, *(r for regs in self._literal.values() for r in regs)]:
+        for reg in list(self._live):
             self._detach(reg)
             reg.mailbox.close()
 
@@ -141,9 +142,10 @@ class Hub:
             try:
                 await self._drain()
                 backoff = 0.05
+                outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
                 self.stats.read_errors += 1
-                logger.warning("hub read failed: %r", exc, extra={"action": "hub_read_failed"})
+                report_failure(logger, "hub read", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
                 self._wake.set()
@@ -156,7 +158,7 @@ class Hub:
                     _, head = await log_queries.log_bounds(conn)
                 return head
             except Exception as exc:  # noqa: BLE001 - wait for the database to come back
-                logger.warning("hub cannot read the log head: %r", exc)
+                report_failure(logger, "reading the log head", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
@@ -171,8 +173,11 @@ class Hub:
                 return
 
     def _dispatch(self, events: list[Event]) -> None:
+        targets_of: dict[str, set[Registration]] = {}
         for event in events:
-            targets = self._targets(event)
+            targets = targets_of.get(event.topic)
+            if targets is None:
+                targets = targets_of[event.topic] = self._subjects.match(event.topic)
             envelope = event.envelope() if any(r.filter for r in targets) else None
             for reg in targets:
                 if reg.wants(event, envelope):
@@ -187,17 +192,6 @@ class Hub:
         """Return once the hub has read past `pos` (or closed): for long-polling readers."""
         while self.position <= pos and not self.closed:
             await self._advanced.wait()
-
-    def _targets(self, event: Event) -> list[Registration]:
-        literal = self._literal.get(event.topic)
-        targets = list(literal) if literal else []
-        targets.extend(
-            r
-            for r in self._wild
-            if (literal is None or r not in literal)
-            and any(p.matches(event.topic) for p in r.patterns)
-        )
-        return targets
 
     def _offer(self, reg: Registration, event: Event) -> None:
         mailbox = reg.mailbox

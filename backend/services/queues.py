@@ -24,6 +24,7 @@ import anyio
 import orjson
 
 from backend.connectors.database import UNAVAILABLE_ERRORS, Acquire, Connection, Pool
+from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
 from backend.connectors.store import queues as q
 from backend.connectors.store.idempotency import run_once
@@ -318,7 +319,7 @@ class Queues:
                         await q.prune_acked(conn, datetime.now(UTC) - self.retention, 5000)
                     last_prune = anyio.current_time()
             except Exception as exc:  # noqa: BLE001 - the next round retries
-                logger.warning("queue reaper failed: %r", exc, extra={"action": "reap_failed"})
+                report_failure(logger, "queue reaper", exc, action="reap_failed")
             await anyio.sleep(self.reap_interval)
 
     async def _notify_loop(self) -> None:
@@ -335,7 +336,7 @@ class Queues:
                         queues,
                     )
             except Exception as exc:  # noqa: BLE001 - wake-ups are hints; the safety poll covers
-                logger.warning("queue wake-up failed: %r", exc, extra={"action": "notify_failed"})
+                report_failure(logger, "queue wake-up", exc, action="notify_failed")
             await anyio.sleep(0.005)
 
     async def _refuse(self, conn: Connection, queue: str, message_id: int) -> None:

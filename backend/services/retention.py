@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from backend.connectors.database import Pool
+from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
 from backend.connectors.store.idempotency import prune_keys
 
@@ -46,5 +47,5 @@ class Retention:
             try:
                 await self.prune_once()
             except Exception as exc:  # noqa: BLE001 - the next run retries
-                logger.warning("retention failed: %r", exc, extra={"action": "prune_failed"})
+                report_failure(logger, "retention", exc, action="prune_failed")
             await anyio.sleep(self.interval)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from backend.connectors.database import Pool
+from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Sequencer:
                 async with self.pool.acquire() as conn:
                     stamped = await log_queries.sequence_pending(conn)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
-                logger.warning("sequencer failed: %r", exc, extra={"action": "sequencer_failed"})
+                report_failure(logger, "sequencer", exc, action="sequencer_failed")
                 continue
             self.runs += 1
             if stamped:

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from backend.connectors.database import UNAVAILABLE_ERRORS
+from backend.connectors.outage import outage
 from backend.core.errors import (
     Conflict,
     CursorExpired,
@@ -94,7 +95,7 @@ async def on_pgcast_error(_request: Request, exc: Exception) -> Response:
 
 
 async def on_unavailable(_request: Request, exc: Exception) -> Response:
-    logger.warning("database unavailable: %s", exc, extra={"action": "db_unavailable"})
+    outage.failed("request", exc)
     return error_response(DatabaseUnavailable(f"the database is unavailable: {exc}"))
 
 

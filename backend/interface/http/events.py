@@ -68,8 +68,9 @@ async def topic_events(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    """GET /events?topic=a&topic=b.>"""
-    return await _read(request, parse_patterns(request.query_params.getlist("topic")))
+    """GET /events?topic=a&topic=b.> (at most MAX_PATTERNS topics)."""
+    limit = AppState.of(request).settings.max_patterns
+    return await _read(request, parse_patterns(request.query_params.getlist("topic"), limit))
 
 
 async def _read(request: Request, patterns: tuple[Pattern, ...]) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,7 +22,10 @@ logger = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 # uvicorn logs request lines (with the query string) and WebSocket handshakes here.
 SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
-_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
+# One `name=value` pair of a query string; the name is compared after percent-decoding,
+# exactly as the server reads it, so `%74oken=` or `t%6Fken=` is a token parameter too.
+_QUERY_PAIR = re.compile(r"(?P<head>[?&](?P<name>[^&=\s\"'?]*)=)[^&\s\"']*")
+TOKEN_NAME = "token"  # noqa: S105 - a parameter name, not a secret
 _BEARER = re.compile(r"(bearer\s+)[^\s\"']+", re.IGNORECASE)
 REDACTED = "[redacted]"
 
@@ -77,9 +81,15 @@ def check_bind(host: str, *, auth_enabled: bool, insecure: bool) -> None:
     )
 
 
+def _redact_pair(found: re.Match[str]) -> str:
+    if unquote_plus(found["name"]).lower() == TOKEN_NAME:
+        return found["head"] + REDACTED
+    return found[0]
+
+
 def redact(text: str) -> str:
-    """Replace `token=...` query values and `Bearer ...` credentials."""
-    return _BEARER.sub(rf"\g<1>{REDACTED}", _QUERY_TOKEN.sub(rf"\g<1>{REDACTED}", text))
+    """Replace `token=...` query values (under any spelling) and `Bearer ...` credentials."""
+    return _BEARER.sub(rf"\g<1>{REDACTED}", _QUERY_PAIR.sub(_redact_pair, text))
 
 
 class RedactTokens(logging.Filter):

@@ -75,6 +75,20 @@ def test_tokens_are_redacted_from_log_records() -> None:
     assert record.getMessage() == '1.2.3.4 - "GET /x?token=[redacted]"'
 
 
+@pytest.mark.parametrize(
+    "name", ["token", "%74oken", "t%6Fken", "%74%6F%6B%65%6E", "TOKEN", "%54oken", "tok%65n"]
+)
+def test_tokens_are_redacted_under_every_spelling_of_the_parameter(name: str) -> None:
+    line = f"GET /events?topic=a&{name}=abc.def.ghi&after=1 HTTP/1.1"
+    assert redact(line) == f"GET /events?topic=a&{name}=[redacted]&after=1 HTTP/1.1"
+    assert redact(f"/ws?{name}=abc.def.ghi") == f"/ws?{name}=[redacted]"
+
+
+def test_other_parameters_are_left_alone() -> None:
+    line = "GET /events?topic=tokens&tokenx=1&x%74oken=2&after=token HTTP/1.1"
+    assert redact(line) == line
+
+
 def test_origins() -> None:
     listed = OriginPolicy(frozenset({"https://app.example.com"}), loopback=False)
     assert listed.allows(None, "pgcast.example.com")  # not a browser

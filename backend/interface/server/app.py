@@ -6,6 +6,7 @@ application mounts: `app.mount("/pgcast", create_app(database_url=...))`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from backend.core.errors import ConfigError
+from backend.core.errors import ConfigError, PgcastError
 from backend.core.settings import Settings, get_settings
 from backend.interface.http import auth as http_auth
 from backend.interface.http import capture as http_capture
@@ -78,7 +79,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Engine.open(url, settings) as engine, anyio.create_task_group() as tasks:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                engine = await stack.enter_async_context(Engine.open(url, settings))
+            except PgcastError as exc:
+                lifecycle.startup_error = exc
+                raise
+            tasks = await stack.enter_async_context(anyio.create_task_group())
             metrics.attach(engine)
             tasks.start_soon(metrics.refresh_shared)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard)

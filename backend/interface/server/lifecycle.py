@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from backend.core.errors import PgcastError
+
 
 @dataclass
 class Lifecycle:
@@ -20,6 +22,7 @@ class Lifecycle:
 
     shutting_down: anyio.Event = field(default_factory=anyio.Event)
     open_streams: int = 0
+    startup_error: PgcastError | None = None
     _idle: anyio.Event = field(default_factory=anyio.Event)
 
     def begin_shutdown(self) -> None:

@@ -5,24 +5,69 @@ streams never end by themselves. Our `Server.handle_exit` therefore also sets th
 shutdown event, which every stream watches, so they say goodbye and close within the grace
 period instead of holding the process up. Our `Server.shutdown` waits briefly for open
 WebSockets to send their own close frame (1001) before uvicorn fails the rest with 1012.
+
+When the engine cannot start (a missing CAPTURE_TABLES table, a database that went away
+after migrating), uvicorn would log the lifespan's traceback and exit with its own status 3.
+Instead the typed error the app recorded is raised from `Server.startup`, so the command
+line prints it as one line with its documented exit status.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from types import FrameType
 
 import anyio
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
 from backend.interface.server.lifecycle import Lifecycle
+from backend.interface.server.protocols import (
+    HttpProtocol,
+    WebSocketProtocol,
+    with_header_timeout,
+)
 
 GRACEFUL_SECONDS = 5
 STREAM_GOODBYE_SECONDS = 2
+
+
+class QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's error lines about a failed start-up that the command line reports."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        super().__init__()
+        self.lifecycle = lifecycle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.lifecycle.startup_error is None or record.levelno < logging.ERROR
+
+
+def report_startup_errors(app: ASGIApp, lifecycle: Lifecycle) -> ASGIApp:
+    """Wrap `app` so a typed start-up error reaches uvicorn without its traceback text."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_without_traceback(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and lifecycle.startup_error:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        try:
+            await app(scope, receive, send_without_traceback)
+        except Exception as exc:
+            if exc is not lifecycle.startup_error:
+                raise
+
+    return wrapped
 
 
 class Server(uvicorn.Server):
@@ -38,6 +83,15 @@ class Server(uvicorn.Server):
         with super().capture_signals():
             yield
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Raise the app's typed start-up error rather than exit with uvicorn's status."""
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            if self.lifecycle.startup_error is not None:
+                raise self.lifecycle.startup_error from None
+            raise
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.begin_shutdown()
@@ -62,7 +116,7 @@ def serve(
     """One server process until a signal, on `sockets` when given, else on host:port."""
     lifecycle = Lifecycle()
     config = uvicorn.Config(
-        create_app(settings, lifecycle=lifecycle),
+        report_startup_errors(create_app(settings, lifecycle=lifecycle), lifecycle),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
@@ -70,11 +124,19 @@ def serve(
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_interval_seconds,
         ws_per_message_deflate=settings.ws_compression,
+        http=with_header_timeout(settings.headers_timeout_seconds),
+        ws=WebSocketProtocol,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,
     )
-    Server(config, lifecycle).run(sockets=sockets)
+    quiet = QuietStartupFailure(lifecycle)
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addFilter(quiet)
+    try:
+        Server(config, lifecycle).run(sockets=sockets)
+    finally:
+        uvicorn_errors.removeFilter(quiet)
 
 
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
@@ -92,6 +154,8 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             ws_ping_interval=settings.ws_ping_interval_seconds,
             ws_ping_timeout=settings.ws_ping_interval_seconds,
             ws_per_message_deflate=settings.ws_compression,
+            http=HttpProtocol,  # reloaded workers get a copy: no per-run class
+            ws=WebSocketProtocol,
         )
         return
     if settings.workers > 1:

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -27,22 +28,33 @@ from types import FrameType
 
 import uvicorn
 
+from backend.core.errors import PgcastError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings
 from backend.interface.server import runner
+from backend.interface.server.exits import CONFIG_STATUS, UNREACHABLE_STATUS, describe
 
 log = logging.getLogger("pgcast.workers")
 
-STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up fails
+STARTUP_FAILURES = frozenset({CONFIG_STATUS, UNREACHABLE_STATUS})
 MIN_LIFETIME_SECONDS = 1.0  # a worker dying sooner is restarted no faster than this
 STOP_SECONDS = runner.GRACEFUL_SECONDS + runner.STREAM_GOODBYE_SECONDS + 3
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def serve_worker(settings: Settings, sock: socket.socket) -> None:
-    """A worker process: one pgcast server on the inherited socket."""
+    """A worker process: one pgcast server on the inherited socket.
+
+    A typed error (the app could not start) ends it with one line and the documented
+    status, which tells the parent to stop rather than start it again.
+    """
     configure_logging(settings.log_level, settings.log_format)
-    runner.serve(settings, sockets=[sock])
+    try:
+        runner.serve(settings, sockets=[sock])
+    except PgcastError as exc:
+        line, status = describe(exc)
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(status)
 
 
 class Supervisor:
@@ -69,7 +81,7 @@ class Supervisor:
         self.stopping.set()
 
     def run(self) -> int:
-        """Supervise until SIGTERM/SIGINT (exit 0) or a worker that cannot start (exit 3)."""
+        """Supervise until SIGTERM/SIGINT (exit 0) or a worker that cannot start (its status)."""
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.workers = [self._start() for _ in range(self.count)]
@@ -87,9 +99,9 @@ class Supervisor:
                 continue
             process.join()
             _forget_metrics(process.pid)
-            if process.exitcode == STARTUP_FAILURE:
-                log.error("worker %d could not start; stopping", process.pid)
-                return STARTUP_FAILURE
+            if process.exitcode in STARTUP_FAILURES:
+                log.info("worker %d could not start; stopping the others", process.pid)
+                return int(process.exitcode)
             log.warning(
                 "worker %d exited with status %s; starting a new one", process.pid, process.exitcode
             )
@@ -121,7 +133,9 @@ def _forget_metrics(pid: int | None) -> None:
 
 def supervise(settings: Settings, *, host: str, port: int, count: int) -> int:
     """Bind once, run `count` workers, return the exit status."""
-    config = uvicorn.Config("backend.interface.server.app:create_app", host=host, port=port)
+    config = uvicorn.Config(
+        "backend.interface.server.app:create_app", host=host, port=port, log_config=None
+    )
     sock = config.bind_socket()
     metrics_dir = tempfile.mkdtemp(prefix="pgcast-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir

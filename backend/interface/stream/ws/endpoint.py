@@ -47,7 +47,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     guard = state.guard
     offered: list[str] = websocket.scope.get("subprotocols") or []
     if offered and SUBPROTOCOL not in offered:
-        await websocket.close(1002)  # before accept, so uvicorn answers HTTP 403
+        await websocket.close(1002, f"no offered subprotocol is {SUBPROTOCOL}")  # HTTP 403
         return
     if not guard.origins.allows(websocket.headers.get("origin"), websocket.headers.get("host")):
         await _refuse(websocket, Forbidden("this origin may not open a WebSocket here"))
