@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -430,8 +431,10 @@ def markdown(run: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"Run `{run['command']}` at {run['started']} in {run['seconds']:.0f} s, "
         f"{run['repetitions']} repetition(s), interleaved. Machine: {machine['cpu']}, "
         f"{machine['cores']} cores; Python {machine['python']}; PostgreSQL "
-        f"{machine['postgres']} (fsync on); pgcast `{machine['pgcast_commit']}`; load "
-        f"average at start {machine['load_average_at_start']}.",
+        f"{machine['postgres']} (fsync on; 8 KiB write+fdatasync median "
+        f"{machine['fsync_ms_median']} ms); pgcast `{machine['pgcast_commit']}`; load "
+        f"average at start {machine['load_average_at_start']}, at end "
+        f"{machine['load_average_at_end']}.",
         "",
         "Values are medians over the repetitions; the ratio column is pgcast ÷ peer of the "
         "medians, the note gives the min–max of the ratios taken within each repetition. "
@@ -482,6 +485,7 @@ def main(args: argparse.Namespace) -> int:
         ctx = Context(stack, BASE_QUICK if args.quick else BASE_FULL)
         run = Run(ctx, sizes, python, nchan)
         results = [_scenario(key, run) for key in SCENARIOS]
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     record = {
         "command": "python -m bench --peers" + (" --quick" if args.quick else ""),
         "started": started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
