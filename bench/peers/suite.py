@@ -31,9 +31,9 @@ from bench.peers.install import Nchan, PeersUnavailable, find_nchan, peer_python
 from bench.peers.sizes import FULL, QUICK, PeerSizes
 from bench.peers.systems import LineProcess, PubSub
 from bench.peers.tally import Metrics, Tally
-from bench.procs import Child, expect_all, stop_all
+from bench.procs import Child, Payload, expect_all, stop_all
 from bench.scenarios import queue
-from bench.scenarios.common import Context, run_together, split
+from bench.scenarios.common import Context, client_cpu_pct, run_together, split
 from bench.scenarios.memory import _climb as climb
 from bench.sizes import FULL as BASE_FULL
 from bench.sizes import QUICK as BASE_QUICK
@@ -42,6 +42,8 @@ from bench.wire import HttpConn
 
 PEERS_DIR = Path(__file__).resolve().parent
 Measured = dict[str, Metrics]
+# A publisher process above this share of a core may be what limits the rate.
+CLIENT_BOUND_PCT = 85.0
 SystemStarter = Callable[[], contextlib.AbstractContextManager[PubSub]]
 
 
@@ -109,6 +111,16 @@ async def _post_each(system: PubSub, topic: str, events: int, padding: str) -> N
             await conn.expect("POST", f"/topics/{topic}/events", body, system.ok)
     finally:
         conn.close()
+
+
+def _client_bound(
+    tally: Tally, case: str, system: str, results: list[Payload], elapsed: float
+) -> None:
+    """Flag a run whose load generator, not the server, may have set the pace (CPU per
+    process: `elapsed` is the wall time times the number of processes)."""
+    busy = client_cpu_pct(results, elapsed)
+    if busy >= CLIENT_BOUND_PCT:
+        tally.note(case, system, f"{system}'s publisher at {busy:.0f}% CPU")
 
 
 # --- scenarios ---------------------------------------------------------------------------
@@ -199,6 +211,7 @@ def sustained(run: Run, tally: Tally) -> ScenarioResult:
                 tally.note(case, system.name, f"delivered {len(ordered) / max(expected, 1):.1%}")
             if sent["errors"]:
                 tally.note(case, system.name, f"publish errors: {sent['last_error']}")
+            _client_bound(tally, case, system.name, [sent], float(sent["elapsed"]))
             p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
             measured[case] = {
                 "accepted events/s": int(sent["events"]) / float(sent["elapsed"]),
@@ -279,6 +292,7 @@ def publish(run: Run, tally: Tally) -> ScenarioResult:
         errors = [r["last_error"] for r in results if r["errors"]]
         if errors:
             tally.note(case, system.name, f"errors: {errors[0]}")
+        _client_bound(tally, case, system.name, results, elapsed * len(results))
         return {
             case: {
                 "events/s": events / elapsed if elapsed > 0 else None,
