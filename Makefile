@@ -13,10 +13,10 @@ export POETRY_VIRTUALENVS_CREATE := true
 export POETRY_CACHE_DIR := $(CURDIR)/$(TOOLS)/cache
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup run dev test test_reload check soak bench clean
+.PHONY: help setup run dev test test_reload check soak bench bench-peers clean
 
 help: ## List the targets
-	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(POETRY):
 	$(PYTHON) -m venv $(POETRY_HOME)
@@ -40,8 +40,11 @@ test: setup ## The whole suite (unit + integrated + external), in parallel
 soak: setup ## Fault-injection scenarios at full size, one at a time (~20 min); see docs/reliability.md
 	PGCAST_SOAK=1 $(RUN)/pytest backend/faults -m external -p no:xdist -v $(ARGS)
 
-bench: setup ## Benchmarks with baselines (< 5 min; ARGS=--quick for a smoke run); see docs/performance.md
+bench: setup ## Benchmarks with baselines (< 5 min; ARGS=--quick for a smoke run, ARGS=--peers for the peers); see docs/performance.md
 	$(RUN)/python -m bench $(ARGS)
+
+bench-peers: setup ## pgcast next to Nchan, broadcaster, pgqueuer, procrastinate (~15 min; installs them into .tools/peers/)
+	$(RUN)/python -m bench --peers $(ARGS)
 
 test_reload: setup ## Re-run the tests whenever a file changes
 	$(RUN)/ptw . -- -n auto

@@ -16,6 +16,7 @@ from pathlib import Path
 from bench import charts, report
 from bench.machine import ROOT, machine_info
 from bench.model import ScenarioResult
+from bench.peers import suite as peers_suite
 from bench.procs import raise_nofile
 from bench.scenarios import registry
 from bench.scenarios.common import Context
@@ -41,6 +42,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=sorted(scenarios),
         help="run only this scenario (repeatable); default: all, in suite order",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="instead of the baselines, compare pgcast with Nchan, broadcaster, pgqueuer and "
+        "procrastinate (installed into .tools/peers/ on first use); see bench/peers/README.md",
+    )
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=0,
+        help="with --peers: repetitions of each scenario (default 3, 1 with --quick)",
     )
     parser.add_argument(
         "--update-docs",
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
+    if args.peers:
+        return peers_suite.main(args)
     sizes = QUICK if args.quick else FULL
     keys = args.only or list(registry())
     out: Path = args.out

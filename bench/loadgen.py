@@ -130,9 +130,11 @@ async def http_publishers(
     rate: float | None = None,
     max_events: int = 10_000_000,
     padding: str = "",
+    ok: tuple[int, ...] = (201,),
 ) -> None:
     """POST single events (`batch` = 0) or arrays of `batch` events over keep-alive
-    connections, one request in flight per connection."""
+    connections, one request in flight per connection; `ok` are the statuses that mean
+    accepted (peers answer 202 as well)."""
     conns = [await HttpConn.open(port) for _ in range(connections)]
     path = f"/topics/{topic}/events"
 
@@ -142,7 +144,7 @@ async def http_publishers(
             body = orjson.dumps([{"data": data}] * batch)
         else:
             body = orjson.dumps({"data": event_data(padding)})
-        await conns[index].expect("POST", path, body, 201)
+        await conns[index].expect("POST", path, body, ok)
 
     try:
         await _run(

@@ -84,9 +84,11 @@ class HttpConn:
                 parts.append(chunk[:-2])
         return status, b""
 
-    async def expect(self, method: str, path: str, body: bytes | None, status: int) -> bytes:
+    async def expect(
+        self, method: str, path: str, body: bytes | None, status: int | tuple[int, ...]
+    ) -> bytes:
         got, answer = await self.request(method, path, body)
-        if got != status:
+        if got not in (status if isinstance(status, tuple) else (status,)):
             raise HttpError(f"{method} {path}: {got} {answer[:200]!r}")
         return answer
 
