@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
+from backend.connectors.database import without_password
 from backend.core.errors import ConfigError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings, load_settings
 
+logger = logging.getLogger(__name__)
 
-def _settings() -> Settings:
+
+def settings_or_exit() -> Settings:
+    """The settings, or one line naming the bad variable and exit status 2."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -25,14 +30,20 @@ def _settings() -> Settings:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it."""
+def _database(settings: Settings, *, stable: bool) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it.
+
+    `stable` puts the embedded server on EMBEDDED_PG_PORT, where users and `pgcast db`
+    find it; otherwise (a migration run) any free port will do.
+    """
     if settings.database_url:
         yield settings.database_url
         return
     from backend.connectors.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    server = EmbeddedPostgres(
+        settings.data_dir / "postgres", port=settings.embedded_pg_port if stable else None
+    )
     already_running = server.running_port() is not None
     url = server.start()
     try:
@@ -61,7 +72,7 @@ def serve(
 
     Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
     """
-    settings = _settings()
+    settings = settings_or_exit()
     import anyio
 
     from backend.connectors.schema_version import is_current
@@ -73,7 +84,8 @@ def serve(
     check_bind(bind, auth_enabled=settings.auth_enabled, insecure=insecure)
     if insecure:
         os.environ["INSECURE"] = "true"  # for the app factory of --reload's worker
-    with _database(settings) as url:
+    with _database(settings, stable=True) as url:
+        logger.info("database %s", without_password(url), extra={"action": "database"})
         os.environ["DATABASE_URL"] = url
         if not anyio.run(is_current, url):
             from backend.connectors.migrations import upgrade
@@ -96,10 +108,10 @@ def migrate(
 
     Example: DATABASE_URL=postgresql://localhost/app pgcast migrate
     """
-    settings = _settings()
+    settings = settings_or_exit()
     from backend.connectors import migrations
 
-    with _database(settings) as url:
+    with _database(settings, stable=False) as url:
         if not check:
             migrations.upgrade(url)
             typer.echo("pgcast: database is at the newest revision")
