@@ -1,6 +1,7 @@
 """pgcast inside your own Python process: publish, subscribe and consume on its database.
 
-Run from the repository: DATABASE_URL=$(.venv/bin/pgcast db url) .venv/bin/python examples/subscribe.py
+From the repository, with `make run` serving:
+DATABASE_URL=$(.venv/bin/pgcast db url) .venv/bin/python examples/subscribe.py
 """
 
 import asyncio
