@@ -140,6 +140,17 @@ def test_the_examples_run_against_a_server(example_env: dict[str, str]) -> None:
     assert "orders.created {'id': 43}" in python.stdout
     assert python.stdout.splitlines()[-1].endswith("{'to': 'cy@example.com'}")
 
+    first, again = (sh(example_env, "sh examples/publish-once.sh") for _ in range(2))
+    assert orjson.loads(first.stdout)["events"] == orjson.loads(again.stdout)["events"]
+
+    worked = sh(example_env, "sh examples/http-worker.sh")
+    assert worked.returncode == 0, worked.stderr
+    enqueued_id = orjson.loads(worked.stdout.splitlines()[0])["messages"][0]["id"]
+    stats, dead, requeued = (orjson.loads(line) for line in worked.stdout.splitlines()[-3:])
+    assert f"sending message {enqueued_id} attempt 1 to a@example.com" in worked.stdout
+    assert (stats["ready"], stats["leased"], stats["dead"]) == (0, 0, 0)
+    assert (dead, requeued) == ({"messages": []}, {"requeued": 0})
+
 
 def test_the_role_tokens_grant_what_security_md_says() -> None:
     result = sh(_with_pgcast(AUTH_SECRET=SECRET), "sh examples/tokens.sh")

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from backend.connectors.database import without_password
 from backend.core.errors import ConfigError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings, load_settings
@@ -75,6 +74,7 @@ def serve(
     settings = settings_or_exit()
     import anyio
 
+    from backend.connectors.database import without_password
     from backend.connectors.schema_version import is_current
     from backend.interface.security.protection import check_bind
     from backend.interface.server.runner import run_server

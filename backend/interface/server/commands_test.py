@@ -77,6 +77,7 @@ def _pgcast(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Comp
 
 
 @pytest.mark.external
+@pytest.mark.timeout(120)  # initdb of a fresh data directory, then six CLI processes
 def test_serve_with_embedded_postgres_prints_its_url_and_ctrl_c_leaves_nothing_behind(
     tmp_path: Path,
 ) -> None:

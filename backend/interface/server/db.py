@@ -2,24 +2,24 @@
 
 With DATABASE_URL set they use it; otherwise the embedded PostgreSQL under
 DATA_DIR/postgres, at the port it runs on (EMBEDDED_PG_PORT unless an older server still
-runs elsewhere). Neither starts the embedded server: `pgcast serve` does.
+runs elsewhere). Neither starts the embedded server: `pgcast serve` does. The database
+modules are imported inside the commands, since every `pgcast` command loads this one.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import anyio
 import orjson
 import typer
 
-from backend.connectors import sql_shell
-from backend.connectors.database import connect
-from backend.connectors.embedded import EmbeddedPostgres, url_at
 from backend.core.settings import Settings
 from backend.interface.server.commands import settings_or_exit
+
+if TYPE_CHECKING:
+    from backend.connectors.sql_shell import Outcome
 
 db_app = typer.Typer(
     help="The PostgreSQL pgcast uses: its URL, and a SQL shell.", no_args_is_help=True
@@ -32,6 +32,8 @@ QUIT = "\\q"
 
 def database_url(settings: Settings) -> tuple[str, bool]:
     """(URL, known to be running): DATABASE_URL, else the embedded server's address."""
+    from backend.connectors.embedded import EmbeddedPostgres, url_at
+
     if settings.database_url:
         return settings.database_url, True
     port = EmbeddedPostgres(settings.data_dir / "postgres").running_port()
@@ -62,7 +64,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _show(outcome: sql_shell.Outcome) -> None:
+def _show(outcome: Outcome) -> None:
     if outcome.error is not None:
         typer.echo(f"ERROR: {outcome.error}", err=True)
         return
@@ -103,11 +105,14 @@ def _statements(interactive: bool) -> Iterator[str]:
 
 async def _run(address: str, texts: Iterator[str]) -> bool:
     """Run every text in order; whether all of them succeeded."""
+    from backend.connectors.database import connect
+    from backend.connectors.sql_shell import run_sql
+
     conn = await connect(address, application_name="pgcast-shell")
     ok = True
     try:
         for text in texts:
-            outcome = await sql_shell.run_sql(conn, text)
+            outcome = await run_sql(conn, text)
             ok = ok and outcome.error is None
             _show(outcome)
     finally:
@@ -134,6 +139,8 @@ def shell(
 
       pgcast db shell < examples/orders.sql
     """
+    import anyio
+
     address, _ = database_url(settings_or_exit())
     texts = iter([command]) if command is not None else _statements(sys.stdin.isatty())
     if not anyio.run(_run, address, texts):
