@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from backend.connectors.database import without_password
 from backend.connectors.embedded import free_port
 from backend.testing.cli import Lines
 from backend.testing.server import wait_healthy
@@ -99,6 +100,9 @@ def test_serve_with_embedded_postgres_prints_its_url_and_ctrl_c_leaves_nothing_b
             "CREATE TABLE t (n int, doc jsonb);\n"
             "INSERT INTO t VALUES (1, '{\"a\": [1, 2]}'), (2, NULL);\n"
             "SELECT n,\n       doc FROM t ORDER BY n;\n"
+            "CREATE FUNCTION twice(n int) RETURNS int LANGUAGE plpgsql AS $$\n"
+            "BEGIN\n  RETURN n * 2;\nEND $$;\n"
+            "SELECT twice(21);\n"
         )
         shell = _pgcast(env, "db", "shell", stdin=script)
         assert (shell.returncode, shell.stderr) == (0, "")
@@ -109,6 +113,10 @@ def test_serve_with_embedded_postgres_prints_its_url_and_ctrl_c_leaves_nothing_b
             '1 | {"a":[1,2]}',
             "2 | ",
             "(2 rows)",
+            "CREATE FUNCTION",
+            "twice",
+            "42",
+            "(1 row)",
         ]
         failed = _pgcast(env, "db", "shell", stdin="SELECT nope;\nSELECT 1 AS one;\n")
         assert failed.returncode == 1
@@ -143,3 +151,21 @@ def test_serve_stops_with_one_line_when_the_embedded_port_is_taken(tmp_path: Pat
         f"pgcast: port {pg_port} for the embedded PostgreSQL is taken by another program;"
         " set EMBEDDED_PG_PORT to a free port, or DATABASE_URL to use another PostgreSQL"
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        (
+            "postgresql://app:s3cret@db:5432/app?sslmode=require",
+            "postgresql://app@db:5432/app?sslmode=require",
+        ),
+        ("postgresql://:s3cret@db/app", "postgresql://db/app"),
+        (
+            "postgresql://postgres@127.0.0.1:54329/postgres",
+            "postgresql://postgres@127.0.0.1:54329/postgres",
+        ),
+    ],
+)
+def test_the_database_url_is_printed_without_its_password(url: str, printed: str) -> None:
+    assert without_password(url) == printed

@@ -90,13 +90,15 @@ def _read_line(interactive: bool, continued: bool) -> str | None:
 
 
 def _statements(interactive: bool) -> Iterator[str]:
-    """SQL texts ending with `;` at the end of a line (or at end of input); `\\q` stops."""
+    """SQL texts ending with `;` at the end of a line outside `$$` quotes (or at end of
+    input); `\\q` stops."""
     pending: list[str] = []
     while (line := _read_line(interactive, bool(pending))) is not None:
         if line.strip() == QUIT:
             return
         pending.append(line.rstrip("\n"))
-        if line.rstrip().endswith(";"):
+        inside_body = "\n".join(pending).count("$$") % 2 == 1  # a function body's own `;`
+        if line.rstrip().endswith(";") and not inside_body:
             yield "\n".join(pending)
             pending = []
     if "".join(pending).strip():
