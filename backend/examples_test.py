@@ -94,6 +94,7 @@ def sh(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.external
+@pytest.mark.timeout(120)  # about 15 s on an idle machine: a dozen CLI and curl processes
 def test_the_examples_run_against_a_server(example_env: dict[str, str]) -> None:
     http = sh(example_env, "sh examples/http.sh")
     published = orjson.loads(http.stdout.split("\n", 1)[0])["events"][0]
@@ -139,6 +140,18 @@ def test_the_examples_run_against_a_server(example_env: dict[str, str]) -> None:
     assert python.returncode == 0, python.stderr
     assert "orders.created {'id': 43}" in python.stdout
     assert python.stdout.splitlines()[-1].endswith("{'to': 'cy@example.com'}")
+
+    sse = sh(example_env, "sh examples/sse.sh")
+    frames = [orjson.loads(line[6:]) for line in sse.stdout.splitlines() if line[:6] == "data: "]
+    created = [frame for frame in frames if frame["type"] == "created"]
+    assert len(frames) > len(created) > 1, sse.stdout
+    assert created[-1]["data"] == {"id": 42}
+    assert orjson.loads(sse.stdout.splitlines()[-1])["events"], "the long-poll found nothing"
+
+    ws = sh(example_env, "python examples/ws_client.py")
+    assert ws.returncode == 0, ws.stderr
+    assert len(ws.stdout.splitlines()) == 2, ws.stdout
+    assert ws.stdout.splitlines()[0] == f"{published['id']} orders.created {{'id': 42}}"
 
     first, again = (sh(example_env, "sh examples/publish-once.sh") for _ in range(2))
     assert orjson.loads(first.stdout)["events"] == orjson.loads(again.stdout)["events"]
