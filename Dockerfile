@@ -9,6 +9,7 @@ RUN poetry install --only main --no-root
 COPY backend ./backend
 COPY alembic ./alembic
 COPY alembic.ini ./
+COPY examples ./examples
 RUN poetry install --only main
 
 FROM python:3.11-slim AS runtime

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -55,6 +56,16 @@ LISTENER_APPLICATION_NAME = "pgcast-listener"
 def asyncpg_dsn(url: str) -> str:
     """asyncpg wants plain postgresql:// URLs."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be printed or logged: any password is dropped."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def sqlalchemy_url(url: str) -> str:

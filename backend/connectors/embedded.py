@@ -57,6 +57,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def url_at(port: int, database: str = "postgres") -> str:
+    """The URL of an embedded server on `port` (trust authentication: no password)."""
+    return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
+
+
+def port_taken(port: int) -> bool:
+    """Whether something already listens on (or holds) this loopback port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def _as_root() -> bool:
     return os.geteuid() == 0
 
@@ -96,7 +111,8 @@ class EmbeddedPostgres:
     data_dir: Path
     durable: bool = True
     port: int | None = None
-    """Fixed port; when None, a free one is picked at the first start and kept for restarts."""
+    """Fixed port (`pgcast serve` uses EMBEDDED_PG_PORT); when None, a free one is picked at
+    the first start and kept for restarts."""
 
     @property
     def pgdata(self) -> Path:
@@ -172,14 +188,20 @@ class EmbeddedPostgres:
         port = self.running_port()
         if port is None:
             raise RuntimeError(f"no embedded postgres is running in {self.pgdata}")
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{database}"
+        return url_at(port, database)
 
     def start(self) -> str:
         """Start the server unless it already runs; return its URL."""
         self._prepare()
+        running = self.running_port() is not None
+        if not running and self.port is not None and port_taken(self.port):
+            raise ConfigError(
+                f"port {self.port} for the embedded PostgreSQL is taken by another program;"
+                " set EMBEDDED_PG_PORT to a free port, or DATABASE_URL to use another PostgreSQL"
+            )
         if not self.initialized():
             self._init()
-        if self.running_port() is None:
+        if not running:
             port = self.port = self.port or free_port()
             logger.info("starting embedded postgres", extra={"action": "pg_start", "port": port})
             self._run(

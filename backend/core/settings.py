@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backend.core.errors import ConfigError
 
 MIN_SECRET_LENGTH = 32
+# Off PostgreSQL's own 5432 so a local PostgreSQL and pgcast's embedded one can coexist.
+EMBEDDED_PG_PORT = 54329
 
 
 def worker_count(text: str) -> int:
@@ -45,6 +47,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     data_dir: Path = Path(".data")
+    embedded_pg_port: int = Field(default=EMBEDDED_PG_PORT, ge=1, le=65535)
 
     max_event_bytes: int = Field(default=1024 * 1024, ge=1)
     retention: timedelta = timedelta(days=7)

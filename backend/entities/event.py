@@ -85,7 +85,12 @@ class Event:
         }
 
     def envelope_json(self) -> bytes:
-        """The wire envelope, encoded once per event."""
+        """The wire envelope, encoded once per event.
+
+        `data` is re-encoded rather than spliced in: Postgres prints jsonb with spaces, and
+        every transport (SSE, WebSocket, JSON pages, the CLI) should show the same compact
+        JSON.
+        """
         if self._envelope_json is None:
             self._envelope_json = orjson.dumps(
                 {
@@ -93,7 +98,7 @@ class Event:
                     "topic": self.topic,
                     "type": self.type,
                     "key": self.key,
-                    "data": orjson.Fragment(self.data_json),
+                    "data": orjson.loads(self.data_json),
                     "time": format_time(self.time),
                 }
             )

@@ -43,11 +43,11 @@ class Message:
         return orjson.loads(self.data_json)
 
     def as_dict(self) -> dict[str, Any]:
-        """The wire form (`docs/protocol.md`)."""
+        """The wire form (`docs/protocol.md`), with `data` as compact JSON like events."""
         body: dict[str, Any] = {
             "id": str(self.id),
             "queue": self.queue,
-            "data": orjson.Fragment(self.data_json),
+            "data": self.data,
             "key": self.key,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,

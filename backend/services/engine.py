@@ -17,6 +17,7 @@ import anyio
 from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
 from backend.connectors.outage import install_pool_filter
+from backend.connectors.store.log import TopicSummary
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -33,6 +34,7 @@ from backend.services.queues import QUEUES_CHANNEL, Queues
 from backend.services.retention import Retention
 from backend.services.sequencer import Sequencer
 from backend.services.subscribe import LATEST, PatternsLike, Subscription, open_subscription
+from backend.services.topics import list_topics
 
 EVENTS_CHANNEL = "pgcast_events"
 PENDING_CHANNEL = "pgcast_pending"
@@ -170,6 +172,10 @@ class Engine:
     ) -> EventPage:
         """One page of matching events after `after`, long-polling up to `wait` seconds."""
         return await read_page(self.hub, self.pool, patterns, after, filter, limit, wait)
+
+    async def topics(self, pattern: Pattern, after: str, limit: int) -> list[TopicSummary]:
+        """Topics of the retained log matching `pattern`, by name, after the name `after`."""
+        return await list_topics(self.pool, pattern, after, limit)
 
     async def publish(
         self, topic: str, data: Any, *, type: str | None = None, key: str | None = None

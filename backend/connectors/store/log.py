@@ -166,3 +166,51 @@ async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> int:
             batch,
         )
     return deleted or 0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSummary:
+    """One topic of the retained log: how many events it holds and its newest one."""
+
+    topic: str
+    events: int
+    newest_pos: int
+    newest_time: datetime
+
+
+async def topic_summaries(
+    conn: Connection, selector: TopicSelector, after: str, limit: int
+) -> list[TopicSummary]:
+    """Matching topics named after `after`, in name order, at most `limit` of them.
+
+    A loose index scan walks the (topic, pos) index one distinct topic at a time instead
+    of grouping every event; each listed topic then costs one index range count.
+    """
+    topic_sql, topic_args = selector.clause(3)
+    rows = await conn.fetch(
+        f"""
+        WITH RECURSIVE names AS (
+            (SELECT topic FROM pgcast.events
+              WHERE pos IS NOT NULL AND topic > $1 ORDER BY topic LIMIT 1)
+            UNION ALL
+            SELECT (SELECT e.topic FROM pgcast.events e
+                     WHERE e.pos IS NOT NULL AND e.topic > names.topic
+                     ORDER BY e.topic LIMIT 1)
+              FROM names WHERE names.topic IS NOT NULL
+        ), wanted AS (
+            SELECT topic FROM names WHERE topic IS NOT NULL AND {topic_sql} LIMIT $2
+        )
+        SELECT w.topic, s.events, s.newest, e.created_at
+          FROM wanted w
+         CROSS JOIN LATERAL (
+               SELECT count(*) AS events, max(pos) AS newest FROM pgcast.events
+                WHERE topic = w.topic AND pos IS NOT NULL
+         ) s
+          JOIN pgcast.events e ON e.pos = s.newest
+         ORDER BY w.topic
+        """,
+        after,
+        limit,
+        *topic_args,
+    )
+    return [TopicSummary(r["topic"], r["events"], r["newest"], r["created_at"]) for r in rows]

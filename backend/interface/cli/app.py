@@ -9,6 +9,7 @@ from backend.interface.cli.publish import publish
 from backend.interface.cli.queue import queue_app
 from backend.interface.cli.tail import tail
 from backend.interface.cli.token import token_app
+from backend.interface.cli.topics import topics
 
 app = typer.Typer(
     name="pgcast",
@@ -20,5 +21,6 @@ app = typer.Typer(
 app.add_typer(capture_app, name="capture")
 app.command()(tail)
 app.command()(publish)
+app.command()(topics)
 app.add_typer(queue_app, name="queue")
 app.add_typer(token_app, name="token")

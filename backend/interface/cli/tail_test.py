@@ -113,3 +113,25 @@ def test_tail_resumes_across_a_server_restart_without_gap_or_duplicate(
         assert err.seen == ["pgcast: connection lost; reconnecting...", "pgcast: reconnected"]
     finally:
         finish(tail)
+
+
+def test_live_tail_sse_and_replay_print_the_same_compact_json(cli_server: ServerProcess) -> None:
+    before = head(cli_server)
+    data = {"id": 42, "items": [1, {"sku": "a b"}], "note": "x, y: z"}
+    (event_id,) = publish(cli_server, "compact.a", data)
+    live = run(cli_server.url, "tail", "compact.a", "--from", before, "--limit", "1")
+    paged = run(cli_server.url, "tail", "compact.a", "--from", before, "--no-follow")
+    with httpx.stream(
+        "GET",
+        f"{cli_server.url}/topics/compact.a/events?after={before}",
+        headers={"Accept": "text/event-stream"},
+        timeout=10,
+    ) as response:
+        sse_data = next(line for line in response.iter_lines() if line.startswith("data: "))
+    expected = orjson.dumps(orjson.loads(paged.stdout)).decode()
+    assert live.returncode == paged.returncode == 0, live.stderr + paged.stderr
+    assert live.stdout == paged.stdout == expected + "\n"
+    assert sse_data == "data: " + expected
+    assert orjson.loads(expected)["id"] == event_id
+    # jsonb orders keys by length; the spaces inside the string are the only ones left.
+    assert '"data":{"id":42,"note":"x, y: z","items":[1,{"sku":"a b"}]}' in expected

@@ -15,12 +15,8 @@ from starlette.responses import JSONResponse, Response
 from backend.connectors.database import UNAVAILABLE_ERRORS
 from backend.connectors.outage import outage
 from backend.core.errors import (
-    Conflict,
     CursorExpired,
     DatabaseUnavailable,
-    EventTooLarge,
-    Forbidden,
-    NotFound,
     PgcastError,
     RateLimited,
     TooManyConnections,
@@ -44,24 +40,42 @@ class RequestError(PgcastError):
         self.code = code
 
 
-# Most specific first: the first class the error is an instance of gives the status.
-STATUS_BY_ERROR: tuple[tuple[type[PgcastError], int], ...] = (
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (RateLimited, 429),
-    (EventTooLarge, 413),
-    (Conflict, 409),
-    (NotFound, 404),
-    (CursorExpired, 410),
-    (DatabaseUnavailable, 503),
-    (TooManyConnections, 503),
-)
+# Every code an HTTP error body can carry, and its status (None: whatever status the
+# framework raised). The source of docs/protocol.md §6; errors_test.py compares the two.
+HTTP_STATUS: dict[str, int | None] = {
+    "invalid_json": 400,
+    "invalid_topic": 400,
+    "invalid_queue": 400,
+    "invalid_filter": 400,
+    "invalid_cursor": 400,
+    "invalid_event": 400,
+    "invalid_parameter": 400,
+    "invalid_request": 400,
+    "invalid_body": 400,
+    "invalid_capture_target": 400,
+    "client_disconnected": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "cursor_expired": 410,
+    "body_too_large": 413,
+    "too_many_events": 413,
+    "event_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal": 500,
+    "database_unavailable": 503,
+    "too_many_connections": 503,
+    "http_error": None,
+}
 
 
 def status_of(exc: PgcastError) -> int:
     if isinstance(exc, RequestError):
         return exc.status
-    return next((status for kind, status in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
+    return HTTP_STATUS.get(exc.code) or 400
 
 
 def error_body(exc: PgcastError) -> dict[str, object]:

@@ -24,6 +24,7 @@ from backend.interface.http import capture as http_capture
 from backend.interface.http import events as http_events
 from backend.interface.http import health
 from backend.interface.http import queues as http_queues
+from backend.interface.http import topics as http_topics
 from backend.interface.http.errors import EXCEPTION_HANDLERS
 from backend.interface.security.guard import Guard, split_list
 from backend.interface.security.protection import LoopbackHostOnly, install_log_redaction
@@ -98,6 +99,7 @@ def create_app(
         Route("/metrics", health.metrics),
         Route("/auth/cookie", http_auth.set_cookie, methods=["POST"]),
         Route("/auth/cookie", http_auth.delete_cookie, methods=["DELETE"]),
+        Route("/topics", http_topics.topics, methods=["GET"]),
         Route("/topics/{topic}/events", http_events.publish_to_topic, methods=["POST"]),
         Route("/topics/{topic}/events", http_events.topic_events, methods=["GET"]),
         Route("/events", http_events.events, methods=["GET"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Annotated
@@ -13,8 +14,11 @@ from backend.core.errors import ConfigError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings, load_settings, worker_count
 
+logger = logging.getLogger(__name__)
 
-def _settings() -> Settings:
+
+def settings_or_exit() -> Settings:
+    """The settings, or one line naming the bad variable and exit status 2."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -25,14 +29,20 @@ def _settings() -> Settings:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it."""
+def _database(settings: Settings, *, stable: bool) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise the embedded server, stopped on exit if we started it.
+
+    `stable` puts the embedded server on EMBEDDED_PG_PORT, where users and `pgcast db`
+    find it; otherwise (a migration run) any free port will do.
+    """
     if settings.database_url:
         yield settings.database_url
         return
     from backend.connectors.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(settings.data_dir / "postgres")
+    server = EmbeddedPostgres(
+        settings.data_dir / "postgres", port=settings.embedded_pg_port if stable else None
+    )
     already_running = server.running_port() is not None
     url = server.start()
     try:
@@ -65,7 +75,7 @@ def serve(
 
     Example: AUTH_SECRET=... pgcast serve --host 0.0.0.0 --port 8000
     """
-    settings = _settings()
+    settings = settings_or_exit()
     if workers is not None:
         settings = _with_workers(settings, workers)
     if reload and settings.workers > 1:
@@ -73,6 +83,7 @@ def serve(
         raise typer.Exit(2)
     import anyio
 
+    from backend.connectors.database import without_password
     from backend.connectors.schema_version import is_current
     from backend.interface.security.protection import check_bind
     from backend.interface.server.runner import run_server
@@ -82,7 +93,8 @@ def serve(
     check_bind(bind, auth_enabled=settings.auth_enabled, insecure=insecure)
     if insecure:
         os.environ["INSECURE"] = "true"  # for the app factory of --reload's worker
-    with _database(settings) as url:
+    with _database(settings, stable=True) as url:
+        logger.info("database %s", without_password(url), extra={"action": "database"})
         os.environ["DATABASE_URL"] = url
         if not anyio.run(is_current, url):
             from backend.connectors.migrations import upgrade
@@ -114,10 +126,10 @@ def migrate(
 
     Example: DATABASE_URL=postgresql://localhost/app pgcast migrate
     """
-    settings = _settings()
+    settings = settings_or_exit()
     from backend.connectors import migrations
 
-    with _database(settings) as url:
+    with _database(settings, stable=False) as url:
         if not check:
             migrations.upgrade(url)
             typer.echo("pgcast: database is at the newest revision")

@@ -1,9 +1,10 @@
-"""`pgcast serve` and `pgcast migrate` as real processes."""
+"""`pgcast serve`, `pgcast migrate` and `pgcast db` as real processes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ import httpx
 import psutil
 import pytest
 
+from backend.connectors.database import without_password
 from backend.connectors.embedded import free_port
+from backend.testing.cli import Lines
 from backend.testing.server import wait_healthy
 
 
@@ -64,23 +67,109 @@ def _postgres_processes(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def _pgcast(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backend", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 @pytest.mark.external
-def test_serve_with_embedded_postgres_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
-    port = free_port()
+@pytest.mark.timeout(120)  # initdb of a fresh data directory, then six CLI processes
+def test_serve_with_embedded_postgres_prints_its_url_and_ctrl_c_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    port, pg_port = free_port(), free_port()
     data_dir = tmp_path / "data"
-    env = _env(PORT=str(port), DATA_DIR=str(data_dir))
-    process = subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env)
+    env = _env(PORT=str(port), DATA_DIR=str(data_dir), EMBEDDED_PG_PORT=str(pg_port))
+    pg_url = f"postgresql://postgres@127.0.0.1:{pg_port}/postgres"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    log = Lines(process.stderr)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process, timeout=60)
+        log.wait_for(lambda line: line.endswith(f"database {pg_url}"), timeout=60)
+        wait_healthy(f"http://127.0.0.1:{port}", process, timeout=60)  # type: ignore[arg-type]
         assert _postgres_processes(data_dir), "the embedded server should be running"
+        assert _pgcast(env, "db", "url").stdout == pg_url + "\n"
+        script = (
+            "CREATE TABLE t (n int, doc jsonb);\n"
+            "INSERT INTO t VALUES (1, '{\"a\": [1, 2]}'), (2, NULL);\n"
+            "SELECT n,\n       doc FROM t ORDER BY n;\n"
+            "CREATE FUNCTION twice(n int) RETURNS int LANGUAGE plpgsql AS $$\n"
+            "BEGIN\n  RETURN n * 2;\nEND $$;\n"
+            "SELECT twice(21);\n"
+        )
+        shell = _pgcast(env, "db", "shell", stdin=script)
+        assert (shell.returncode, shell.stderr) == (0, "")
+        assert shell.stdout.splitlines() == [
+            "CREATE TABLE",
+            "INSERT 0 2",
+            "n | doc",
+            '1 | {"a":[1,2]}',
+            "2 | ",
+            "(2 rows)",
+            "CREATE FUNCTION",
+            "twice",
+            "42",
+            "(1 row)",
+        ]
+        failed = _pgcast(env, "db", "shell", stdin="SELECT nope;\nSELECT 1 AS one;\n")
+        assert failed.returncode == 1
+        assert failed.stdout.splitlines() == ["one", "1", "(1 row)"]
+        assert failed.stderr.startswith('ERROR: UndefinedColumnError: column "nope"')
+        one = _pgcast(env, "db", "shell", "-c", "SELECT count(*) AS rows FROM t")
+        assert one.stdout.splitlines() == ["rows", "2", "(1 row)"]
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
+        log.rest()
+        process.stderr.close()
     deadline = time.monotonic() + 10
     while _postgres_processes(data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _postgres_processes(data_dir)
     assert (data_dir / "postgres" / "PG_VERSION").exists()
+    stopped = _pgcast(env, "db", "url")
+    assert stopped.stdout == pg_url + "\n"
+    assert "not running" in stopped.stderr
+
+
+def test_serve_stops_with_one_line_when_the_embedded_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        pg_port = taken.getsockname()[1]
+        env = _env(DATA_DIR=str(tmp_path / "data"), EMBEDDED_PG_PORT=str(pg_port))
+        result = _pgcast(env, "serve")
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("pgcast:")] == [
+        f"pgcast: port {pg_port} for the embedded PostgreSQL is taken by another program;"
+        " set EMBEDDED_PG_PORT to a free port, or DATABASE_URL to use another PostgreSQL"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        (
+            "postgresql://app:s3cret@db:5432/app?sslmode=require",
+            "postgresql://app@db:5432/app?sslmode=require",
+        ),
+        ("postgresql://:s3cret@db/app", "postgresql://db/app"),
+        (
+            "postgresql://postgres@127.0.0.1:54329/postgres",
+            "postgresql://postgres@127.0.0.1:54329/postgres",
+        ),
+    ],
+)
+def test_the_database_url_is_printed_without_its_password(url: str, printed: str) -> None:
+    assert without_password(url) == printed
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
