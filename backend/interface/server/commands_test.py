@@ -147,9 +147,10 @@ def test_serve_stops_with_one_line_when_the_embedded_port_is_taken(tmp_path: Pat
         pg_port = taken.getsockname()[1]
         env = _env(DATA_DIR=str(tmp_path / "data"), EMBEDDED_PG_PORT=str(pg_port))
         result = _pgcast(env, "serve")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a setting to change: docs/operations.md, exit statuses
     assert [line for line in result.stderr.splitlines() if line.startswith("pgcast:")] == [
-        f"pgcast: port {pg_port} for the embedded PostgreSQL is taken by another program;"
+        f"pgcast: configuration error: port {pg_port} for the embedded PostgreSQL is taken"
+        " by another program;"
         " set EMBEDDED_PG_PORT to a free port, or DATABASE_URL to use another PostgreSQL"
     ]
 
