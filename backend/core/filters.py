@@ -31,8 +31,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from backend.core import exactjson
 from backend.core.errors import InvalidFilter
 
 MAX_FILTER_LENGTH = 2000
@@ -82,16 +84,16 @@ class _Literal:
     """A filter value parsed once into every type it could be compared as."""
 
     text: str
-    number: int | float | None
+    number: int | float | Decimal | None
     boolean: bool | None
     moment: datetime | None
 
     @classmethod
     def parse(cls, text: str) -> _Literal:
-        number: int | float | None = None
+        number: int | float | Decimal | None = None
         found = _JSON_NUMBER.fullmatch(text)
         if found:
-            number = float(text) if found.group("real") else int(text)
+            number = exactjson.loads(text)  # the same type as the data it meets
         boolean = {"true": True, "false": False}.get(text)
         try:
             moment: datetime | None = datetime.fromisoformat(text)
@@ -105,7 +107,7 @@ class _Literal:
             return value == self.text
         if isinstance(value, bool):
             return value is self.boolean
-        if isinstance(value, int | float):
+        if isinstance(value, int | float | Decimal):
             return self.number is not None and value == self.number
         if isinstance(value, datetime):
             return _comparable(value, self.moment) and value == self.moment
@@ -117,7 +119,7 @@ class _Literal:
             return self.text
         if isinstance(value, bool):
             return _MISSING
-        if isinstance(value, int | float):
+        if isinstance(value, int | float | Decimal):
             return _MISSING if self.number is None else self.number
         if isinstance(value, datetime) and _comparable(value, self.moment):
             return self.moment

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import orjson
 
+from backend.core import exactjson
 from backend.core.errors import InvalidCursor
 
 ID_WIDTH: Final = 16
@@ -69,7 +70,7 @@ class Event:
     @property
     def data(self) -> Any:
         if not self._decoded:
-            self._data = orjson.loads(self.data_json)
+            self._data = exactjson.loads(self.data_json, "the event data")
             self._decoded = True
         return self._data
 

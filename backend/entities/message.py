@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from backend.core import exactjson
 from backend.entities.event import format_time
 
 
@@ -40,7 +41,7 @@ class Message:
 
     @property
     def data(self) -> Any:
-        return orjson.loads(self.data_json)
+        return exactjson.loads(self.data_json, "the message data")
 
     def as_dict(self) -> dict[str, Any]:
         """The wire form (`docs/protocol.md`)."""

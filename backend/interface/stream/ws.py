@@ -34,13 +34,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from backend.core import exactjson
 from backend.core.concurrency import unwrap_single_error
 from backend.core.errors import (
     CursorExpired,
@@ -172,16 +173,13 @@ def _required(frame: Frame, name: str) -> Any:
 
 
 def _is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float)
+    return value is None or isinstance(value, str | int | float | Decimal)
 
 
 def _parse(text: str | None) -> Frame:
     if text is None:
         raise FrameError("invalid_frame", "frames must be text, not binary")
-    try:
-        frame = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise FrameError("invalid_json", f"the frame is not valid JSON: {exc}") from None
+    frame = exactjson.loads(text, "the frame")
     if not isinstance(frame, dict):
         raise FrameError("invalid_frame", "a frame must be a JSON object")
     return frame
@@ -189,8 +187,8 @@ def _parse(text: str | None) -> Frame:
 
 def _is_auth_frame(text: str | None) -> bool:
     try:
-        frame = orjson.loads(text) if text is not None else None
-    except orjson.JSONDecodeError:
+        frame = exactjson.loads(text, "the frame") if text is not None else None
+    except PgcastError:
         return False
     return isinstance(frame, dict) and frame.get("op") == "auth"
 
@@ -228,7 +226,7 @@ class Connection:
             self.tasks.cancel_scope.cancel()
 
     async def send(self, frame: Frame) -> None:
-        await self.write([orjson.dumps(frame).decode()])
+        await self.write([exactjson.dumps(frame).decode()])
 
     async def send_error(self, echo: Frame, exc: BaseException) -> None:
         error = _as_error(exc)
@@ -370,7 +368,7 @@ class Connection:
         published = await engine.publish_many([event])
         self.state.metrics.published.inc(len(published))
         body = b'{"op":"published","ref":%s,"events":%s}' % (
-            orjson.dumps(ref),
+            exactjson.dumps(ref),
             envelopes_json(published),
         )
         await self.write([body.decode()])
@@ -463,7 +461,7 @@ class Connection:
     async def _run_consumer(
         self, sub: SubId, scope: anyio.CancelScope, queue: str, prefetch: int, lease: float
     ) -> None:
-        sub_json = orjson.dumps(sub)
+        sub_json = exactjson.dumps(sub)
         with scope:
             try:
                 async with consume(
@@ -508,7 +506,7 @@ class Connection:
         self, sub: SubId, patterns: tuple[Pattern, ...], after: str | int, flt: Filter | None
     ) -> None:
         """`subscribed` once the start is fixed, then events; resets in-band like SSE."""
-        sub_json = orjson.dumps(sub)
+        sub_json = exactjson.dumps(sub)
         announced = False
 
         async def announce() -> None:

@@ -1,0 +1,199 @@
+"""JSON text to Python values and back, keeping every number exact.
+
+orjson holds numbers as 64-bit integers and doubles, so `18446744073709551616` or
+`0.1000000000000000000001` would silently change on the way through, while PostgreSQL's
+`jsonb` keeps them. Only a number with at least 16 digits or a three-digit exponent can
+change (up to 15 significant digits and exponents under 100 survive a double exactly),
+so a cheap scan of the text decides: in the common case orjson does all the work; else
+just those numbers become `int` or `Decimal` and are written back digit for digit.
+
+Parsing also enforces the two rules every input shares: at most MAX_DEPTH levels of
+nesting, and no NUL character (PostgreSQL cannot store one) in any string or key.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+
+from backend.core.errors import InvalidEvent, InvalidJson
+
+MAX_DEPTH: Final = 1024
+"""Deepest nesting accepted: orjson's own parsing limit, enforced the same everywhere."""
+MAX_INT_DIGITS: Final = 4000
+"""Longer integers stay `Decimal`: Python refuses to convert over 4,300 digits."""
+
+_RISKY_BYTES = re.compile(rb"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
+_RISKY_TEXT = re.compile(r"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
+# Strings are matched whole so that digits inside them are skipped; numbers per RFC 8259.
+_STRING_OR_NUMBER = re.compile(
+    r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
+)
+_NUL = "\x00"
+_NUL_ESCAPE = "\\u0000"
+_TAG = _NUL + "#"
+
+
+def loads(text: bytes | str, what: str = "the body") -> Any:
+    """The JSON value of `text`; InvalidJson if malformed or too deep, InvalidEvent if a
+    string or key holds a NUL (naming where). `what` names the text in messages."""
+    risky = _RISKY_BYTES.search(text) if isinstance(text, bytes) else _RISKY_TEXT.search(text)
+    if risky is None:
+        value = _parse(text, what)
+        if _has_nul_escape(text):
+            refuse_nul(value)
+        return value
+    source = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
+    if _NUL_ESCAPE in source:
+        refuse_nul(_parse(_STRING_OR_NUMBER.sub(_number_as_zero, source), what))
+    return _untag(_parse(_STRING_OR_NUMBER.sub(_tag_risky_number, source), what))
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """JSON of `value`, with `Decimal` and integers of any size written exactly and up to
+    MAX_DEPTH levels of nesting; TypeError for what JSON cannot hold."""
+    try:
+        return orjson.dumps(
+            value, default=_decimal, option=orjson.OPT_SORT_KEYS if sort_keys else 0
+        )
+    except orjson.JSONEncodeError:
+        return _encode(value, sort_keys)
+
+
+def contains_nul(encoded: bytes) -> bool:
+    """Whether JSON text may hold a NUL; false positives (an escaped backslash) are fine."""
+    return b"\\u0000" in encoded
+
+
+def refuse_nul(value: Any, root: str = "$") -> None:
+    """InvalidEvent naming the first string or key in `value` holding a NUL character."""
+    pending: list[tuple[Any, str]] = [(value, root)]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            if _NUL in item:
+                raise InvalidEvent(_nul_problem(f"the string at {path}"))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _NUL in key:
+                    raise InvalidEvent(_nul_problem(f"a key of {path}"))
+                pending.append((child, _member(path, key)))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+
+
+def _nul_problem(where: str) -> str:
+    return f"{where} holds a NUL character (\\u0000), which cannot be stored"
+
+
+def _member(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{orjson.dumps(key).decode()}]"
+
+
+def _has_nul_escape(text: bytes | str) -> bool:
+    return (b"\\u0000" in text) if isinstance(text, bytes) else (_NUL_ESCAPE in text)
+
+
+def _parse(text: bytes | str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):
+            raise InvalidJson(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+        raise InvalidJson(f"{what} is not valid JSON: {exc}") from None
+
+
+def _number_as_zero(match: re.Match[str]) -> str:
+    token = match.group()
+    return token if token.startswith('"') else "0"
+
+
+def _tag_risky_number(match: re.Match[str]) -> str:
+    """A number orjson would change becomes a tagged string; everything else stays."""
+    token = match.group()
+    if token.startswith('"') or not _RISKY_TEXT.search(token):
+        return token
+    return f'"\\u0000#{token}"'
+
+
+def _exact_number(token: str) -> int | Decimal:
+    if len(token) <= MAX_INT_DIGITS and not any(c in token for c in ".eE"):
+        return int(token)
+    return Decimal(token)
+
+
+def _restore(item: Any) -> Any:
+    if isinstance(item, str) and item.startswith(_TAG):
+        return _exact_number(item[len(_TAG) :])
+    return item
+
+
+def _untag(value: Any) -> Any:
+    """Turn the tagged strings back into numbers (no other string can hold a NUL here)."""
+    value = _restore(value)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                item[key] = _restore(child)
+                pending.append(item[key])
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                item[index] = _restore(child)
+                pending.append(item[index])
+    return value
+
+
+def _decimal(value: Any) -> orjson.Fragment:
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value))
+    raise TypeError(f"type {type(value).__name__} is not JSON serializable")
+
+
+def _scalar(value: Any) -> bytes:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value).encode()
+        except ValueError:
+            raise TypeError("the integer has too many digits") from None
+    if isinstance(value, orjson.Fragment):
+        contents: bytes | str = value.contents
+        return contents if isinstance(contents, bytes) else contents.encode()
+    return orjson.dumps(value, default=_decimal)
+
+
+def _encode(value: Any, sort_keys: bool) -> bytes:
+    """The slow path for what orjson refuses: integers over 64 bits, nesting over 254."""
+    out: list[bytes] = []
+    # Entries are punctuation (bytes) or (value, depth) pairs still to be written.
+    pending: list[bytes | tuple[Any, int]] = [(value, 1)]
+    while pending:
+        entry = pending.pop()
+        if isinstance(entry, bytes):
+            out.append(entry)
+            continue
+        item, depth = entry
+        if isinstance(item, dict | list | tuple) and depth > MAX_DEPTH:
+            raise TypeError(f"the value is nested deeper than {MAX_DEPTH} levels")
+        parts: list[bytes | tuple[Any, int]] = []
+        if isinstance(item, dict):
+            keys = sorted(item) if sort_keys else list(item)
+            for index, key in enumerate(keys):
+                if not isinstance(key, str):
+                    raise TypeError("JSON object keys must be strings")
+                parts.append((b"," if index else b"") + orjson.dumps(key) + b":")
+                parts.append((item[key], depth + 1))
+            pending.extend(reversed([b"{", *parts, b"}"]))
+        elif isinstance(item, list | tuple):
+            for index, child in enumerate(item):
+                if index:
+                    parts.append(b",")
+                parts.append((child, depth + 1))
+            pending.extend(reversed([b"[", *parts, b"]"]))
+        else:
+            out.append(_scalar(item))
+    return b"".join(out)

@@ -1,0 +1,166 @@
+"""exactjson: numbers survive parse and encode digit for digit; depth and NUL rules hold."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend.core import exactjson
+from backend.core.errors import InvalidEvent, InvalidJson
+
+
+def exact(text: bytes | str) -> Any:
+    """The reference reading: Python's parser with every non-integer as a Decimal."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def numbers() -> st.SearchStrategy[str]:
+    """JSON number literals, with huge integers and long fractions and exponents."""
+    digits = st.text("0123456789", min_size=1, max_size=60)
+    integer = st.one_of(
+        st.just("0"), st.builds(lambda a, b: a + b, st.sampled_from("123456789"), digits)
+    )
+    fraction = st.one_of(st.just(""), digits.map(lambda d: "." + d))
+    exponent = st.one_of(
+        st.just(""),
+        st.builds(
+            lambda e, s, n: e + s + str(n),
+            st.sampled_from("eE"),
+            st.sampled_from(["", "+", "-"]),
+            st.integers(0, 500),
+        ),
+    )
+    sign = st.sampled_from(["", "-"])
+    return st.builds(lambda s, i, f, e: s + i + f + e, sign, integer, fraction, exponent)
+
+
+def documents() -> st.SearchStrategy[str]:
+    """JSON texts mixing such numbers with strings that look like numbers."""
+    scalars = st.one_of(
+        numbers(),
+        st.text(max_size=20).map(lambda s: json.dumps(s.replace("\x00", ""))),
+        st.sampled_from(["true", "false", "null", '"12345678901234567890"', '"\\\\u0000"']),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=5).map(lambda items: "[" + ", ".join(items) + "]"),
+            st.dictionaries(
+                st.text(max_size=8).filter(lambda k: "\x00" not in k), inner, max_size=5
+            ).map(lambda obj: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in obj.items()) + "}"),
+        ),
+        max_leaves=20,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents())
+def test_every_number_survives_parse_and_encode(text: str) -> None:
+    value = exactjson.loads(text)
+    assert exact(exactjson.dumps(value)) == exact(text)
+    assert exact(exactjson.dumps(exactjson.loads(text.encode()))) == exact(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("18446744073709551616", 18446744073709551616),
+        ("12345678901234567890123", 12345678901234567890123),
+        ("0.1000000000000000000001", Decimal("0.1000000000000000000001")),
+        ("1e400", Decimal("1e400")),
+        ("-1E-400", Decimal("-1E-400")),
+        ("1.5", 1.5),
+        ("9223372036854775807", 9223372036854775807),
+    ],
+)
+def test_numbers_orjson_would_change_become_int_or_decimal(text: str, expected: object) -> None:
+    value = exactjson.loads(text)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_common_documents_parse_like_orjson() -> None:
+    text = b'{"a":[1,2.5,-3e10,"x"],"b":{"c":null,"d":true}}'
+    assert exactjson.loads(text) == orjson.loads(text)
+
+
+def test_digits_inside_strings_stay_strings() -> None:
+    assert exactjson.loads('["123456789012345678901", 1e400]') == [
+        "123456789012345678901",
+        Decimal("1e400"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["01", "[1e400, 01]", "[1e400 1]", "1.", "-", "[1e400,]", "NaN"])
+def test_malformed_numbers_are_invalid_json(text: str) -> None:
+    with pytest.raises(InvalidJson, match="the body is not valid JSON"):
+        exactjson.loads(text)
+
+
+@pytest.mark.parametrize("prefix", ["", "[1E+400,"])
+def test_nesting_up_to_the_limit_parses_and_encodes(prefix: str) -> None:
+    depth = exactjson.MAX_DEPTH - (1 if prefix else 0)
+    text = prefix + "[" * depth + "]" * depth + ("]" if prefix else "")
+    assert exactjson.dumps(exactjson.loads(text)) == text.encode()
+
+
+@pytest.mark.parametrize("prefix", ["", "[1e400,"])
+def test_deeper_nesting_is_invalid_json_naming_the_limit(prefix: str) -> None:
+    depth = exactjson.MAX_DEPTH + 1
+    text = prefix + "[" * depth + "]" * depth + ("]" if prefix else "")
+    with pytest.raises(InvalidJson, match="the frame is nested deeper than 1024 levels"):
+        exactjson.loads(text, "the frame")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"data":{"a":"x\\u0000y"}}', "the string at $.data.a "),
+        ('[{"data":1},{"data":["ok","\\u0000"]}]', "the string at $[1].data[1] "),
+        ('{"data":{"k\\u0000":1}}', "a key of $.data "),
+        ('{"lease":"\\u0000", "n": 1e400}', "the string at $.lease "),
+        ('{"a b":{"\\u0000":1}, "n": 123456789012345678901}', 'a key of $["a b"] '),
+    ],
+)
+def test_a_nul_anywhere_is_refused_naming_where(text: str, where: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        exactjson.loads(text)
+    assert caught.value.message.startswith(where)
+    assert "NUL" in caught.value.message
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    assert exactjson.loads('["\\\\u0000", 1e400]') == ["\\u0000", Decimal("1e400")]
+
+
+def test_dumps_writes_big_ints_decimals_and_deep_values() -> None:
+    deep: Any = []
+    for _ in range(600):
+        deep = [deep]
+    assert exactjson.dumps({"n": 2**70, "d": Decimal("0.1000000000000000000001")}) == (
+        b'{"n":1180591620717411303424,"d":0.1000000000000000000001}'
+    )
+    assert exactjson.dumps(deep) == b"[" * 601 + b"]" * 601
+    assert (
+        exactjson.dumps({"b": 2**70, "a": 1}, sort_keys=True)
+        == b'{"a":1,"b":1180591620717411303424}'
+    )
+
+
+@pytest.mark.parametrize("value", [{1, 2}, Decimal("NaN"), {1: 2**70}, [b"x", 2**70]])
+def test_dumps_refuses_what_json_cannot_hold(value: object) -> None:
+    with pytest.raises(TypeError):
+        exactjson.dumps(value)
+
+
+def test_dumps_refuses_a_cycle() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(TypeError):
+        exactjson.dumps(cycle)
