@@ -14,6 +14,7 @@ nesting, and no NUL character (PostgreSQL cannot store one) in any string or key
 from __future__ import annotations
 
 import re
+import secrets
 from decimal import Decimal
 from typing import Any, Final
 
@@ -33,23 +34,17 @@ _STRING_OR_NUMBER = re.compile(
     r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
 )
 _NUL = "\x00"
-_NUL_ESCAPE = "\\u0000"
-_TAG = _NUL + "#"
 
 
-def loads(text: bytes | str, what: str = "the body") -> Any:
+def loads(text: bytes | str, what: str = "the body", *, allow_nul: bool = False) -> Any:
     """The JSON value of `text`; InvalidJson if malformed or too deep, InvalidEvent if a
-    string or key holds a NUL (naming where). `what` names the text in messages."""
+    string or key holds a NUL (naming where) unless `allow_nul` (the caller checks later).
+    `what` names the text in messages."""
     risky = _RISKY_BYTES.search(text) if isinstance(text, bytes) else _RISKY_TEXT.search(text)
-    if risky is None:
-        value = _parse(text, what)
-        if _has_nul_escape(text):
-            refuse_nul(value)
-        return value
-    source = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
-    if _NUL_ESCAPE in source:
-        refuse_nul(_parse(_STRING_OR_NUMBER.sub(_number_as_zero, source), what))
-    return _untag(_parse(_STRING_OR_NUMBER.sub(_tag_risky_number, source), what))
+    value = _parse(text, what) if risky is None else _parse_exactly(text, what)
+    if not allow_nul and contains_nul(text):
+        refuse_nul(value)
+    return value
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
@@ -63,9 +58,9 @@ def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
         return _encode(value, sort_keys)
 
 
-def contains_nul(encoded: bytes) -> bool:
+def contains_nul(text: bytes | str) -> bool:
     """Whether JSON text may hold a NUL; false positives (an escaped backslash) are fine."""
-    return b"\\u0000" in encoded
+    return (b"\\u0000" in text) if isinstance(text, bytes) else ("\\u0000" in text)
 
 
 def refuse_nul(value: Any, root: str = "$") -> None:
@@ -93,10 +88,6 @@ def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{orjson.dumps(key).decode()}]"
 
 
-def _has_nul_escape(text: bytes | str) -> bool:
-    return (b"\\u0000" in text) if isinstance(text, bytes) else (_NUL_ESCAPE in text)
-
-
 def _parse(text: bytes | str, what: str) -> Any:
     try:
         return orjson.loads(text)
@@ -106,17 +97,19 @@ def _parse(text: bytes | str, what: str) -> Any:
         raise InvalidJson(f"{what} is not valid JSON: {exc}") from None
 
 
-def _number_as_zero(match: re.Match[str]) -> str:
-    token = match.group()
-    return token if token.startswith('"') else "0"
+def _parse_exactly(text: bytes | str, what: str) -> Any:
+    """Numbers orjson would change travel through it as strings starting with a tag no
+    client can guess (a NUL and a random nonce), then become `int` or `Decimal`."""
+    source = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
+    nonce = secrets.token_hex(16)
 
+    def tag(match: re.Match[str]) -> str:
+        token = match.group()
+        if token.startswith('"') or not _RISKY_TEXT.search(token):
+            return token
+        return f'"\\u0000{nonce}{token}"'
 
-def _tag_risky_number(match: re.Match[str]) -> str:
-    """A number orjson would change becomes a tagged string; everything else stays."""
-    token = match.group()
-    if token.startswith('"') or not _RISKY_TEXT.search(token):
-        return token
-    return f'"\\u0000#{token}"'
+    return _untag(_parse(_STRING_OR_NUMBER.sub(tag, source), what), _NUL + nonce)
 
 
 def _exact_number(token: str) -> int | Decimal:
@@ -125,25 +118,25 @@ def _exact_number(token: str) -> int | Decimal:
     return Decimal(token)
 
 
-def _restore(item: Any) -> Any:
-    if isinstance(item, str) and item.startswith(_TAG):
-        return _exact_number(item[len(_TAG) :])
-    return item
+def _untag(value: Any, tag: str) -> Any:
+    """Turn the tagged strings back into numbers."""
 
+    def restore(item: Any) -> Any:
+        if isinstance(item, str) and item.startswith(tag):
+            return _exact_number(item[len(tag) :])
+        return item
 
-def _untag(value: Any) -> Any:
-    """Turn the tagged strings back into numbers (no other string can hold a NUL here)."""
-    value = _restore(value)
+    value = restore(value)
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                item[key] = _restore(child)
+                item[key] = restore(child)
                 pending.append(item[key])
         elif isinstance(item, list):
             for index, child in enumerate(item):
-                item[index] = _restore(child)
+                item[index] = restore(child)
                 pending.append(item[index])
     return value
 

@@ -2,61 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from backend.core import exactjson
 from backend.core.errors import InvalidEvent, InvalidJson
-
-
-def exact(text: bytes | str) -> Any:
-    """The reference reading: Python's parser with every non-integer as a Decimal."""
-    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
-
-
-def numbers() -> st.SearchStrategy[str]:
-    """JSON number literals, with huge integers and long fractions and exponents."""
-    digits = st.text("0123456789", min_size=1, max_size=60)
-    integer = st.one_of(
-        st.just("0"), st.builds(lambda a, b: a + b, st.sampled_from("123456789"), digits)
-    )
-    fraction = st.one_of(st.just(""), digits.map(lambda d: "." + d))
-    exponent = st.one_of(
-        st.just(""),
-        st.builds(
-            lambda e, s, n: e + s + str(n),
-            st.sampled_from("eE"),
-            st.sampled_from(["", "+", "-"]),
-            st.integers(0, 500),
-        ),
-    )
-    sign = st.sampled_from(["", "-"])
-    return st.builds(lambda s, i, f, e: s + i + f + e, sign, integer, fraction, exponent)
-
-
-def documents() -> st.SearchStrategy[str]:
-    """JSON texts mixing such numbers with strings that look like numbers."""
-    scalars = st.one_of(
-        numbers(),
-        st.text(max_size=20).map(lambda s: json.dumps(s.replace("\x00", ""))),
-        st.sampled_from(["true", "false", "null", '"12345678901234567890"', '"\\\\u0000"']),
-    )
-    return st.recursive(
-        scalars,
-        lambda inner: st.one_of(
-            st.lists(inner, max_size=5).map(lambda items: "[" + ", ".join(items) + "]"),
-            st.dictionaries(
-                st.text(max_size=8).filter(lambda k: "\x00" not in k), inner, max_size=5
-            ).map(lambda obj: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in obj.items()) + "}"),
-        ),
-        max_leaves=20,
-    )
+from backend.testing.json_documents import documents, exact
 
 
 @settings(max_examples=400, deadline=None)

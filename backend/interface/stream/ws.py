@@ -179,7 +179,7 @@ def _is_scalar(value: object) -> bool:
 def _parse(text: str | None) -> Frame:
     if text is None:
         raise FrameError("invalid_frame", "frames must be text, not binary")
-    frame = exactjson.loads(text, "the frame")
+    frame = exactjson.loads(text, "the frame", allow_nul=True)  # refused once echoed
     if not isinstance(frame, dict):
         raise FrameError("invalid_frame", "a frame must be a JSON object")
     return frame
@@ -321,6 +321,8 @@ class Connection:
                 raise FrameError("unknown_op", f"op must be one of: {', '.join(OPS)}")
             if op.echo is not None and op.echo in frame and _is_scalar(frame[op.echo]):
                 echo[op.echo_as or op.echo] = frame[op.echo]
+            if exactjson.contains_nul(text or ""):
+                exactjson.refuse_nul(frame)
             unknown = sorted(set(frame) - op.fields - {"op"})
             if unknown:
                 raise FrameError(
