@@ -27,8 +27,13 @@ MAX_DEPTH: Final = 1024
 MAX_INT_DIGITS: Final = 4000
 """Longer integers stay `Decimal`: Python refuses to convert over 4,300 digits."""
 
-_RISKY_BYTES = re.compile(rb"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
-_RISKY_TEXT = re.compile(r"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
+# The scan runs on every input, so it is a byte translation and two substring searches
+# (a regex costs several times orjson's own parse): digits and "." become "9", exponent
+# marks and signs "e"; then 16 nines or "e999" mark a text that may hold such a number.
+_SHAPES = bytes.maketrans(b"0123456789.eE+-", b"99999999999eeee")
+_LONG_MANTISSA = b"9" * 16
+_LONG_EXPONENT = b"e999"
+_RISKY = re.compile(r"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
 # Strings are matched whole so that digits inside them are skipped; numbers per RFC 8259.
 _STRING_OR_NUMBER = re.compile(
     r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
@@ -40,8 +45,7 @@ def loads(text: bytes | str, what: str = "the body", *, allow_nul: bool = False)
     """The JSON value of `text`; InvalidJson if malformed or too deep, InvalidEvent if a
     string or key holds a NUL (naming where) unless `allow_nul` (the caller checks later).
     `what` names the text in messages."""
-    risky = _RISKY_BYTES.search(text) if isinstance(text, bytes) else _RISKY_TEXT.search(text)
-    value = _parse(text, what) if risky is None else _parse_exactly(text, what)
+    value = _parse_exactly(text, what) if _may_change(text) else _parse(text, what)
     if not allow_nul and contains_nul(text):
         refuse_nul(value)
     return value
@@ -88,6 +92,13 @@ def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{orjson.dumps(key).decode()}]"
 
 
+def _may_change(text: bytes | str) -> bool:
+    """Whether orjson might change a number in `text` (false positives only cost time)."""
+    raw = text if isinstance(text, bytes) else text.encode(errors="surrogatepass")
+    shapes = raw.translate(_SHAPES)
+    return _LONG_MANTISSA in shapes or _LONG_EXPONENT in shapes
+
+
 def _parse(text: bytes | str, what: str) -> Any:
     try:
         return orjson.loads(text)
@@ -105,7 +116,7 @@ def _parse_exactly(text: bytes | str, what: str) -> Any:
 
     def tag(match: re.Match[str]) -> str:
         token = match.group()
-        if token.startswith('"') or not _RISKY_TEXT.search(token):
+        if token.startswith('"') or not _RISKY.search(token):
             return token
         return f'"\\u0000{nonce}{token}"'
 
