@@ -26,6 +26,9 @@ MAX_DEPTH: Final = 1024
 """Deepest nesting accepted: orjson's own parsing limit, enforced the same everywhere."""
 MAX_INT_DIGITS: Final = 4000
 """Longer integers stay `Decimal`: Python refuses to convert over 4,300 digits."""
+MAX_WHOLE_DIGITS: Final = 131_072
+MAX_FRACTION_DIGITS: Final = 16_383
+"""PostgreSQL's `numeric` (and so `jsonb`) holds no number with more digits than these."""
 
 # The scan runs on every input, so it is a byte translation and two substring searches
 # (a regex costs several times orjson's own parse): digits and "." become "9", exponent
@@ -126,7 +129,16 @@ def _parse_exactly(text: bytes | str, what: str) -> Any:
 def _exact_number(token: str) -> int | Decimal:
     if len(token) <= MAX_INT_DIGITS and not any(c in token for c in ".eE"):
         return int(token)
-    return Decimal(token)
+    number = Decimal(token)
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int), "JSON numbers are finite"
+    whole = 0 if number.is_zero() else number.adjusted() + 1
+    if whole > MAX_WHOLE_DIGITS or -exponent > MAX_FRACTION_DIGITS:
+        raise InvalidEvent(
+            f"the number {token[:40]}{'...' if len(token) > 40 else ''} is out of range: at"
+            f" most {MAX_WHOLE_DIGITS} digits before the point and {MAX_FRACTION_DIGITS} after"
+        )
+    return number
 
 
 def _untag(value: Any, tag: str) -> Any:

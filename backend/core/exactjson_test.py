@@ -119,3 +119,18 @@ def test_dumps_refuses_a_cycle() -> None:
     cycle.append(cycle)
     with pytest.raises(TypeError):
         exactjson.dumps(cycle)
+
+
+@pytest.mark.parametrize(
+    "text", ["1e131071", "-1e131071", "1e-16383", "0e200000", "1" * 131_072, "0." + "1" * 16_383]
+)
+def test_numbers_postgresql_can_hold_are_kept(text: str) -> None:
+    assert exactjson.loads(f"[{text}]") == [Decimal(text)]
+
+
+@pytest.mark.parametrize(
+    "text", ["1e131072", "1e-16384", "1.5e-16383", "0e-20000", "1" * 131_073, "0." + "1" * 16_384]
+)
+def test_numbers_beyond_postgresql_numeric_are_refused(text: str) -> None:
+    with pytest.raises(InvalidEvent, match="is out of range: at most 131072 digits"):
+        exactjson.loads(f"[{text}]")

@@ -186,6 +186,27 @@ def test_captured_numeric_columns_keep_every_digit(
     assert event["data"]["new"] == exact(f'{{"id":1,"amount":{amount}}}')
 
 
+@pytest.mark.parametrize("number", ["1e131072", "1e-16384", "1" * 131_073])
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/topics/range/events", {}),
+        ("/topics/range/events", {"Idempotency-Key": "range"}),
+        ("/queues/range/messages", {}),
+        ("/queues/range/messages", {"Idempotency-Key": "range"}),
+    ],
+)
+def test_numbers_beyond_postgresql_numeric_are_refused(
+    client: httpx.Client, path: str, headers: dict[str, str], number: str
+) -> None:
+    answer = post(client, path, f'{{"data":[{number}]}}', **headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "invalid_event"
+    assert "is out of range" in answer.json()["message"]
+    assert client.get("/topics/range/events", params={"after": "earliest"}).json()["events"] == []
+    assert client.get("/queues/range").json()["ready"] == 0
+
+
 # Nesting
 
 
