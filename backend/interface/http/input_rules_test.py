@@ -160,6 +160,26 @@ def test_numbers_reach_subscribers_and_filters_exactly(
     assert receive(ws) == {"op": "unsubscribed", "id": "big"}
 
 
+def first_sse_data(client: httpx.Client, path: str, **params: str) -> Any:
+    """The `data:` of the first event on an SSE stream."""
+    headers = {"Accept": "text/event-stream"}
+    with client.stream("GET", path, params=params, headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                return exact(line.removeprefix("data: "))
+    raise AssertionError("the stream ended without an event")
+
+
+def test_numbers_keep_every_digit_over_sse(client: httpx.Client) -> None:
+    text = '{"n":18446744073709551616,"d":0.1000000000000000000001,"e":-1E-400}'
+    before = latest(client, "exact.sse")
+    assert post(client, "/topics/exact.sse/events", f'{{"data":{text}}}').status_code == 201
+    assert first_sse_data(client, "/topics/exact.sse/events", after=before)["data"] == exact(text)
+    assert post(client, "/queues/exact.sse/messages", f'{{"data":{text}}}').status_code == 201
+    message = first_sse_data(client, "/queues/exact.sse/messages")
+    assert message["data"] == exact(text)
+
+
 def test_captured_numeric_columns_keep_every_digit(
     server: ServerProcess, client: httpx.Client
 ) -> None:
