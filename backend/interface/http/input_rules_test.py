@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,6 +120,13 @@ def test_numbers_come_back_digit_for_digit_on_every_path(
     (envelope,) = exact(published.content)["events"]
     assert envelope["data"] == expected
     assert next_event(client, "exact.http", before)["data"] == expected
+
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = post(client, "/topics/exact.keyed/events", f'{{"data":{text}}}', **key)
+    again = post(client, "/topics/exact.keyed/events", f'{{"data":{text}}}', **key)
+    assert (first.status_code, again.headers["Idempotent-Replayed"]) == (201, "true"), again.text
+    assert exact(again.content) == exact(first.content)
+    assert exact(first.content)["events"][0]["data"] == expected
 
     ws.send_text(f'{{"op":"publish","ref":1,"topic":"exact.ws","data":{text}}}')
     answer = receive(ws)
