@@ -53,6 +53,12 @@ class InvalidCursor(PgcastError):
     code = "invalid_cursor"
 
 
+class InvalidJson(PgcastError):
+    """A body or frame is not JSON, or is nested deeper than 1,024 levels."""
+
+    code = "invalid_json"
+
+
 class InvalidEvent(PgcastError):
     """An event to publish is malformed (bad field type, not JSON)."""
 

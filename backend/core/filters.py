@@ -26,14 +26,17 @@ Comparison semantics, chosen to be predictable rather than clever:
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from backend.core.errors import InvalidFilter
+from backend.core import exactjson
+from backend.core.errors import InvalidEvent, InvalidFilter
 
 MAX_FILTER_LENGTH = 2000
 MAX_CONDITIONS = 20
@@ -82,16 +85,19 @@ class _Literal:
     """A filter value parsed once into every type it could be compared as."""
 
     text: str
-    number: int | float | None
+    number: int | float | Decimal | None
     boolean: bool | None
     moment: datetime | None
 
     @classmethod
     def parse(cls, text: str) -> _Literal:
-        number: int | float | None = None
+        number: int | float | Decimal | None = None
         found = _JSON_NUMBER.fullmatch(text)
         if found:
-            number = float(text) if found.group("real") else int(text)
+            try:
+                number = exactjson.loads(text)  # the same type as the data it meets
+            except InvalidEvent as exc:
+                raise _ConditionError(exc.message) from None
         boolean = {"true": True, "false": False}.get(text)
         try:
             moment: datetime | None = datetime.fromisoformat(text)
@@ -101,27 +107,31 @@ class _Literal:
 
     def equals(self, value: object) -> bool:
         """Typed equality for a present, non-null value."""
-        if isinstance(value, str):
-            return value == self.text
         if isinstance(value, bool):
             return value is self.boolean
-        if isinstance(value, int | float):
-            return self.number is not None and value == self.number
-        if isinstance(value, datetime):
-            return _comparable(value, self.moment) and value == self.moment
-        return False
+        pair = self.operands(value)
+        return pair is not None and pair[0] == pair[1]
 
-    def operand(self, value: object) -> object:
-        """What `value` is ordered against, or _MISSING when the two have no common order."""
+    def operands(self, value: object) -> tuple[Any, Any] | None:
+        """`value` and this literal in a type they share, or None when there is none."""
         if isinstance(value, str):
-            return self.text
-        if isinstance(value, bool):
-            return _MISSING
-        if isinstance(value, int | float):
-            return _MISSING if self.number is None else self.number
-        if isinstance(value, datetime) and _comparable(value, self.moment):
-            return self.moment
-        return _MISSING
+            return value, self.text
+        if isinstance(value, datetime):
+            return (value, self.moment) if _comparable(value, self.moment) else None
+        numeric = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+        if not numeric or self.number is None:
+            return None
+        if isinstance(value, Decimal) or isinstance(self.number, Decimal):
+            # A number beyond a double on either side: both compare as written in decimal.
+            return _decimal(value), _decimal(self.number)
+        return value, self.number
+
+
+def _decimal(number: object) -> object:
+    """A JSON float as the decimal it was written as (its shortest round-trip form)."""
+    if isinstance(number, float) and math.isfinite(number):
+        return Decimal(repr(number))
+    return number
 
 
 def _comparable(value: datetime, moment: datetime | None) -> bool:
@@ -150,8 +160,8 @@ def _build_test(op: str, value: str) -> Test:
     def ordered(v: object) -> bool:
         if not _present(v):
             return False
-        other = literal.operand(v)
-        return other is not _MISSING and order(v, other)
+        pair = literal.operands(v)
+        return pair is not None and order(*pair)
 
     return ordered
 

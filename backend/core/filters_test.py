@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backend.core import exactjson
 from backend.core.errors import InvalidFilter
 from backend.core.filters import Filter, compile_filter
 
@@ -391,3 +392,41 @@ def test_neq_is_eq_negated_except_for_null(literal: str, value: object) -> None:
     eq = check(f"data=eq.{literal}", {"data": value})
     neq = check(f"data=neq.{literal}", {"data": value})
     assert neq is (value is not None and not eq)
+
+
+EXACT: dict[str, object] = {
+    "data": {
+        "big": exactjson.loads("18446744073709551616"),
+        "precise": exactjson.loads("0.1000000000000000000001"),
+        "tiny": exactjson.loads("1e-400"),
+        "plain": 0.1,
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data.big=eq.18446744073709551616", True),
+        ("data.big=eq.18446744073709551617", False),
+        ("data.big=gt.18446744073709551615", True),
+        ("data.big=gt.1e19", True),
+        ("data.precise=eq.0.1000000000000000000001", True),
+        ("data.precise=eq.0.1", False),
+        ("data.precise=gt.0.1", True),
+        ("data.tiny=gt.0", True),
+        ("data.tiny=lt.1e-399", True),
+        # A double meets a long literal as the decimal it was written as.
+        ("data.plain=lt.0.1000000000000000000001", True),
+        ("data.plain=gt.0.1000000000000000000001", False),
+        ("data.plain=eq.0.10000000000000000000", True),
+        ("data.plain=eq.0.1", True),
+    ],
+)
+def test_numbers_beyond_a_double_compare_exactly(text: str, expected: bool) -> None:
+    assert check(text, EXACT) is expected
+
+
+def test_a_literal_beyond_postgresql_numeric_is_an_invalid_filter() -> None:
+    with pytest.raises(InvalidFilter, match="is out of range"):
+        compile_filter("data.n=gt.1e131072")

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
-
+from backend.core import exactjson
 from backend.core.errors import InvalidCursor
 
 ID_WIDTH: Final = 16
@@ -69,7 +68,7 @@ class Event:
     @property
     def data(self) -> Any:
         if not self._decoded:
-            self._data = orjson.loads(self.data_json)
+            self._data = exactjson.loads(self.data_json, "the event data")
             self._decoded = True
         return self._data
 
@@ -89,17 +88,8 @@ class Event:
 
         `data` is re-encoded rather than spliced in: Postgres prints jsonb with spaces, and
         every transport (SSE, WebSocket, JSON pages, the CLI) should show the same compact
-        JSON.
+        JSON. It goes through exactjson both ways, so numbers keep every digit.
         """
         if self._envelope_json is None:
-            self._envelope_json = orjson.dumps(
-                {
-                    "id": self.id,
-                    "topic": self.topic,
-                    "type": self.type,
-                    "key": self.key,
-                    "data": orjson.loads(self.data_json),
-                    "time": format_time(self.time),
-                }
-            )
+            self._envelope_json = exactjson.dumps(self.envelope())
         return self._envelope_json

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from backend.core import exactjson
 from backend.entities.event import format_time
 
 
@@ -40,14 +41,18 @@ class Message:
 
     @property
     def data(self) -> Any:
-        return orjson.loads(self.data_json)
+        return exactjson.loads(self.data_json, "the message data")
 
     def as_dict(self) -> dict[str, Any]:
-        """The wire form (`docs/protocol.md`), with `data` as compact JSON like events."""
+        """The wire form (`docs/protocol.md`), with `data` as compact JSON like events.
+
+        `data` is an orjson Fragment: re-encoded without Postgres's spaces, with every digit
+        of every number, and spliced as is by whichever encoder writes the body.
+        """
         body: dict[str, Any] = {
             "id": str(self.id),
             "queue": self.queue,
-            "data": self.data,
+            "data": orjson.Fragment(exactjson.dumps(self.data)),
             "key": self.key,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,

@@ -125,7 +125,8 @@ class GroupCommitter:
             return
         except (asyncpg.PostgresError, ValueError) as exc:
             if len(batch) == 1:
-                self._fail(batch, InvalidEvent(f"the database rejected the event: {exc}"))
+                reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
+                self._fail(batch, InvalidEvent(f"the database rejected the event: {reason}"))
                 return
             for request in batch:
                 await self._commit([request])

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from backend.core.errors import InvalidEvent
-from backend.entities.event import Event
+from backend.entities.event import Event, NewEvent
 from backend.testing.engine import running_engine, take
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
@@ -39,9 +39,10 @@ async def test_one_bad_request_in_a_batch_fails_only_itself(database_url: str) -
             outcome[name] = event.data
 
         async def bad() -> None:
-            # Postgres refuses \u0000 inside jsonb; orjson encodes it happily.
+            # Postgres refuses \u0000 inside jsonb; built directly, this event skips the
+            # check that otherwise refuses it before it reaches the database.
             try:
-                await engine.publish_many([engine.event("gc", "nul\x00byte")])
+                await engine.publish_many([NewEvent("gc", b'"nul\\u0000byte"')])
             except InvalidEvent as exc:
                 outcome["bad"] = exc
 

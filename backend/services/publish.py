@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import orjson
-
 from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
 from backend.connectors.store import log as log_queries
 from backend.connectors.store.idempotency import run_once
+from backend.core import exactjson
 from backend.core.errors import DatabaseUnavailable, EventTooLarge, InvalidEvent
 from backend.core.names import validate_name
 from backend.entities.event import Event, NewEvent
@@ -53,9 +52,11 @@ def new_event(
     if name == RESERVED_SEGMENT or name.startswith(RESERVED_SEGMENT + "."):
         raise InvalidEvent(f"topics under '{RESERVED_SEGMENT}.' are reserved for the server")
     try:
-        data_json = orjson.dumps(data)
+        data_json = exactjson.dumps(data)
     except TypeError as exc:
         raise InvalidEvent(f"event data is not JSON: {exc}") from None
+    if exactjson.contains_nul(data_json):
+        exactjson.refuse_nul(data, "data")
     if len(data_json) > max_bytes:
         raise EventTooLarge(
             f"event data is {len(data_json)} bytes, over the limit of {max_bytes} bytes"

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
 from backend.connectors.store import queues as q
 from backend.connectors.store.idempotency import run_once
+from backend.core import exactjson
 from backend.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -63,9 +65,11 @@ def new_message(
     """Validate one message; raises typed errors naming the problem."""
     name = validate_queue(queue)
     try:
-        data_json = orjson.dumps(data)
+        data_json = exactjson.dumps(data)
     except TypeError as exc:
         raise InvalidEvent(f"message data is not JSON: {exc}") from None
+    if exactjson.contains_nul(data_json):
+        exactjson.refuse_nul(data, "data")
     if len(data_json) > max_bytes:
         raise EventTooLarge(
             f"message data is {len(data_json)} bytes, over the limit of {max_bytes} bytes"
@@ -88,6 +92,8 @@ def validate_queue(queue: object) -> str:
 
 
 def number(value: object, name: str, low: float, high: float) -> float:
+    if isinstance(value, Decimal):  # a number a double cannot hold exactly
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise InvalidEvent(f"{name} must be a number between {low:g} and {high:g}")
     return float(value)

@@ -30,6 +30,11 @@ def token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def sign_claims(claims: dict[str, Any], secret: str = SECRET) -> str:
+    """An HS256 token of exactly these claims (for expiries `token` cannot express)."""
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def bearer(value: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"} if value else {}
 

@@ -11,9 +11,8 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-import orjson
-
 from backend.connectors.database import Connection, Pool
+from backend.core import exactjson
 from backend.core.errors import Conflict, InvalidEvent
 
 MAX_KEY_LENGTH = 200
@@ -30,7 +29,7 @@ def validate_key(key: str) -> str:
 
 def request_hash(body: object) -> bytes:
     """Hash of the request's meaning (JSON with sorted keys), not of its exact bytes."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+    return hashlib.sha256(exactjson.dumps(body, sort_keys=True)).digest()
 
 
 async def run_once(

@@ -19,6 +19,7 @@ import httpx
 import orjson
 import typer
 
+from backend.core import exactjson
 from backend.core.errors import PgcastError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -139,7 +140,7 @@ class Api:
     ) -> Any:
         """One request; the decoded JSON answer, or `ApiError` / a one-line exit."""
         query = params if params is None or isinstance(params, Mapping) else tuple(params)
-        content = None if json is None else orjson.dumps(json)
+        content = None if json is None else exactjson.dumps(json)
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             response = client.request(method, path, content=content, headers=headers, params=query)
@@ -151,8 +152,8 @@ class Api:
         if response.is_error:
             raise error_of(response)
         try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
+            return exactjson.loads(response.content, "the answer", allow_nul=True)
+        except PgcastError:
             fail(f"{self.base} answered with something other than JSON")
 
 

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
-
+from backend.core import exactjson
+from backend.core.errors import InvalidJson, PgcastError
 from backend.interface.cli.client import Api, fail, guarded, write_line
 
 MAX_LINES = 500
@@ -86,10 +86,10 @@ def _post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
         if not line.strip():
             continue
         try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            value = exactjson.loads(line, f"line {number}")
+        except PgcastError as exc:
             flush()
-            fail(f"line {number}: invalid JSON: {exc.msg} (column {exc.colno})")
+            fail(exc.message if isinstance(exc, InvalidJson) else f"line {number}: {exc.message}")
         batch.append(make_item(value))
         size += len(line)
         if len(batch) >= MAX_LINES or size >= MAX_BYTES:
@@ -125,6 +125,6 @@ def post_created(
 def _parse_value(text: str) -> Any:
     """A JSON value given on the command line."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        fail(f"invalid JSON argument: {exc.msg} (column {exc.colno})")
+        return exactjson.loads(text, "the JSON argument")
+    except PgcastError as exc:
+        fail(exc.message)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
+from backend.core import exactjson
 from backend.interface.cli.client import write_line
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ class JsonLines:
         write_line(envelope_json)
 
     def envelope(self, envelope: dict[str, Any]) -> None:
-        write_line(orjson.dumps(envelope).decode())
+        write_line(exactjson.dumps(envelope).decode())
 
 
 def _clock(stamp: object) -> str:
@@ -60,7 +59,7 @@ class Pretty:
         self.highlight = JSONHighlighter()
 
     def line(self, envelope_json: str) -> None:
-        self.envelope(orjson.loads(envelope_json))
+        self.envelope(exactjson.loads(envelope_json, "the event", allow_nul=True))
 
     def envelope(self, envelope: dict[str, Any]) -> None:
         from rich.text import Text
@@ -79,7 +78,7 @@ class Pretty:
         if envelope.get("key") is not None:
             text.append(f"  key={envelope['key']}", "yellow")
         text.append("  ")
-        text.append_text(self.highlight(Text(orjson.dumps(envelope.get("data")).decode())))
+        text.append_text(self.highlight(Text(exactjson.dumps(envelope.get("data")).decode())))
         self.console.print(text)
 
 

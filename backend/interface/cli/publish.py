@@ -28,7 +28,7 @@ def publish(
     event's data, sent in batches (up to 500 lines, or when input pauses).
 
     If line N is not valid JSON, pgcast stops with exit status 1 and
-    `pgcast: line N: invalid JSON: ...`: lines 1 to N-1 have been published
+    `pgcast: line N is not valid JSON: ...`: lines 1 to N-1 have been published
     (their ids are printed), line N and everything after it have not.
 
     Examples:

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from backend.testing.cli import run
+from backend.testing.json_documents import exact
 from backend.testing.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.external
@@ -49,7 +50,7 @@ def test_bad_json_on_line_3_publishes_lines_1_and_2_and_exits_1(
 ) -> None:
     result = run(cli_server.url, "publish", "bad", stdin='{"n": 1}\n2\n{oops\n4\n')
     assert result.returncode == 1
-    assert result.stderr.startswith("pgcast: line 3: invalid JSON: ")
+    assert result.stderr.startswith("pgcast: line 3 is not valid JSON: ")
     assert len(result.stderr.splitlines()) == 1
     events = stored(cli_server, "bad")
     assert [e["data"] for e in events] == [{"n": 1}, 2]
@@ -67,3 +68,38 @@ def test_connection_refused_is_one_line_naming_the_url() -> None:
     result = run(url, "publish", "topic", "1")
     assert result.returncode == 1
     assert result.stderr == f"pgcast: cannot connect to {url}: connection refused\n"
+
+
+EXACT = '{"n": 18446744073709551616, "d": 0.1000000000000000000001, "e": 1e400}'
+
+
+def test_numbers_keep_every_digit_through_publish_and_tail(cli_server: ServerProcess) -> None:
+    published = run(cli_server.url, "publish", "exact.cli", EXACT)
+    piped = run(cli_server.url, "publish", "exact.cli", stdin=EXACT + "\n")
+    assert (published.returncode, piped.returncode) == (0, 0), published.stderr + piped.stderr
+    for output in ("jsonl", "pretty"):
+        tail = run(
+            cli_server.url,
+            "tail",
+            "exact.cli",
+            "--from",
+            "earliest",
+            "--no-follow",
+            "--output",
+            output,
+        )
+        assert tail.returncode == 0, tail.stderr
+        lines = tail.stdout.splitlines()
+        assert len(lines) == 2
+        for line in lines:
+            if output == "jsonl":
+                assert exact(line)["data"] == exact(EXACT)
+            assert "18446744073709551616" in line
+            assert "0.1000000000000000000001" in line
+
+
+def test_a_nul_on_line_2_publishes_line_1_and_names_the_place(cli_server: ServerProcess) -> None:
+    result = run(cli_server.url, "publish", "nul.cli", stdin='1\n{"a": "x\\u0000"}\n3\n')
+    assert result.returncode == 1
+    assert result.stderr.startswith("pgcast: line 2: the string at $.a holds a NUL character")
+    assert [e["data"] for e in stored(cli_server, "nul.cli")] == [1]

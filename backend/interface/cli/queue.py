@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-import orjson
 import typer
 
+from backend.core import exactjson
 from backend.interface.cli.client import (
     DEFAULT_URL,
     Api,
@@ -108,7 +108,7 @@ def stats(
         if sys.stdout.isatty():
             _table(body["queues"] if queue is None else [body])
         else:
-            write_line(orjson.dumps(body).decode())
+            write_line(exactjson.dumps(body).decode())
 
 
 @queue_app.command()
@@ -125,7 +125,7 @@ def dead(queue: Queue, url: Url = DEFAULT_URL, token: Token = None) -> None:
             params = {"limit": str(DEAD_PAGE), **({"after": after} if after else {})}
             messages = api.call(client, "GET", path, params=params)["messages"]
             for message in messages:
-                write_line(orjson.dumps(message).decode())
+                write_line(exactjson.dumps(message).decode())
             if len(messages) < DEAD_PAGE:
                 return
             after = str(messages[-1]["id"])

@@ -1,8 +1,9 @@
 """Malformed input against a real server: never a 5xx, never a crash, never a partial write.
 
 Hypothesis drives every HTTP route (odd methods, paths, query values, headers and
-bodies: bad JSON, huge numbers, deep nesting, invalid UTF-8) and every WebSocket op
-(wrong types, unknown fields, binary and non-JSON frames). The module's server must be
+bodies: bad JSON, huge and very precise numbers, nesting around the 1,024 limit, NUL
+characters, invalid UTF-8) and every WebSocket op (the same values, wrong types,
+unknown fields, binary and non-JSON frames). The module's server must be
 healthy afterwards and its log free of tracebacks (checked when the fixture ends).
 Example counts are bounded so the file runs in well under a minute.
 """
@@ -29,7 +30,9 @@ from httpx_ws import WebSocketDisconnect, WebSocketSession, connect_ws
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.core import exactjson
 from backend.testing import postgres
+from backend.testing.json_documents import documents
 from backend.testing.server import ServerProcess, start_server
 
 pytestmark = [pytest.mark.external]
@@ -38,6 +41,11 @@ FUZZ = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 DEEP = b"[" * 10_000 + b"]" * 10_000
+LIMIT = 1024
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +119,51 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-FIELDS = st.sampled_from(
-    [
-        "data",
-        "type",
-        "key",
-        "delay_seconds",
-        "max_attempts",
-        "lease",
-        "seconds",
-        "error",
-        "topic",
-        "columns",
-        "token",
-    ]
+FIELD_NAMES = (
+    "data",
+    "type",
+    "key",
+    "delay_seconds",
+    "max_attempts",
+    "lease",
+    "seconds",
+    "error",
+    "topic",
+    "columns",
+    "token",
 )
+FIELDS = st.sampled_from(FIELD_NAMES)
 OBJECTS = st.dictionaries(FIELDS, JSON, max_size=5)
+# JSON texts Python's encoder cannot write: exact numbers, NULs, nesting at the limit.
+NUL_TEXT = st.builds(
+    lambda a, b: json.dumps(f"{a}\x00{b}"), st.text(max_size=5), st.text(max_size=5)
+)
+RAW_VALUES = st.one_of(
+    documents(),
+    NUL_TEXT,
+    st.sampled_from(
+        [
+            nested(LIMIT - 1),
+            nested(LIMIT),
+            nested(LIMIT + 1),
+            '{"k\\u0000":1}',
+            "18446744073709551616",
+            "-99999999999999999999999999",
+            "1e400",
+            "0.1000000000000000000001",
+            "-1E-400",
+            "1e131072",
+            "1e-16384",
+        ]
+    ),
+)
+
+
+def raw_object(fields: dict[str, str]) -> str:
+    return "{" + ",".join(f"{json.dumps(name)}:{value}" for name, value in fields.items()) + "}"
+
+
+RAW_OBJECTS = st.dictionaries(FIELDS, RAW_VALUES, max_size=4).map(raw_object)
 
 
 def encode(value: Any) -> bytes:
@@ -139,6 +176,11 @@ BODIES = st.one_of(
     OBJECTS.map(encode),
     st.lists(OBJECTS, max_size=5).map(encode),
     JSON.map(encode),
+    RAW_OBJECTS.map(str.encode),
+    st.lists(RAW_OBJECTS, min_size=1, max_size=3).map(
+        lambda items: f"[{','.join(items)}]".encode()
+    ),
+    RAW_VALUES.map(str.encode),
     st.binary(max_size=200),
     st.sampled_from(
         [
@@ -230,6 +272,96 @@ def test_deep_nesting_is_a_400_not_a_crash(client: httpx.Client, path: str) -> N
     assert (response.status_code, response.json()["error"]) == (400, "invalid_json")
 
 
+OPS = ["subscribe", "unsubscribe", "publish", "ping", "consume", "ack", "nack", "extend", "auth"]
+WS_FIELD_NAMES = (
+    "id",
+    "topic",
+    "after",
+    "filter",
+    "ref",
+    "data",
+    "type",
+    "key",
+    "queue",
+    "prefetch",
+    "lease",
+    "message",
+    "delay",
+    "error",
+    "seconds",
+    "token",
+    "extra",
+)
+WS_FIELDS = st.sampled_from(WS_FIELD_NAMES)
+
+
+# What each special value in any body field or frame field must get, on every route and op.
+SPECIALS = {
+    "nul": ('"x\\u0000y"', 400, "invalid_event"),
+    "nul_key": ('{"k\\u0000":1}', 400, "invalid_event"),
+    "too_deep": (nested(LIMIT), 400, "invalid_json"),  # one level more inside the object
+    "huge": ("18446744073709551616", None, None),
+    "precise": ("0.1000000000000000000001", None, None),
+    "beyond_double": ("1e400", None, None),
+}
+BODY_ROUTES = [
+    ("POST", "/topics/fz.special/events"),
+    ("POST", "/queues/fz.special/messages"),
+    ("POST", "/queues/fz.special/messages/1/ack"),
+    ("POST", "/queues/fz.special/messages/1/nack"),
+    ("POST", "/queues/fz.special/messages/1/extend"),
+    ("PUT", "/admin/captures/public.none"),
+    ("POST", "/auth/cookie"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+def test_nul_deep_and_huge_values_in_every_body_field(
+    client: httpx.Client, method: str, path: str
+) -> None:
+    """Alone or beside a valid `data`, in an object or a batch: a 4xx, never a 5xx; NUL
+    and too-deep values get their own codes wherever the route reads the body."""
+    reads_body = path != "/auth/cookie"  # 404 first: authentication is off here
+    for field in FIELD_NAMES:
+        for value, status, code in SPECIALS.values():
+            item = raw_object({"data": "1", field: value} if field != "data" else {field: value})
+            for body in (item, f"[{item}]"):
+                answer = client.request(
+                    method,
+                    path,
+                    content=body.encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                assert answer.status_code < 500, (field, body[:80], answer.text)
+                if status is not None and reads_body:
+                    assert (answer.status_code, answer.json()["error"]) == (status, code), (
+                        field,
+                        body[:80],
+                        answer.text,
+                    )
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_nul_deep_and_huge_values_in_every_frame_field(server: ServerProcess, op: str) -> None:
+    """An error frame with the right code, or the op's answer; the socket stays open."""
+    url = server.url.replace("http", "ws", 1) + "/ws"
+    with (
+        httpx.Client() as http,
+        connect_ws(url, http, subprotocols=["pgcast.v1"], session_class=WebSocketSession) as ws,
+    ):
+        for field in WS_FIELD_NAMES:
+            for value, _, code in SPECIALS.values():
+                ws.send_text(raw_object({"op": json.dumps(op), field: value}))
+                ws.send_text('{"op":"ping"}')
+                answers: list[dict[str, Any]] = []
+                while not answers or answers[-1].get("op") != "pong":
+                    answers.append(exactjson.loads(ws.receive_text(timeout=5), allow_nul=True))
+                first = answers[0]
+                assert first.get("code") != "internal", (field, value[:40], first)
+                if code is not None:
+                    assert (first["op"], first["code"]) == ("error", code), (field, first)
+
+
 async def _counts(url: str) -> tuple[int, int]:
     """Events and messages stored under the name `atomic` (only this test writes there)."""
     conn = await asyncpg.connect(url)
@@ -286,33 +418,16 @@ def test_a_batch_with_one_bad_item_stores_nothing(
     assert asyncio.run(_counts(server.database_url)) == before
 
 
-OPS = ["subscribe", "unsubscribe", "publish", "ping", "consume", "ack", "nack", "extend", "auth"]
-WS_FIELDS = st.sampled_from(
-    [
-        "id",
-        "topic",
-        "after",
-        "filter",
-        "ref",
-        "data",
-        "type",
-        "key",
-        "queue",
-        "prefetch",
-        "lease",
-        "message",
-        "delay",
-        "error",
-        "seconds",
-        "token",
-        "extra",
-    ]
-)
 FRAMES = st.one_of(
     st.builds(
         lambda op, fields: encode({"op": op, **fields}).decode(),
         st.sampled_from(OPS),
         st.dictionaries(WS_FIELDS, st.one_of(JSON, NAMES), max_size=5),
+    ),
+    st.builds(
+        lambda op, fields: raw_object({"op": json.dumps(op), **fields}),
+        st.sampled_from(OPS),
+        st.dictionaries(WS_FIELDS, RAW_VALUES, max_size=4),
     ),
     JSON.map(lambda value: encode(value).decode()),
     st.text(max_size=100),
@@ -339,7 +454,7 @@ def test_websocket_ops_never_fail_internally(
         ws.send_text('{"op":"ping"}')
         while True:
             try:
-                answer = orjson.loads(ws.receive_text(timeout=5))
+                answer = exactjson.loads(ws.receive_text(timeout=5), allow_nul=True)
             except WebSocketDisconnect as exc:
                 closed = exc
                 break

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import orjson
 from starlette.requests import Request
 
+from backend.core import exactjson
 from backend.core.errors import InvalidCursor, InvalidEvent
 from backend.entities.event import parse_id
 from backend.interface.http.errors import RequestError
@@ -43,7 +43,8 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON: 415 unless JSON, 413 beyond `max_bytes`, 400 if malformed."""
+    """The request body as JSON: 415 unless JSON, 413 beyond `max_bytes`, 400 if malformed,
+    nested too deep or holding a NUL (see `exactjson.loads`)."""
     if not is_json_media_type(request.headers.get("content-type")):
         raise RequestError(415, "unsupported_media_type", "the body must be application/json")
     declared = request.headers.get("content-length")
@@ -54,10 +55,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         body += chunk
         if len(body) > max_bytes:
             raise RequestError(413, "body_too_large", f"the body is over {max_bytes} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    return exactjson.loads(bytes(body))
 
 
 def event_items(

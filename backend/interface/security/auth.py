@@ -30,6 +30,8 @@ SUBJECT = "{sub}"
 MAX_TOKEN_CHARS = 8192
 MIN_RSA_BITS = 2048
 MAX_TTL_SECONDS = 366 * 24 * 3600
+# The last second a datetime can show (9999-12-31T23:59:59Z); a later `exp` is refused.
+MAX_EXPIRY = 253_402_300_799
 _TTL = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?)(?P<unit>[smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -138,6 +140,8 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     expires = claims.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, int | float):
         raise Unauthorized("the token has no expiry ('exp')")
+    if not expires <= MAX_EXPIRY:
+        raise Unauthorized("the token's expiry ('exp') is past the year 9999")
     grants = claims.get(CLAIM, {})
     if not isinstance(grants, dict):
         raise Unauthorized(f"the token's {CLAIM} claim must be an object")
@@ -217,6 +221,8 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(_jwt_problem(exc)) from None
+        except OverflowError:  # PyJWT's int() of an infinite `exp`, `iat` or `nbf`
+            raise Unauthorized("the token is malformed") from None
         return principal_from_claims(claims)
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from backend.core.errors import ConfigError, Forbidden, Unauthorized
 from backend.core.names import Pattern
 from backend.interface.security.auth import (
+    MAX_EXPIRY,
     Permission,
     Principal,
     TokenVerifier,
@@ -158,6 +159,12 @@ def test_hs256_tokens_are_verified() -> None:
         (jwt.encode(claims(), "", algorithm="none"), "must be signed with HS256"),
         ("not.a.token", "malformed"),
         ("x" * 9000, "longer than"),
+        (sign({**claims(), "exp": 2**70}), "past the year 9999"),
+        (sign({**claims(), "exp": 10**18}), "past the year 9999"),
+        (sign({**claims(), "exp": 1e300}), "past the year 9999"),
+        (sign({**claims(), "exp": float("inf")}), "malformed"),
+        (sign({**claims(), "iat": float("inf")}), "malformed"),
+        (sign({**claims(), "nbf": float("-inf")}), "malformed"),
     ],
 )
 def test_bad_tokens_are_unauthorized_with_a_fixed_message(token: str, problem: str) -> None:
@@ -166,6 +173,13 @@ def test_bad_tokens_are_unauthorized_with_a_fixed_message(token: str, problem: s
     with pytest.raises(Unauthorized, match=problem) as info:
         verifier.verify(token)
     assert token[:20] not in info.value.message
+
+
+def test_the_last_expiry_a_date_can_show_is_accepted() -> None:
+    verifier = TokenVerifier.create(SECRET, None)
+    assert verifier is not None
+    latest = verifier.verify(sign({**claims(), "exp": MAX_EXPIRY}))
+    assert latest.expires_at == MAX_EXPIRY
 
 
 def write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Path:

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from backend.core import exactjson
 from backend.core.errors import DatabaseUnavailable, PgcastError, RateLimited, Unauthorized
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.security.auth import Permission, Principal
@@ -83,7 +83,7 @@ class Connection:
         self.end(*FAREWELL_CLOSE[farewell])
 
     async def send(self, frame: Frame) -> None:
-        await self.write([orjson.dumps(frame).decode()])
+        await self.write([exactjson.dumps(frame).decode()])
 
     async def send_error(self, echo: Frame, exc: BaseException) -> None:
         error = _as_error(exc)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-import orjson
-
+from backend.core import exactjson
 from backend.core.errors import PgcastError
 
 SubId = str | int
@@ -24,10 +24,7 @@ def parse(text: str | None) -> Frame:
     """The frame a text message holds; binary messages and non-objects are refused."""
     if text is None:
         raise FrameError("invalid_frame", "frames must be text, not binary")
-    try:
-        frame = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise FrameError("invalid_json", f"the frame is not valid JSON: {exc}") from None
+    frame = exactjson.loads(text, "the frame", allow_nul=True)  # refused once echoed
     if not isinstance(frame, dict):
         raise FrameError("invalid_frame", "a frame must be a JSON object")
     return frame
@@ -36,8 +33,8 @@ def parse(text: str | None) -> Frame:
 def is_auth_frame(text: str | None) -> bool:
     """Whether a message is an `auth` frame: the only one a socket without a token may send."""
     try:
-        frame = orjson.loads(text) if text is not None else None
-    except orjson.JSONDecodeError:
+        frame = exactjson.loads(text, "the frame") if text is not None else None
+    except PgcastError:
         return False
     return isinstance(frame, dict) and frame.get("op") == "auth"
 
@@ -56,4 +53,4 @@ def sub_id(frame: Frame) -> SubId:
 
 
 def is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float)
+    return value is None or isinstance(value, str | int | float | Decimal)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
-import orjson
 
+from backend.core import exactjson
 from backend.core.filters import compile_filter
 from backend.core.names import parse_patterns, validate_name
 from backend.entities.event import format_time
@@ -66,6 +66,8 @@ async def dispatch(connection: Connection, text: str | None) -> None:
             raise FrameError("unknown_op", f"op must be one of: {', '.join(OPS)}")
         if op.echo is not None and op.echo in frame and is_scalar(frame[op.echo]):
             echo[op.echo_as or op.echo] = frame[op.echo]
+        if exactjson.contains_nul(text or ""):
+            exactjson.refuse_nul(frame)
         unknown = sorted(set(frame) - op.fields - {"op"})
         if unknown:
             raise FrameError("invalid_frame", f"{name} has unknown field(s): {', '.join(unknown)}")
@@ -114,7 +116,7 @@ async def publish(connection: Connection, frame: Frame) -> None:
     published = await state.engine.publish_many([event])
     state.metrics.published.inc(len(published))
     body = b'{"op":"published","ref":%s,"events":%s}' % (
-        orjson.dumps(ref),
+        exactjson.dumps(ref),
         envelopes_json(published),
     )
     await connection.write([body.decode()])

@@ -7,8 +7,8 @@ from __future__ import annotations
 from contextlib import aclosing
 
 import anyio
-import orjson
 
+from backend.core import exactjson
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -43,7 +43,7 @@ async def run_subscription(
 
 async def _follow(connection: Connection, sub: SubId, session: Session) -> None:
     """`subscribed` once the start is fixed, then events, and resets in-band."""
-    sub_json = orjson.dumps(sub)
+    sub_json = exactjson.dumps(sub)
     metrics = connection.state.metrics
     async with aclosing(session.items()) as items:
         async for item in items:
@@ -66,7 +66,7 @@ async def run_consumer(
 ) -> None:
     """Deliveries of `queue` as `message` frames, held until the client settles them; on
     exit (unsubscribe, disconnect) the unsettled ones go back to the queue at once."""
-    sub_json = orjson.dumps(sub)
+    sub_json = exactjson.dumps(sub)
     with scope:
         try:
             async with consume(

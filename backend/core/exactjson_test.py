@@ -1,0 +1,136 @@
+"""exactjson: numbers survive parse and encode digit for digit; depth and NUL rules hold."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+
+from backend.core import exactjson
+from backend.core.errors import InvalidEvent, InvalidJson
+from backend.testing.json_documents import documents, exact
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents())
+def test_every_number_survives_parse_and_encode(text: str) -> None:
+    value = exactjson.loads(text)
+    assert exact(exactjson.dumps(value)) == exact(text)
+    assert exact(exactjson.dumps(exactjson.loads(text.encode()))) == exact(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("18446744073709551616", 18446744073709551616),
+        ("12345678901234567890123", 12345678901234567890123),
+        ("0.1000000000000000000001", Decimal("0.1000000000000000000001")),
+        ("1e400", Decimal("1e400")),
+        ("-1E-400", Decimal("-1E-400")),
+        ("1.5", 1.5),
+        ("9223372036854775807", 9223372036854775807),
+    ],
+)
+def test_numbers_orjson_would_change_become_int_or_decimal(text: str, expected: object) -> None:
+    value = exactjson.loads(text)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_common_documents_parse_like_orjson() -> None:
+    text = b'{"a":[1,2.5,-3e10,"x"],"b":{"c":null,"d":true}}'
+    assert exactjson.loads(text) == orjson.loads(text)
+
+
+def test_digits_inside_strings_stay_strings() -> None:
+    assert exactjson.loads('["123456789012345678901", 1e400]') == [
+        "123456789012345678901",
+        Decimal("1e400"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["01", "[1e400, 01]", "[1e400 1]", "1.", "-", "[1e400,]", "NaN"])
+def test_malformed_numbers_are_invalid_json(text: str) -> None:
+    with pytest.raises(InvalidJson, match="the body is not valid JSON"):
+        exactjson.loads(text)
+
+
+@pytest.mark.parametrize("prefix", ["", "[1E+400,"])
+def test_nesting_up_to_the_limit_parses_and_encodes(prefix: str) -> None:
+    depth = exactjson.MAX_DEPTH - (1 if prefix else 0)
+    text = prefix + "[" * depth + "]" * depth + ("]" if prefix else "")
+    assert exactjson.dumps(exactjson.loads(text)) == text.encode()
+
+
+@pytest.mark.parametrize("prefix", ["", "[1e400,"])
+def test_deeper_nesting_is_invalid_json_naming_the_limit(prefix: str) -> None:
+    depth = exactjson.MAX_DEPTH + 1
+    text = prefix + "[" * depth + "]" * depth + ("]" if prefix else "")
+    with pytest.raises(InvalidJson, match="the frame is nested deeper than 1024 levels"):
+        exactjson.loads(text, "the frame")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"data":{"a":"x\\u0000y"}}', "the string at $.data.a "),
+        ('[{"data":1},{"data":["ok","\\u0000"]}]', "the string at $[1].data[1] "),
+        ('{"data":{"k\\u0000":1}}', "a key of $.data "),
+        ('{"lease":"\\u0000", "n": 1e400}', "the string at $.lease "),
+        ('{"a b":{"\\u0000":1}, "n": 123456789012345678901}', 'a key of $["a b"] '),
+    ],
+)
+def test_a_nul_anywhere_is_refused_naming_where(text: str, where: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        exactjson.loads(text)
+    assert caught.value.message.startswith(where)
+    assert "NUL" in caught.value.message
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    assert exactjson.loads('["\\\\u0000", 1e400]') == ["\\u0000", Decimal("1e400")]
+
+
+def test_dumps_writes_big_ints_decimals_and_deep_values() -> None:
+    deep: Any = []
+    for _ in range(600):
+        deep = [deep]
+    assert exactjson.dumps({"n": 2**70, "d": Decimal("0.1000000000000000000001")}) == (
+        b'{"n":1180591620717411303424,"d":0.1000000000000000000001}'
+    )
+    assert exactjson.dumps(deep) == b"[" * 601 + b"]" * 601
+    assert (
+        exactjson.dumps({"b": 2**70, "a": 1}, sort_keys=True)
+        == b'{"a":1,"b":1180591620717411303424}'
+    )
+
+
+@pytest.mark.parametrize("value", [{1, 2}, Decimal("NaN"), {1: 2**70}, [b"x", 2**70]])
+def test_dumps_refuses_what_json_cannot_hold(value: object) -> None:
+    with pytest.raises(TypeError):
+        exactjson.dumps(value)
+
+
+def test_dumps_refuses_a_cycle() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(TypeError):
+        exactjson.dumps(cycle)
+
+
+@pytest.mark.parametrize(
+    "text", ["1e131071", "-1e131071", "1e-16383", "0e200000", "1" * 131_072, "0." + "1" * 16_383]
+)
+def test_numbers_postgresql_can_hold_are_kept(text: str) -> None:
+    assert exactjson.loads(f"[{text}]") == [Decimal(text)]
+
+
+@pytest.mark.parametrize(
+    "text", ["1e131072", "1e-16384", "1.5e-16383", "0e-20000", "1" * 131_073, "0." + "1" * 16_384]
+)
+def test_numbers_beyond_postgresql_numeric_are_refused(text: str) -> None:
+    with pytest.raises(InvalidEvent, match="is out of range: at most 131072 digits"):
+        exactjson.loads(f"[{text}]")
