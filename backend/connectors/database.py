@@ -1,15 +1,20 @@
-"""The connection pool every service shares, and URL helpers.
+"""The connection pool every service shares, the one place driver errors become typed.
 
-Services speak SQL through asyncpg directly: the hot paths (group commit, the hub's read,
-queue claims) are single statements where an ORM would only add overhead. SQLAlchemy models
-in `backend.entities` remain the schema's source of truth for Alembic.
+Services speak SQL only through the functions in `backend.connectors.store`, on connections
+taken from `Pool.acquire`. The hot paths (group commit, the hub's read, queue claims) are
+single statements where an ORM would only add overhead. SQLAlchemy models in
+`backend.entities` remain the schema's source of truth for Alembic.
+
+"The database is unavailable" (`DatabaseUnavailable`) means exactly this: a connection could
+not be made or taken in time, or the server dropped one mid-statement. Any other error,
+from the driver or not, stays what it is.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
@@ -24,24 +29,30 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    DriverPool: TypeAlias = asyncpg.Pool[asyncpg.Record]
 else:
     Connection = asyncpg.Connection
-    Pool = asyncpg.Pool
+    DriverPool = asyncpg.Pool
 
-# Errors that mean "the database is not reachable right now", as opposed to a bad statement.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
+# The server ended or refused the session: whatever was running on it did not finish.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ConnectionFailureError,
+)
+# While connecting (or taking a pooled connection) the socket's own errors and timeouts, and
+# a closed pool, mean the same; later they may come from anywhere and are not translated.
+CANNOT_CONNECT: tuple[type[BaseException], ...] = (
+    *CONNECTION_LOST,
+    asyncpg.exceptions.InterfaceError,
+    OSError,
     TimeoutError,
 )
-
+ACQUIRE_TIMEOUT_SECONDS = 10.0
+# Connections only the live path (hub, sequencer, group commit) may take.
+LIVE_RESERVE = 2
 
 APPLICATION_NAME = "pgcast"
 LISTENER_APPLICATION_NAME = "pgcast-listener"
@@ -79,46 +90,107 @@ async def connect(
             timeout=connect_timeout,
             server_settings={"application_name": application_name},
         )
-    except UNAVAILABLE_ERRORS as exc:
+    except CANNOT_CONNECT as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     await _init_connection(conn)
     return conn
 
 
 @asynccontextmanager
-async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
+async def open_pool(
+    url: str,
+    *,
+    size: int = 10,
+    acquire_timeout: float = ACQUIRE_TIMEOUT_SECONDS,
+    live_reserve: int = LIVE_RESERVE,
+) -> AsyncIterator[Pool]:
     """A pool for the lifetime of the block, closed within a bounded time."""
-    pool: Pool = await asyncpg.create_pool(
-        asyncpg_dsn(url),
-        min_size=1,
-        max_size=size,
-        init=_init_connection,
-        command_timeout=60,
-        server_settings={"application_name": APPLICATION_NAME},
-    )
     try:
-        yield pool
+        driver: DriverPool = await asyncpg.create_pool(
+            asyncpg_dsn(url),
+            min_size=1,
+            max_size=size,
+            init=_init_connection,
+            command_timeout=60,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+    except CANNOT_CONNECT as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    try:
+        yield Pool(driver, size, acquire_timeout=acquire_timeout, live_reserve=live_reserve)
     finally:
         with anyio.move_on_after(5, shield=True) as scope:
-            await pool.close()
+            await driver.close()
         if scope.cancelled_caught:
-            pool.terminate()
+            driver.terminate()
 
 
-class Acquire:
-    """`pool.acquire()` that reports an unreachable database as DatabaseUnavailable.
+class Pool:
+    """asyncpg's pool with bounded acquires and a reserve for the live path.
 
-    Only acquiring is translated; errors inside the block propagate unchanged.
+    The pool's connections are split in two shares, each guarded by a semaphore: the
+    general share (request handlers, catch-up reads, queues, retention) and `live_reserve`
+    connections for the hub, the sequencer and group commit. The live path takes a general
+    connection when one is free and otherwise waits only for the reserve, so any number of
+    subscribers catching up at once cannot hold back publishing or live delivery. As the
+    shares add up to the pool's size, nobody ever waits inside asyncpg's own queue.
     """
 
-    def __init__(self, pool: Pool) -> None:
-        self._cm = pool.acquire()
+    def __init__(
+        self, driver: DriverPool, size: int, *, acquire_timeout: float, live_reserve: int
+    ) -> None:
+        self._driver = driver
+        reserve = max(0, min(live_reserve, size - 1))
+        self._general = anyio.Semaphore(size - reserve)
+        self._reserve = anyio.Semaphore(reserve) if reserve else None
+        self.acquire_timeout = acquire_timeout
 
-    async def __aenter__(self) -> Connection:
-        try:
-            return await self._cm.__aenter__()
-        except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+    @asynccontextmanager
+    async def acquire(self, *, live: bool = False) -> AsyncIterator[Connection]:
+        """A connection for the block, within `acquire_timeout` or DatabaseUnavailable.
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(*exc)
+        A connection the server drops during the block is reported as DatabaseUnavailable
+        too; every other error in the block propagates unchanged.
+        """
+        async with AsyncExitStack() as stack:
+            try:
+                with anyio.fail_after(self.acquire_timeout):
+                    stack.push_async_callback(_release, await self._share(live))
+                    conn: Connection = await stack.enter_async_context(self._driver.acquire())
+            except CANNOT_CONNECT as exc:
+                raise DatabaseUnavailable(_unavailable(exc)) from exc
+            try:
+                yield conn
+            except CONNECTION_LOST as exc:
+                raise DatabaseUnavailable(_unavailable(exc)) from exc
+            except asyncpg.exceptions.InterfaceError as exc:
+                if conn.is_closed():
+                    raise DatabaseUnavailable(_unavailable(exc)) from exc
+                raise
+
+    @asynccontextmanager
+    async def transaction(self, *, live: bool = False) -> AsyncIterator[Connection]:
+        """A connection inside one transaction, committed when the block ends without error."""
+        async with self.acquire(live=live) as conn, conn.transaction():
+            yield conn
+
+    async def _share(self, live: bool) -> anyio.Semaphore:
+        if live and self._reserve is not None:
+            try:
+                self._general.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._reserve.acquire()
+                return self._reserve
+            return self._general
+        await self._general.acquire()
+        return self._general
+
+
+async def _release(share: anyio.Semaphore) -> None:
+    share.release()
+
+
+def _unavailable(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the database is unavailable: no connection within the acquire timeout"
+    return f"the database is unavailable: {exc}"

@@ -16,6 +16,7 @@ import anyio
 
 from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
+from backend.connectors.store import log as log_queries
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -64,7 +65,9 @@ class Engine:
     @asynccontextmanager
     async def open(cls, url: str, settings: Settings) -> AsyncIterator[Engine]:
         """Run the engine for the duration of the block; it is also the current engine."""
-        async with open_pool(url, size=settings.pool_size) as pool:
+        async with open_pool(
+            url, size=settings.pool_size, acquire_timeout=settings.pool_acquire_timeout_seconds
+        ) as pool:
             hub = Hub(
                 pool,
                 buffer_size=settings.subscriber_buffer,
@@ -107,10 +110,7 @@ class Engine:
             )
             engine = cls(settings, pool, hub, listener, sequencer, retention, committer, queues)
             async with pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1",
-                    settings.max_event_bytes,
-                )
+                await log_queries.set_max_event_bytes(conn, settings.max_event_bytes)
             await reconcile_captures(pool, settings.capture_tables)
             token = _current.set(engine)
             try:

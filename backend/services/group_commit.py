@@ -18,11 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from backend.connectors.database import Pool
-from backend.core.errors import DatabaseUnavailable, InvalidEvent, PgcastError
+from backend.core.errors import DatabaseUnavailable
 from backend.core.streams import batch
 from backend.entities.event import Event, NewEvent
 from backend.services.publish import publish_events
@@ -38,7 +37,7 @@ class _Request:
     events: Sequence[NewEvent]
     done: anyio.Event = field(default_factory=anyio.Event)
     result: list[Event] | None = None
-    error: PgcastError | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -119,13 +118,14 @@ class GroupCommitter:
                 self.pool,
                 [event for request in batch for event in request.events],
                 on_sequenced=self.on_sequenced,
+                live=True,
             )
         except DatabaseUnavailable as exc:
             self._fail(batch, exc)
             return
-        except (asyncpg.PostgresError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the caller gets it; a batch retries singly
             if len(batch) == 1:
-                self._fail(batch, InvalidEvent(f"the database rejected the event: {exc}"))
+                self._fail(batch, exc)
                 return
             for request in batch:
                 await self._commit([request])
@@ -141,7 +141,7 @@ class GroupCommitter:
             request.done.set()
 
     @staticmethod
-    def _fail(batch: list[_Request], error: PgcastError) -> None:
+    def _fail(batch: list[_Request], error: Exception) -> None:
         for request in batch:
             request.error = error
             request.done.set()
