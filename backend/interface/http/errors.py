@@ -21,6 +21,7 @@ from backend.core.errors import (
     NotFound,
     PgcastError,
     RateLimited,
+    ShuttingDown,
     TooManyConnections,
     Unauthorized,
 )
@@ -53,6 +54,7 @@ STATUS_BY_ERROR: tuple[tuple[type[PgcastError], int], ...] = (
     (NotFound, 404),
     (CursorExpired, 410),
     (DatabaseUnavailable, 503),
+    (ShuttingDown, 503),
     (TooManyConnections, 503),
 )
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backend.core.errors import DatabaseUnavailable
+from backend.core.errors import DatabaseUnavailable, ShuttingDown
 from backend.interface.http.errors import EXCEPTION_HANDLERS
 
 pytestmark = pytest.mark.anyio
@@ -19,6 +19,7 @@ FAILURES: dict[str, Exception] = {
     "overflow": OverflowError("timestamp out of range for platform time_t"),
     "timeout": TimeoutError(),
     "unavailable": DatabaseUnavailable("the database is unavailable: connection refused"),
+    "stopping": ShuttingDown("the server is stopping: nothing was published; retry"),
 }
 
 
@@ -41,7 +42,9 @@ async def test_errors_of_other_code_are_internal_errors_not_outages(kind: str) -
     assert "retry-after" not in response.headers
 
 
-@pytest.mark.parametrize(("kind", "code"), [("unavailable", "database_unavailable")])
+@pytest.mark.parametrize(
+    ("kind", "code"), [("unavailable", "database_unavailable"), ("stopping", "shutting_down")]
+)
 async def test_typed_unavailability_is_503_with_retry_after(kind: str, code: str) -> None:
     response = await answer(kind)
     assert response.status_code == 503
