@@ -168,6 +168,11 @@ class Pool:
                     raise DatabaseUnavailable(_unavailable(exc)) from exc
                 raise
 
+    async def ping(self) -> None:
+        """One round trip on a general connection (the health check)."""
+        async with self.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
     @asynccontextmanager
     async def transaction(self, *, live: bool = False) -> AsyncIterator[Connection]:
         """A connection inside one transaction, committed when the block ends without error."""

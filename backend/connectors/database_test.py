@@ -35,6 +35,8 @@ async def test_a_full_general_share_times_out_but_the_live_reserve_answers(
                 pass
         assert 0.25 < anyio.current_time() - started < 2
         assert "acquire timeout" in caught.value.message
+        with pytest.raises(DatabaseUnavailable):
+            await pool.ping()
         async with pool.acquire(live=True) as conn:
             assert await conn.fetchval("SELECT 1") == 1
 
@@ -69,6 +71,7 @@ async def test_errors_that_are_not_a_lost_connection_pass_through(database_url: 
                 await conn.execute("SELECT * FROM no_such_table")
         async with pool.transaction() as conn:
             assert await conn.fetchval("SELECT 3") == 3
+        await pool.ping()
 
 
 async def _query_after_termination(pool: Pool, admin: Connection) -> None:

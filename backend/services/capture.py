@@ -21,7 +21,6 @@ from backend.connectors.store import capture as store
 from backend.core.errors import CaptureError, ConfigError, InvalidName, PgcastError
 from backend.core.names import validate_name
 
-TRIGGER_PREFIX = "pgcast_capture_"
 DEFAULT_SCHEMA = "public"
 TOPIC_PREFIX = "db"
 

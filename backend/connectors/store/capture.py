@@ -124,6 +124,7 @@ async def install(
 
 
 async def is_captured(conn: Connection, schema: str, name: str) -> bool:
+    """Whether the table carries pgcast's capture triggers."""
     installed = await conn.fetchval(
         f"SELECT count(*) FROM ({_TRIGGERS_OF}) AS t WHERE schema_name = $1 AND table_name = $2",
         schema,
