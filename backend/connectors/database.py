@@ -50,6 +50,12 @@ CANNOT_CONNECT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+# Raised by the driver itself, for misuse or, on a connection the server has just closed,
+# for the loss (which of the two is told by the connection being closed).
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 ACQUIRE_TIMEOUT_SECONDS = 10.0
 # Connections only the live path (hub, sequencer, group commit) may take.
 LIVE_RESERVE = 2
@@ -163,8 +169,8 @@ class Pool:
                 yield conn
             except CONNECTION_LOST as exc:
                 raise DatabaseUnavailable(_unavailable(exc)) from exc
-            except asyncpg.exceptions.InterfaceError as exc:
-                if conn.is_closed():
+            except _CLIENT_ERRORS as exc:
+                if _closed(conn):
                     raise DatabaseUnavailable(_unavailable(exc)) from exc
                 raise
 
@@ -189,6 +195,14 @@ class Pool:
             return self._general
         await self._general.acquire()
         return self._general
+
+
+def _closed(conn: Connection) -> bool:
+    """Whether the connection is gone; asyncpg detaches a pooled one as soon as it closes."""
+    try:
+        return conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return True
 
 
 async def _release(share: anyio.Semaphore) -> None:
