@@ -1,15 +1,20 @@
-"""The connection pool every service shares, and URL helpers.
+"""The connection pool every service shares, the one place driver errors become typed.
 
-Services speak SQL through asyncpg directly: the hot paths (group commit, the hub's read,
-queue claims) are single statements where an ORM would only add overhead. SQLAlchemy models
-in `backend.entities` remain the schema's source of truth for Alembic.
+Services speak SQL only through the functions in `backend.connectors.store`, on connections
+taken from `Pool.acquire`. The hot paths (group commit, the hub's read, queue claims) are
+single statements where an ORM would only add overhead. SQLAlchemy models in
+`backend.entities` remain the schema's source of truth for Alembic.
+
+"The database is unavailable" (`DatabaseUnavailable`) means exactly this: a connection could
+not be made or taken in time, or the server dropped one mid-statement. Any other error,
+from the driver or not, stays what it is.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,21 +30,25 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    DriverPool: TypeAlias = asyncpg.Pool[asyncpg.Record]
 else:
     Connection = asyncpg.Connection
-    Pool = asyncpg.Pool
+    DriverPool = asyncpg.Pool
 
-# Errors that mean "the database is not reachable right now", as opposed to a bad statement.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
+# The server ended or refused the session: whatever was running on it did not finish.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ConnectionFailureError,
+)
+# While connecting (or taking a pooled connection) the socket's own errors and timeouts, and
+# a closed pool, mean the same; later they may come from anywhere and are not translated.
+CANNOT_CONNECT: tuple[type[BaseException], ...] = (
+    *CONNECTION_LOST,
+    asyncpg.exceptions.InterfaceError,
+    OSError,
     TimeoutError,
 )
 # Errors that mean "the server answered, and DATABASE_URL is wrong": retrying cannot help.
@@ -48,6 +57,15 @@ REFUSED_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidPasswordError,
 )
+# Raised by the driver itself, for misuse or, on a connection the server has just closed,
+# for the loss (which of the two is told by the connection being closed).
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+ACQUIRE_TIMEOUT_SECONDS = 10.0
+# Connections only the live path (hub, sequencer, group commit) may take.
+LIVE_RESERVE = 2
 
 APPLICATION_NAME = "pgcast"
 LISTENER_APPLICATION_NAME = "pgcast-listener"
@@ -89,7 +107,7 @@ def connect_failure(exc: BaseException) -> PgcastError | None:
             return current
         if isinstance(current, REFUSED_ERRORS):
             return ConfigError(f"DATABASE_URL: {current}")
-        if isinstance(current, UNAVAILABLE_ERRORS):
+        if isinstance(current, CANNOT_CONNECT):
             return DatabaseUnavailable(f"cannot connect to the database: {current}")
         current = current.__cause__ or current.__context__
     return None
@@ -116,17 +134,23 @@ async def connect(
             timeout=connect_timeout,
             server_settings={"application_name": application_name},
         )
-    except (*UNAVAILABLE_ERRORS, *REFUSED_ERRORS) as exc:
+    except (*CANNOT_CONNECT, *REFUSED_ERRORS) as exc:
         raise connect_failure(exc) or exc from exc
     await _init_connection(conn)
     return conn
 
 
 @asynccontextmanager
-async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
+async def open_pool(
+    url: str,
+    *,
+    size: int = 10,
+    acquire_timeout: float = ACQUIRE_TIMEOUT_SECONDS,
+    live_reserve: int = LIVE_RESERVE,
+) -> AsyncIterator[Pool]:
     """A pool for the lifetime of the block, closed within a bounded time."""
     try:
-        pool: Pool = await asyncpg.create_pool(
+        driver: DriverPool = await asyncpg.create_pool(
             asyncpg_dsn(url),
             min_size=1,
             max_size=size,
@@ -134,31 +158,96 @@ async def open_pool(url: str, *, size: int = 10) -> AsyncIterator[Pool]:
             command_timeout=60,
             server_settings={"application_name": APPLICATION_NAME},
         )
-    except (*UNAVAILABLE_ERRORS, *REFUSED_ERRORS) as exc:
+    except (*CANNOT_CONNECT, *REFUSED_ERRORS) as exc:
         raise connect_failure(exc) or exc from exc
     try:
-        yield pool
+        yield Pool(driver, size, acquire_timeout=acquire_timeout, live_reserve=live_reserve)
     finally:
         with anyio.move_on_after(5, shield=True) as scope:
-            await pool.close()
+            await driver.close()
         if scope.cancelled_caught:
-            pool.terminate()
+            driver.terminate()
 
 
-class Acquire:
-    """`pool.acquire()` that reports an unreachable database as DatabaseUnavailable.
+class Pool:
+    """asyncpg's pool with bounded acquires and a reserve for the live path.
 
-    Only acquiring is translated; errors inside the block propagate unchanged.
+    The pool's connections are split in two shares, each guarded by a semaphore: the
+    general share (request handlers, catch-up reads, queues, retention) and `live_reserve`
+    connections for the hub, the sequencer and group commit. The live path takes a general
+    connection when one is free and otherwise waits only for the reserve, so any number of
+    subscribers catching up at once cannot hold back publishing or live delivery. As the
+    shares add up to the pool's size, nobody ever waits inside asyncpg's own queue.
     """
 
-    def __init__(self, pool: Pool) -> None:
-        self._cm = pool.acquire()
+    def __init__(
+        self, driver: DriverPool, size: int, *, acquire_timeout: float, live_reserve: int
+    ) -> None:
+        self._driver = driver
+        reserve = max(0, min(live_reserve, size - 1))
+        self._general = anyio.Semaphore(size - reserve)
+        self._reserve = anyio.Semaphore(reserve) if reserve else None
+        self.acquire_timeout = acquire_timeout
 
-    async def __aenter__(self) -> Connection:
-        try:
-            return await self._cm.__aenter__()
-        except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
+    @asynccontextmanager
+    async def acquire(self, *, live: bool = False) -> AsyncIterator[Connection]:
+        """A connection for the block, within `acquire_timeout` or DatabaseUnavailable.
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(*exc)
+        A connection the server drops during the block is reported as DatabaseUnavailable
+        too; every other error in the block propagates unchanged.
+        """
+        async with AsyncExitStack() as stack:
+            try:
+                with anyio.fail_after(self.acquire_timeout):
+                    stack.push_async_callback(_release, await self._share(live))
+                    conn: Connection = await stack.enter_async_context(self._driver.acquire())
+            except CANNOT_CONNECT as exc:
+                raise DatabaseUnavailable(_unavailable(exc)) from exc
+            try:
+                yield conn
+            except CONNECTION_LOST as exc:
+                raise DatabaseUnavailable(_unavailable(exc)) from exc
+            except _CLIENT_ERRORS as exc:
+                if _closed(conn):
+                    raise DatabaseUnavailable(_unavailable(exc)) from exc
+                raise
+
+    async def ping(self) -> None:
+        """One round trip on a general connection (the health check)."""
+        async with self.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    @asynccontextmanager
+    async def transaction(self, *, live: bool = False) -> AsyncIterator[Connection]:
+        """A connection inside one transaction, committed when the block ends without error."""
+        async with self.acquire(live=live) as conn, conn.transaction():
+            yield conn
+
+    async def _share(self, live: bool) -> anyio.Semaphore:
+        if live and self._reserve is not None:
+            try:
+                self._general.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._reserve.acquire()
+                return self._reserve
+            return self._general
+        await self._general.acquire()
+        return self._general
+
+
+def _closed(conn: Connection) -> bool:
+    """Whether the connection is gone; asyncpg detaches a pooled one as soon as it closes."""
+    try:
+        return conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return True
+
+
+async def _release(share: anyio.Semaphore) -> None:
+    share.release()
+
+
+def _unavailable(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the database is unavailable: no connection within the acquire timeout"
+    return f"the database is unavailable: {exc}"

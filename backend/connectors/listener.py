@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 
 from backend.connectors.database import (
+    CANNOT_CONNECT,
     LISTENER_APPLICATION_NAME,
-    UNAVAILABLE_ERRORS,
     Connection,
     connect,
 )
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[str], None]
 INITIAL_BACKOFF = 0.05
-_CONNECTION_LOST: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, DatabaseUnavailable)
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (*CANNOT_CONNECT, DatabaseUnavailable)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, connect_failure
+from backend.connectors.database import CONNECTION_LOST, connect_failure
 from backend.core.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ REMINDER_SECONDS = 30.0
 # such failures belong to the outage that just ended rather than starting a new one.
 SETTLE_SECONDS = 5.0
 POOL_LOGGER = "asyncpg.pool"
-_UNREACHABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+_UNREACHABLE: tuple[type[BaseException], ...] = (DatabaseUnavailable, *CONNECTION_LOST)
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -91,6 +91,12 @@ class DatabaseUnavailable(PgcastError):
     code = "database_unavailable"
 
 
+class ShuttingDown(PgcastError):
+    """This process is stopping and did not take the request on; nothing was committed."""
+
+    code = "shutting_down"
+
+
 class Conflict(PgcastError):
     """The request contradicts stored state (idempotency key reuse, stale lease)."""
 

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(default=1000, ge=1)
     read_batch: int = Field(default=1000, ge=1, le=10000)
     pool_size: int = Field(default=10, ge=1)
+    pool_acquire_timeout_seconds: float = Field(default=10.0, gt=0)
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     send_timeout: float = Field(default=30.0, gt=0)

@@ -1,14 +1,12 @@
 """Table change capture: INSERT/UPDATE/DELETE/TRUNCATE of user tables as pgcast events.
 
-A capture is four statement-level AFTER triggers named `pgcast_capture_*` on the table,
-all calling `pgcast.capture_changes(topic, columns, key)` (migration 0004). The trigger
+A capture is a set of triggers on the table (`backend.connectors.store.capture`) whose
 arguments are the whole configuration, so listing reads `pg_trigger` and there is no
 registry to drift from the catalog. Installing is drop-and-recreate in one transaction:
 idempotent, and it updates the topic and columns of an existing capture.
 
 Tables are named `schema.table` (or `table`, meaning `public.table`) and matched exactly
-as the catalog spells them. Identifiers reach SQL only through `format('%I')`, trigger
-arguments only through `format('%L')`, and every value is a query parameter.
+as the catalog spells them; this module checks names and shapes, the connector runs SQL.
 """
 
 from __future__ import annotations
@@ -18,14 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-import orjson
-
 from backend.connectors.database import Connection, Pool
+from backend.connectors.store import capture as store
 from backend.core.errors import CaptureError, ConfigError, InvalidName, PgcastError
 from backend.core.names import validate_name
 
-TRIGGER_PREFIX = "pgcast_capture_"
 DEFAULT_SCHEMA = "public"
 TOPIC_PREFIX = "db"
 
@@ -44,53 +39,6 @@ _KINDS = {
     "c": "a composite type",
     "t": "a TOAST table",
 }
-
-# The trigger names are constants; `format()` on the server fills in %1$I.%2$I (the
-# table) and %3$L, %4$L, %5$L (topic, columns, key).
-_DROP_SCRIPT = """
-DROP TRIGGER IF EXISTS pgcast_capture_insert ON %1$I.%2$I;
-DROP TRIGGER IF EXISTS pgcast_capture_update ON %1$I.%2$I;
-DROP TRIGGER IF EXISTS pgcast_capture_delete ON %1$I.%2$I;
-DROP TRIGGER IF EXISTS pgcast_capture_truncate ON %1$I.%2$I;
-"""
-_CREATE_SCRIPT = """
-CREATE TRIGGER pgcast_capture_insert AFTER INSERT ON %1$I.%2$I
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION pgcast.capture_changes(%3$L, %4$L, %5$L);
-CREATE TRIGGER pgcast_capture_update AFTER UPDATE ON %1$I.%2$I
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION pgcast.capture_changes(%3$L, %4$L, %5$L);
-CREATE TRIGGER pgcast_capture_delete AFTER DELETE ON %1$I.%2$I
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION pgcast.capture_changes(%3$L, %4$L, %5$L);
-CREATE TRIGGER pgcast_capture_truncate AFTER TRUNCATE ON %1$I.%2$I
-    FOR EACH STATEMENT
-    EXECUTE FUNCTION pgcast.capture_changes(%3$L, %4$L, %5$L);
-"""
-
-_DESCRIBE = """
-SELECT c.oid, c.relkind::text AS relkind, c.relispartition,
-       ARRAY(SELECT a.attname::text FROM pg_attribute a
-              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum) AS columns,
-       ARRAY(SELECT a.attname::text
-               FROM pg_index i
-              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = c.oid AND i.indisprimary AND k.ord <= i.indnkeyatts
-              ORDER BY k.ord) AS key
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = $1 AND c.relname = $2
-"""
-
-_TRIGGERS_OF = r"""
-SELECT n.nspname AS schema_name, c.relname AS table_name, t.tgnargs, t.tgargs
-  FROM pg_trigger t
-  JOIN pg_class c ON c.oid = t.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE t.tgname LIKE 'pgcast\_capture\_%' AND NOT t.tgisinternal
-   AND t.tgfoid = 'pgcast.capture_changes()'::regprocedure
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,27 +136,27 @@ def _check_columns(table: TableName, columns: object) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(columns))
 
 
-async def _describe(conn: Connection, table: TableName) -> tuple[list[str], list[str]]:
+async def _describe(conn: Connection, table: TableName) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(columns, primary-key columns) of a capturable table; CaptureError otherwise."""
-    row = await conn.fetchrow(_DESCRIBE, table.schema, table.name)
-    if row is None:
+    relation = await store.describe(conn, table.schema, table.name)
+    if relation is None:
         raise CaptureError(f"table {table.qualified} does not exist")
-    kind = row["relkind"]
+    kind = relation.kind
     if kind not in ("r", "p"):
         what = _KINDS.get(kind, f"not a table (relkind {kind!r})")
         raise CaptureError(
             f"{table.qualified} is {what}: only ordinary and partitioned tables can be captured"
         )
-    if row["relispartition"]:
+    if relation.is_partition:
         raise CaptureError(
             f"table {table.qualified} is a partition: capture its partitioned table instead"
         )
-    if not row["key"]:
+    if not relation.key:
         raise CaptureError(
             f"table {table.qualified} has no primary key: capture needs one to key events"
             " and to pair the old and new rows of an update"
         )
-    return list(row["columns"]), list(row["key"])
+    return relation.columns, relation.key
 
 
 async def add_capture(
@@ -221,77 +169,32 @@ async def add_capture(
     name = parse_table(table)
     resolved_topic = _resolve_topic(name, topic)
     wanted = _check_columns(name, columns)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.transaction() as conn:
         existing, key = await _describe(conn, name)
         if wanted is not None:
             unknown = [column for column in wanted if column not in existing]
             if unknown:
                 listed = ", ".join(repr(column) for column in unknown)
                 raise CaptureError(f"table {name.qualified} has no column(s) {listed}")
-        columns_arg = "" if wanted is None else orjson.dumps(list(wanted)).decode()
-        script: str = await conn.fetchval(
-            "SELECT format($1::text, $2::text, $3::text, $4::text, $5::text, $6::text)",
-            _DROP_SCRIPT + _CREATE_SCRIPT,
-            name.schema,
-            name.name,
-            resolved_topic,
-            columns_arg,
-            orjson.dumps(key).decode(),
-        )
-        try:
-            await conn.execute(script)
-        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
-            raise CaptureError(
-                f"table {name.qualified}: not allowed to create triggers on it ({exc});"
-                " pgcast's database role must own the table"
-            ) from None
-    return Capture(name.qualified, resolved_topic, wanted, tuple(key))
+        await store.install(conn, name.schema, name.name, resolved_topic, wanted, key)
+    return Capture(name.qualified, resolved_topic, wanted, key)
 
 
 async def remove_capture(pool: Pool, table: object) -> bool:
     """Stop capturing `table`; False when it was not captured (or does not exist)."""
     name = parse_table(table)
-    async with pool.acquire() as conn, conn.transaction():
-        installed = await conn.fetchval(
-            f"SELECT count(*) FROM ({_TRIGGERS_OF}) AS t"
-            " WHERE schema_name = $1 AND table_name = $2",
-            name.schema,
-            name.name,
-        )
-        if not installed:
+    async with pool.transaction() as conn:
+        if not await store.is_captured(conn, name.schema, name.name):
             return False
-        script: str = await conn.fetchval(
-            "SELECT format($1::text, $2::text, $3::text)", _DROP_SCRIPT, name.schema, name.name
-        )
-        try:
-            await conn.execute(script)
-        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
-            raise CaptureError(
-                f"table {name.qualified}: not allowed to drop its triggers ({exc})"
-            ) from None
+        await store.drop(conn, name.schema, name.name)
     return True
-
-
-def _capture_of(row: Any) -> Capture:
-    raw: bytes = row["tgargs"]
-    args = [arg.decode() for arg in raw.split(b"\x00")[: row["tgnargs"]]]
-    topic, columns, key = [*args, "", "", "[]"][:3]
-    return Capture(
-        f"{row['schema_name']}.{row['table_name']}",
-        topic,
-        tuple(orjson.loads(columns)) if columns else None,
-        tuple(orjson.loads(key)) if key else (),
-    )
 
 
 async def list_captures(pool: Pool) -> list[Capture]:
     """Every captured table, by schema and name, read from the triggers themselves."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"SELECT DISTINCT ON (schema_name, table_name) * FROM ({_TRIGGERS_OF}) AS t"
-            " ORDER BY schema_name, table_name"
-        )
-    return [_capture_of(row) for row in rows]
+        found = await store.installed(conn)
+    return [Capture(f"{c.schema}.{c.table}", c.topic, c.columns, c.key) for c in found]
 
 
 async def reconcile(pool: Pool, specs: str | Iterable[str]) -> list[Capture]:

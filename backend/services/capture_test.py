@@ -331,7 +331,8 @@ async def test_bad_targets_raise_typed_errors_naming_the_table(
         assert caught.value.code == "invalid_capture_target"
         assert await db.fetchval("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
         # The pool's only connection came back clean.
-        assert await pool.fetchval("SELECT 1") == 1
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
 
 
 async def test_partitioned_tables_are_captured_through_the_parent(database_url: str) -> None:

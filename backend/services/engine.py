@@ -17,6 +17,7 @@ import anyio
 from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
 from backend.connectors.outage import install_pool_filter
+from backend.connectors.store import log as log_queries
 from backend.connectors.store.log import TopicSummary
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
@@ -68,7 +69,9 @@ class Engine:
     async def open(cls, url: str, settings: Settings) -> AsyncIterator[Engine]:
         """Run the engine for the duration of the block; it is also the current engine."""
         install_pool_filter()
-        async with open_pool(url, size=settings.pool_size) as pool:
+        async with open_pool(
+            url, size=settings.pool_size, acquire_timeout=settings.pool_acquire_timeout_seconds
+        ) as pool:
             hub = Hub(
                 pool,
                 buffer_size=settings.subscriber_buffer,
@@ -111,10 +114,7 @@ class Engine:
             )
             engine = cls(settings, pool, hub, listener, sequencer, retention, committer, queues)
             async with pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1",
-                    settings.max_event_bytes,
-                )
+                await log_queries.set_max_event_bytes(conn, settings.max_event_bytes)
             await reconcile_captures(pool, settings.capture_tables)
             token = _current.set(engine)
             try:

@@ -7,7 +7,10 @@ whatever arrives within `max_wait` (default 2 ms, up to `max_requests`); after a
 spell it leaves at once, so a lone publish pays no wait.
 Every caller is answered only after its own events are committed. When a batch fails
 for a reason other than the database being unreachable, each request is retried alone,
-so one bad request fails only itself.
+so one bad request fails only itself. When the committer stops, every request it has not
+committed (still buffered, or never taken) is answered with ShuttingDown: nobody waits for
+an answer that cannot come. Commits use the pool's live reserve, so subscribers catching
+up cannot hold back publishing.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from backend.connectors.database import Pool
-from backend.core.errors import DatabaseUnavailable, InvalidEvent, PgcastError
+from backend.core.errors import DatabaseUnavailable, ShuttingDown
 from backend.core.streams import batch
 from backend.entities.event import Event, NewEvent
 from backend.services.publish import publish_events
@@ -38,7 +40,7 @@ class _Request:
     events: Sequence[NewEvent]
     done: anyio.Event = field(default_factory=anyio.Event)
     result: list[Event] | None = None
-    error: PgcastError | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -62,6 +64,7 @@ class GroupCommitter:
     _receive: MemoryObjectReceiveStream[_Request] = field(init=False)
     _in_flight: int = field(default=0, init=False)
     _busy_until: float = field(default=-math.inf, init=False)
+    _waiting: set[_Request] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[_Request](self.queue_size)
@@ -71,22 +74,33 @@ class GroupCommitter:
         if not events:
             return []
         request = _Request(events)
-        await self._send.send(request)
-        await request.done.wait()
+        self._waiting.add(request)
+        try:
+            await self._send.send(request)
+            await request.done.wait()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise _stopped() from None
+        finally:
+            self._waiting.discard(request)
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
 
     async def run(self) -> None:
-        """Run the batching workers until cancelled."""
+        """Run the batching workers until cancelled; then answer whoever is still waiting."""
+        receivers = [self._receive.clone() for _ in range(self.workers)]
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(self.workers):
-                    tg.start_soon(self._worker, self._receive.clone())
+                for receiver in receivers:
+                    tg.start_soon(self._worker, receiver)
         finally:
+            # Workers finish the batch they hold (shielded, bounded) before this runs, so
+            # a request not answered by now was never part of a commit.
             self._send.close()
-            self._receive.close()
+            for receiver in (self._receive, *receivers):
+                receiver.close()
+            self._fail([r for r in self._waiting if not r.done.is_set()], _stopped())
 
     async def _worker(self, requests: MemoryObjectReceiveStream[_Request]) -> None:
         async with batch(requests, self.max_requests, self.max_wait, hold=self._busy) as batches:
@@ -119,14 +133,14 @@ class GroupCommitter:
                 self.pool,
                 [event for request in batch for event in request.events],
                 on_sequenced=self.on_sequenced,
+                live=True,
             )
         except DatabaseUnavailable as exc:
             self._fail(batch, exc)
             return
-        except (asyncpg.PostgresError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the caller gets it; a batch retries singly
             if len(batch) == 1:
-                reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
-                self._fail(batch, InvalidEvent(f"the database rejected the event: {reason}"))
+                self._fail(batch, exc)
                 return
             for request in batch:
                 await self._commit([request])
@@ -142,7 +156,11 @@ class GroupCommitter:
             request.done.set()
 
     @staticmethod
-    def _fail(batch: list[_Request], error: PgcastError) -> None:
+    def _fail(batch: list[_Request], error: Exception) -> None:
         for request in batch:
             request.error = error
             request.done.set()
+
+
+def _stopped() -> ShuttingDown:
+    return ShuttingDown("the server is stopping: nothing was published; retry")

@@ -154,7 +154,7 @@ class Hub:
         backoff = 0.05
         while True:
             try:
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire(live=True) as conn:
                     _, head = await log_queries.log_bounds(conn)
                 return head
             except Exception as exc:  # noqa: BLE001 - wait for the database to come back
@@ -164,7 +164,7 @@ class Hub:
 
     async def _drain(self) -> None:
         while True:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(live=True) as conn:
                 events = await log_queries.read_all_after(conn, self.position, self.read_batch)
             self.stats.reads += 1
             if events:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Connection, Pool
+from backend.connectors.database import Connection, Pool
 from backend.connectors.store import log as log_queries
 from backend.connectors.store.idempotency import run_once
 from backend.core import exactjson
@@ -77,28 +77,30 @@ async def publish_events(
     events: Sequence[NewEvent],
     *,
     on_sequenced: Callable[[int], None] | None = None,
+    live: bool = False,
 ) -> list[Event]:
     """Append `events` atomically; return them with their ids once they are committed.
 
     `on_sequenced` receives the highest position now in the log, so the local hub can read
-    at once instead of waiting for its own NOTIFY to come back.
+    at once instead of waiting for its own NOTIFY to come back. `live` publishers (group
+    commit) may use the connections reserved for the live path.
     """
     if not events:
         return []
     committed = False
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire(live=live) as conn:
             # One INSERT statement commits atomically on its own: no BEGIN/COMMIT round trips.
             seqs = await log_queries.insert_events(conn, events)
             committed = True
             return await _sequenced(conn, seqs, on_sequenced)
-    except UNAVAILABLE_ERRORS as exc:
+    except DatabaseUnavailable as exc:
         if committed:
             raise DatabaseUnavailable(
                 "the events were committed and will be delivered, but the database went away"
                 " before their ids were known; retry with an Idempotency-Key to avoid copies"
             ) from exc
-        raise DatabaseUnavailable(f"database unavailable; nothing was published: {exc}") from exc
+        raise DatabaseUnavailable(f"nothing was published: {exc.message}") from exc
 
 
 async def publish_idempotent(
@@ -119,12 +121,9 @@ async def publish_idempotent(
     async def store(conn: Connection) -> list[int]:
         return await log_queries.insert_events(conn, events)
 
-    try:
-        seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
-        async with pool.acquire() as conn:
-            return await _sequenced(conn, seqs, on_sequenced), replayed
-    except UNAVAILABLE_ERRORS as exc:
-        raise DatabaseUnavailable(f"database unavailable while publishing: {exc}") from exc
+    seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
+    async with pool.acquire() as conn:
+        return await _sequenced(conn, seqs, on_sequenced), replayed
 
 
 async def _sequenced(

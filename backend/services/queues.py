@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,7 +25,7 @@ from typing import Any
 import anyio
 import orjson
 
-from backend.connectors.database import UNAVAILABLE_ERRORS, Acquire, Connection, Pool
+from backend.connectors.database import Connection, Pool
 from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
 from backend.connectors.store import queues as q
@@ -32,7 +33,6 @@ from backend.connectors.store.idempotency import run_once
 from backend.core import exactjson
 from backend.core.errors import (
     Conflict,
-    DatabaseUnavailable,
     EventTooLarge,
     InvalidEvent,
     InvalidQueueName,
@@ -191,20 +191,13 @@ class Queues:
         async def store(conn: Connection) -> list[int]:
             return [m.id for m in await q.insert_messages(conn, messages)]
 
-        try:
-            ids, replayed = await run_once(self.pool, f"queue:{queue}", key, digest, store)
-            async with self.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    f"SELECT {q.COLUMNS} FROM pgcast.queue_messages WHERE id = ANY($1::bigint[])"
-                    " ORDER BY id",
-                    ids,
-                )
-        except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(f"database unavailable while enqueueing: {exc}") from exc
+        ids, replayed = await run_once(self.pool, f"queue:{queue}", key, digest, store)
+        async with self.pool.acquire() as conn:
+            stored = await q.messages_by_id(conn, ids)
         if not replayed:
             self.changed(queue)
         # A replay reports the messages as stored, never a consumer's current lease.
-        return [replace(q.to_message(r), lease=None, lease_until=None) for r in rows], replayed
+        return [replace(m, lease=None, lease_until=None) for m in stored], replayed
 
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
         async with self._conn() as conn:
@@ -334,13 +327,8 @@ class Queues:
             self._notify_wake = anyio.Event()
             queues, self._pending_notify = sorted(self._pending_notify), set()
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                    await conn.execute(
-                        "SELECT pg_notify($1, name) FROM unnest($2::text[]) AS name",
-                        QUEUES_CHANNEL,
-                        queues,
-                    )
+                async with self.pool.acquire() as conn:
+                    await q.notify(conn, QUEUES_CHANNEL, queues)
             except Exception as exc:  # noqa: BLE001 - wake-ups are hints; the safety poll covers
                 report_failure(logger, "queue wake-up", exc, action="notify_failed")
             await anyio.sleep(0.005)
@@ -384,5 +372,5 @@ class Queues:
         if await log_queries.sequence_pending(conn):
             self.on_events()
 
-    def _conn(self) -> Acquire:
-        return Acquire(self.pool)
+    def _conn(self) -> AbstractAsyncContextManager[Connection]:
+        return self.pool.acquire()

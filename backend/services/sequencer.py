@@ -37,7 +37,7 @@ class Sequencer:
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire(live=True) as conn:
                     stamped = await log_queries.sequence_pending(conn)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")

@@ -7,11 +7,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from backend.connectors.database import Connection
+from backend.core.errors import InvalidEvent
 from backend.core.names import Pattern
 from backend.entities.event import Event, NewEvent
 
 _COLUMNS = "pos, topic, type, key, data::text AS data_json, created_at"
+# What Postgres (or the driver, encoding a value) says about an event it will not store:
+# bad data (class 22, e.g. \u0000 in jsonb), a violated constraint (23), a limit (54).
+_REJECTED: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,22 +110,34 @@ async def log_bounds(conn: Connection) -> tuple[int, int]:
     return row["pruned_through"], row["last_pos"]
 
 
+async def set_max_event_bytes(conn: Connection, limit: int) -> None:
+    """The size limit SQL publishers (`pgcast.publish`) are held to, as this server's."""
+    await conn.execute("UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1", limit)
+
+
 async def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[int]:
-    """Append unpositioned events in order; returns their insertion sequence numbers."""
-    rows = await conn.fetch(
-        """
-        INSERT INTO pgcast.events (topic, type, key, data)
-        SELECT topic, type, key, data::jsonb
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-               WITH ORDINALITY AS u(topic, type, key, data, ord)
-         ORDER BY ord
-        RETURNING seq
-        """,
-        [e.topic for e in events],
-        [e.type for e in events],
-        [e.key for e in events],
-        [e.data_json.decode() for e in events],
-    )
+    """Append unpositioned events in order; returns their insertion sequence numbers.
+
+    Events the database refuses raise InvalidEvent and nothing of the call is stored.
+    """
+    try:
+        rows = await conn.fetch(
+            """
+            INSERT INTO pgcast.events (topic, type, key, data)
+            SELECT topic, type, key, data::jsonb
+              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                   WITH ORDINALITY AS u(topic, type, key, data, ord)
+             ORDER BY ord
+            RETURNING seq
+            """,
+            [e.topic for e in events],
+            [e.type for e in events],
+            [e.key for e in events],
+            [e.data_json.decode() for e in events],
+        )
+    except _REJECTED as exc:
+        reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
+        raise InvalidEvent(f"the database rejected the event: {reason}") from None
     return sorted(r["seq"] for r in rows)
 
 

@@ -296,3 +296,21 @@ async def prune_acked(conn: Connection, before: datetime, limit: int) -> int:
 
 def _moved(row: Any) -> Moved:
     return Moved(to_message(row), row["state"])
+
+
+async def messages_by_id(conn: Connection, ids: Sequence[int]) -> list[Message]:
+    """The stored messages with these ids, in id order."""
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM pgcast.queue_messages WHERE id = ANY($1::bigint[]) ORDER BY id",
+        list(ids),
+    )
+    return [to_message(r) for r in rows]
+
+
+async def notify(conn: Connection, channel: str, queues: Sequence[str]) -> None:
+    """One NOTIFY per queue name; a lost wake-up is only a hint, so no synchronous commit."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        await conn.execute(
+            "SELECT pg_notify($1, name) FROM unnest($2::text[]) AS name", channel, list(queues)
+        )

@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from backend.connectors.database import UNAVAILABLE_ERRORS
 from backend.connectors.outage import outage
 from backend.core.errors import (
     CursorExpired,
@@ -27,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
 BUSY_RETRY_AFTER_SECONDS = "5"
-# What "the database is unreachable" looks like from any layer.
-DB_DOWN: tuple[type[BaseException], ...] = (DatabaseUnavailable, *UNAVAILABLE_ERRORS)
+# What "the database is unreachable" looks like from any layer: the connectors report a lost
+# or refused connection as DatabaseUnavailable and nothing else as such.
+DB_DOWN: tuple[type[BaseException], ...] = (DatabaseUnavailable,)
 
 
 class RequestError(PgcastError):
@@ -69,6 +69,7 @@ HTTP_STATUS: dict[str, int | None] = {
     "rate_limited": 429,
     "internal": 500,
     "database_unavailable": 503,
+    "shutting_down": 503,
     "too_many_connections": 503,
     "http_error": None,
 }
@@ -111,8 +112,9 @@ async def on_pgcast_error(_request: Request, exc: Exception) -> Response:
 
 
 async def on_unavailable(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DatabaseUnavailable)
     outage.failed("request", exc)
-    return error_response(DatabaseUnavailable(f"the database is unavailable: {exc}"))
+    return error_response(exc)
 
 
 async def on_http_error(_request: Request, exc: Exception) -> Response:
@@ -140,6 +142,6 @@ EXCEPTION_HANDLERS = {
     PgcastError: on_pgcast_error,
     HTTPException: on_http_error,
     ClientDisconnect: on_client_disconnect,
-    **dict.fromkeys(UNAVAILABLE_ERRORS, on_unavailable),
+    DatabaseUnavailable: on_unavailable,
     Exception: on_unexpected,
 }

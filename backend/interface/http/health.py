@@ -16,8 +16,7 @@ async def healthz(request: Request) -> JSONResponse:
     engine = AppState.of(request).engine
     try:
         with anyio.fail_after(1):
-            async with engine.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+            await engine.pool.ping()
     except TimeoutError:
         return JSONResponse(
             {"status": "unavailable", "reason": "the database did not answer within 1 s"}, 503

@@ -30,8 +30,9 @@ SUBJECT = "{sub}"
 MAX_TOKEN_CHARS = 8192
 MIN_RSA_BITS = 2048
 MAX_TTL_SECONDS = 366 * 24 * 3600
-# The last second a datetime can show (9999-12-31T23:59:59Z); a later `exp` is refused.
-MAX_EXPIRY = 253_402_300_799
+# 9999-12-31T23:59:59Z: the last second a date can name. A later `exp` could not be shown
+# or compared as a time, so such a token is refused rather than trusted forever.
+MAX_EXPIRY = 253402300799
 _TTL = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?)(?P<unit>[smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -140,8 +141,8 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     expires = claims.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, int | float):
         raise Unauthorized("the token has no expiry ('exp')")
-    if not expires <= MAX_EXPIRY:
-        raise Unauthorized("the token's expiry ('exp') is past the year 9999")
+    if not 0 < expires <= MAX_EXPIRY:
+        raise Unauthorized("the token's expiry ('exp') is not a time before the year 10000")
     grants = claims.get(CLAIM, {})
     if not isinstance(grants, dict):
         raise Unauthorized(f"the token's {CLAIM} claim must be an object")

@@ -78,6 +78,17 @@ def test_claims_need_subject_expiry_and_an_object() -> None:
     assert principal_from_claims({"sub": "a", "exp": NOW}) == Principal("a", expires_at=NOW)
 
 
+@pytest.mark.parametrize("exp", [2**70, 10**400, 1e300, 253402300800, 0, -1])
+def test_an_expiry_beyond_any_date_is_refused(exp: float) -> None:
+    """Such an `exp` cannot be turned into a time; it must not surface as a server error."""
+    with pytest.raises(Unauthorized, match="year 10000"):
+        principal_from_claims({"sub": "a", "exp": exp})
+    verifier = TokenVerifier.create(SECRET, None)
+    assert verifier is not None
+    with pytest.raises(Unauthorized):
+        verifier.verify(sign({"sub": "a", "exp": exp}))
+
+
 def test_subscribing_needs_a_grant_that_covers_the_whole_pattern() -> None:
     star = principal(subscribe=["orders.*"])
     assert star.allows(Permission.SUBSCRIBE, "orders.created")

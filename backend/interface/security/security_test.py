@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 from httpx_ws import WebSocketDisconnect, WebSocketSession, WebSocketUpgradeError, connect_ws
@@ -120,6 +121,11 @@ def test_event_source_credentials_query_token_and_cookie(server: ServerProcess) 
         assert client.get("/topics/orders.q/events").status_code == 401
         refused = client.post("/auth/cookie", headers=bearer(token(ttl=-30)))
         assert refused.status_code == 401
+        assert "set-cookie" not in refused.headers
+        far_future = jwt.encode({"sub": "reader", "exp": 2**70}, SECRET, algorithm="HS256")
+        refused = client.post("/auth/cookie", json={"token": far_future})
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "unauthorized"
         assert "set-cookie" not in refused.headers
 
 

@@ -1,0 +1,128 @@
+"""The pool's contract: bounded acquires, a live reserve, and only lost connections reported
+as DatabaseUnavailable."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import AsyncExitStack
+
+import anyio
+import asyncpg
+import pytest
+
+from backend.connectors.database import Connection, Pool, connect, open_pool
+from backend.core.concurrency import unwrap_single_error
+from backend.core.errors import DatabaseUnavailable
+
+pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
+
+
+async def _hold(stack: AsyncExitStack, acquire: object, count: int) -> None:
+    for _ in range(count):
+        await stack.enter_async_context(acquire())  # type: ignore[operator]
+
+
+async def test_a_full_general_share_times_out_but_the_live_reserve_answers(
+    database_url: str,
+) -> None:
+    async with (
+        open_pool(database_url, size=3, acquire_timeout=0.3, live_reserve=1) as pool,
+        AsyncExitStack() as held,
+    ):
+        await _hold(held, pool.acquire, 2)
+        started = anyio.current_time()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            async with pool.acquire():
+                pass
+        assert 0.25 < anyio.current_time() - started < 2
+        assert "acquire timeout" in caught.value.message
+        with pytest.raises(DatabaseUnavailable):
+            await pool.ping()
+        async with pool.acquire(live=True) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_the_live_path_takes_general_connections_first(database_url: str) -> None:
+    async with (
+        open_pool(database_url, size=3, acquire_timeout=0.3, live_reserve=1) as pool,
+        AsyncExitStack() as held,
+    ):
+        # Both general connections go to the live path while they are free...
+        await _hold(held, lambda: pool.acquire(live=True), 2)
+        with pytest.raises(DatabaseUnavailable):
+            async with pool.acquire():
+                pass
+        # ...and the reserve is still there for it.
+        await _hold(held, lambda: pool.acquire(live=True), 1)
+        with pytest.raises(DatabaseUnavailable):
+            async with pool.acquire(live=True):
+                pass
+
+
+async def test_errors_that_are_not_a_lost_connection_pass_through(database_url: str) -> None:
+    async with open_pool(database_url, size=1) as pool:
+        with pytest.raises(OSError, match="not the database"):
+            async with pool.acquire():
+                raise OSError("not the database")
+        with pytest.raises(TimeoutError):
+            async with pool.acquire():
+                raise TimeoutError
+        with pytest.raises(asyncpg.exceptions.UndefinedTableError):
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT * FROM no_such_table")
+        async with pool.transaction() as conn:
+            assert await conn.fetchval("SELECT 3") == 3
+        await pool.ping()
+
+
+async def _query_after_termination(pool: Pool, admin: Connection) -> None:
+    async with pool.acquire() as conn:
+        await admin.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        await conn.fetchval("SELECT 1")
+
+
+async def _terminate_the_sleeper(admin: Connection) -> None:
+    with anyio.fail_after(5):
+        while not await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE query = 'SELECT pg_sleep(30)' AND datname = current_database()"
+        ):
+            await anyio.sleep(0.02)
+
+
+async def _terminated_mid_statement(pool: Pool, admin: Connection) -> None:
+    with unwrap_single_error():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_terminate_the_sleeper, admin)
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT pg_sleep(30)")
+
+
+async def test_a_connection_dropped_mid_block_is_database_unavailable(database_url: str) -> None:
+    admin = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=1) as pool:
+            # Used after the server ended it (asyncpg reports this in more than one way)...
+            for _ in range(10):
+                with pytest.raises(DatabaseUnavailable):
+                    await _query_after_termination(pool, admin)
+            # ...or ended while a statement runs.
+            with pytest.raises(DatabaseUnavailable):
+                await _terminated_mid_statement(pool, admin)
+            # The pool replaces the dead connection.
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 4") == 4
+    finally:
+        await admin.close()
+
+
+async def test_a_refused_connection_is_database_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://pgcast@127.0.0.1:{port}/pgcast"
+    with pytest.raises(DatabaseUnavailable, match="cannot connect"):
+        await connect(url, connect_timeout=2)
+    with pytest.raises(DatabaseUnavailable, match="cannot connect"):
+        async with open_pool(url, size=1):
+            pass
