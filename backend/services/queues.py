@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import orjson
@@ -48,6 +49,7 @@ MAX_ATTEMPTS_LIMIT = 1000
 MAX_DELAY_SECONDS = 365 * 24 * 3600.0
 MAX_LEASE_SECONDS = 24 * 3600.0
 REAP_BATCH = 1000
+CLEANUP_SECONDS = 5.0
 
 
 def new_message(
@@ -200,8 +202,23 @@ class Queues:
         return [replace(q.to_message(r), lease=None, lease_until=None) for r in rows], replayed
 
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
-        async with self._conn() as conn:
-            return await q.claim(conn, queue, limit, lease_seconds)
+        """Lease up to `limit` messages; the caller gets them all, or the queue gets them back.
+
+        The statement runs shielded, so a cancellation cannot leave it committed with its
+        answer lost; one that lands while the connection goes back to the pool gives the
+        claim back (attempts restored) before it propagates.
+        """
+        leases = [str(uuid4()) for _ in range(limit)]
+        claimed: list[Message] = []
+        try:
+            async with self._conn() as conn:
+                with anyio.CancelScope(shield=True):
+                    claimed = await q.claim(conn, queue, lease_seconds, leases)
+        except BaseException:
+            if claimed:
+                await self.give_back([m.lease for m in claimed if m.lease is not None])
+            raise
+        return claimed
 
     async def next_available(self, queue: str) -> datetime | None:
         async with self._conn() as conn:
@@ -248,17 +265,31 @@ class Queues:
             assert until is not None
             return until
 
-    async def release(self, leases: Sequence[str]) -> None:
-        """Give leased messages back now (their consumer is gone)."""
-        if not leases:
+    async def release(self, delivered: Sequence[str], undelivered: Sequence[str] = ()) -> None:
+        """Give leased messages back now (their consumer is gone): `delivered` ones as a
+        disconnect (the attempt counts), `undelivered` ones as if never claimed."""
+        if not delivered and not undelivered:
             return
         async with self._conn() as conn:
             async with conn.transaction():
-                moved = await q.release(conn, leases)
+                moved = await q.release(conn, delivered)
+                queues = await q.give_back(conn, undelivered)
                 await self._lifecycle(conn, [m for m in moved if m.state == "dead"])
             await self._sequence(conn)
-        for queue in {m.message.queue for m in moved}:
+        for queue in {m.message.queue for m in moved} | set(queues):
             self.changed(queue)
+
+    async def give_back(self, leases: Sequence[str]) -> None:
+        """Undo a claim whose messages reached no one; shielded, as it runs on the way out."""
+        with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as scope:
+            try:
+                await self.release((), leases)
+            except Exception as exc:  # noqa: BLE001 - the leases expire and are reaped instead
+                logger.warning(
+                    "could not give back an unseen claim: %r", exc, extra={"action": "give_back"}
+                )
+        if scope.cancelled_caught:
+            logger.warning("giving back an unseen claim timed out", extra={"action": "give_back"})
 
     async def still_leased(self, leases: Sequence[str]) -> set[str]:
         async with self._conn() as conn:

@@ -67,27 +67,36 @@ async def insert_messages(conn: Connection, messages: Sequence[NewMessage]) -> l
     return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
 
-async def claim(conn: Connection, queue: str, limit: int, lease_seconds: float) -> list[Message]:
-    """Lease up to `limit` available messages; SKIP LOCKED lets consumers never collide."""
+async def claim(
+    conn: Connection, queue: str, lease_seconds: float, leases: Sequence[str]
+) -> list[Message]:
+    """Lease up to `len(leases)` available messages under the given lease tokens, in order.
+
+    The caller picks the tokens before the statement runs, so it can always give back
+    whatever this claimed, even when it never saw the answer. SKIP LOCKED lets consumers
+    never collide.
+    """
     rows = await conn.fetch(
         f"""
         WITH picked AS (
-            SELECT id FROM pgcast.queue_messages
+            SELECT id, available_at FROM pgcast.queue_messages
              WHERE queue = $1 AND state = 'ready' AND available_at <= now()
              ORDER BY available_at, id
-             LIMIT $2
+             LIMIT cardinality($3::text[])
              FOR UPDATE SKIP LOCKED
+        ), numbered AS (
+            SELECT id, row_number() OVER (ORDER BY available_at, id) AS n FROM picked
         )
         UPDATE pgcast.queue_messages AS m
            SET state = 'leased', attempt = m.attempt + 1,
-               lease_token = gen_random_uuid()::text,
-               lease_until = now() + make_interval(secs => $3)
-          FROM picked WHERE m.id = picked.id
+               lease_token = ($3::text[])[numbered.n],
+               lease_until = now() + make_interval(secs => $2)
+          FROM numbered WHERE m.id = numbered.id
         RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
         """,
         queue,
-        limit,
         lease_seconds,
+        list(leases),
     )
     return sorted((to_message(r) for r in rows), key=lambda m: (m.available_at, m.id))
 
@@ -172,7 +181,7 @@ async def state_of(conn: Connection, queue: str, message_id: int) -> str | None:
 
 
 async def release(conn: Connection, leases: Sequence[str]) -> list[Moved]:
-    """Return leased messages at once (their consumer went away); attempts still count."""
+    """Return delivered messages at once (their consumer went away); attempts still count."""
     rows = await conn.fetch(
         f"""
         UPDATE pgcast.queue_messages
@@ -186,6 +195,21 @@ async def release(conn: Connection, leases: Sequence[str]) -> list[Moved]:
         list(leases),
     )
     return [_moved(r) for r in rows]
+
+
+async def give_back(conn: Connection, leases: Sequence[str]) -> list[str]:
+    """Undo claims that reached no one: ready again, the attempt not used, nothing else
+    changed (its place in line, its last error). Returns the queues that got messages back."""
+    rows = await conn.fetch(
+        """
+        UPDATE pgcast.queue_messages
+           SET state = 'ready', attempt = attempt - 1, lease_token = NULL, lease_until = NULL
+         WHERE state = 'leased' AND lease_token = ANY($1::text[])
+        RETURNING queue
+        """,
+        list(leases),
+    )
+    return sorted({r["queue"] for r in rows})
 
 
 async def reap_expired(conn: Connection, backoff: tuple[float, float], limit: int) -> list[Moved]:

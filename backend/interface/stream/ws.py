@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -467,15 +467,16 @@ class Connection:
         with scope:
             try:
                 async with consume(
-                    self.state.engine.queues, queue, prefetch=prefetch, lease=lease
+                    self.state.engine.queues,
+                    queue,
+                    prefetch=prefetch,
+                    lease=lease,
+                    marks_delivered=True,
                 ) as deliveries:
                     await self.send({"op": "subscribed", "id": sub})
                     async for delivery in deliveries:
                         self.held[str(delivery.id)] = (sub, delivery)
-                        body = delivery.message.to_json()
-                        await self.write(
-                            [(b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()]
-                        )
+                        await self.write(_message_frame(sub_json, delivery))
             except DB_DOWN as exc:
                 await self.send_error({"id": sub}, exc)
             finally:
@@ -535,6 +536,14 @@ class Connection:
                 await announce()
                 await self.send({"op": "reset", "sub": sub, **reset_payload(exc)})
                 after = EARLIEST
+
+
+def _message_frame(sub_json: bytes, delivery: Delivery) -> Iterator[str]:
+    """The `message` frame, made when `write` is about to send it: from then on the
+    message counts as delivered; a consumer stopped before that gives it back unused."""
+    delivery.delivered = True
+    body = delivery.message.to_json()
+    yield (b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()
 
 
 def _wall_time(timestamp: float) -> str:
