@@ -7,9 +7,11 @@ to the queue with exponential backoff; after `max_attempts` a message is dead-le
 Retries, dead-letters and requeues are also published as events on `pgcast.queues.<name>`
 in the same transaction as the state change.
 
-Wake-ups: enqueues and acks in this process wake local consumers directly and, coalesced,
-send one NOTIFY per queue to other processes (outside any data transaction). Idle
-consumers wait on those wake-ups with a slow safety poll; they never busy-poll.
+Wake-ups: enqueues and other settles in this process wake local consumers directly and,
+coalesced, send one NOTIFY per queue to other processes (outside any data transaction);
+an ack makes nothing claimable, so it only wakes the consumer that held the lease (a
+NOTIFY only when that consumer is in another process). Idle consumers wait on those
+wake-ups with a slow safety poll; they never busy-poll.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from backend.core.errors import (
 from backend.core.names import validate_name
 from backend.entities.event import NewEvent
 from backend.entities.message import Message, NewMessage, QueueStats
+from backend.services.settle import Ack, AckBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +144,12 @@ class Queues:
     holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
+    acks: AckBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.acks = AckBatcher(self._ack_many)
 
     @property
     def backoff(self) -> tuple[float, float]:
@@ -225,11 +232,20 @@ class Queues:
             return await q.next_available(conn, queue)
 
     async def ack(self, queue: str, message_id: int, lease: str) -> None:
-        async with self._conn() as conn:
-            if not await q.ack(conn, queue, message_id, lease):
+        """Fenced on the lease; acks from many consumers share commits (`AckBatcher`).
+
+        An ack makes no message claimable, so it wakes only the consumer holding the
+        lease: here directly, in another process through a NOTIFY.
+        """
+        if not await self.acks.ack(queue, message_id, lease):
+            async with self._conn() as conn:
                 await self._refuse(conn, queue, message_id)
-        self._settled(lease)
-        self.changed(queue)
+        if not self._settled(lease):
+            self.changed(queue)
+
+    async def _ack_many(self, acks: Sequence[Ack]) -> set[str]:
+        async with self._conn() as conn:
+            return await q.ack_many(conn, acks)
 
     async def nack(
         self,
@@ -252,10 +268,12 @@ class Queues:
         self.changed(queue)
         return moved
 
-    def _settled(self, lease: str) -> None:
+    def _settled(self, lease: str) -> bool:
+        """Tell this process's consumer holding `lease`, if any; True if there was one."""
         holder = self.holders.pop(lease, None)
         if holder is not None:
             holder(lease)
+        return holder is not None
 
     async def extend(self, queue: str, message_id: int, lease: str, seconds: float) -> datetime:
         async with self._conn() as conn:

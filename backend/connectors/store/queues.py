@@ -74,11 +74,15 @@ async def claim(
 
     The caller picks the tokens before the statement runs, so it can always give back
     whatever this claimed, even when it never saw the answer. SKIP LOCKED lets consumers
-    never collide.
+    never collide. The claim commits without waiting for its WAL flush: a claim lost in a
+    Postgres crash leaves its messages ready with the attempt unused (the lease is
+    refused), and the fenced ack, which does wait, flushes the claim before it.
     """
     rows = await conn.fetch(
         f"""
-        WITH picked AS (
+        WITH no_flush_wait AS (
+            SELECT set_config('synchronous_commit', 'off', true)
+        ), picked AS (
             SELECT id, available_at FROM pgcast.queue_messages
              WHERE queue = $1 AND state = 'ready' AND available_at <= now()
              ORDER BY available_at, id
@@ -91,7 +95,7 @@ async def claim(
            SET state = 'leased', attempt = m.attempt + 1,
                lease_token = ($3::text[])[numbered.n],
                lease_until = now() + make_interval(secs => $2)
-          FROM numbered WHERE m.id = numbered.id
+          FROM numbered, no_flush_wait WHERE m.id = numbered.id
         RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
         """,
         queue,
@@ -109,19 +113,23 @@ async def next_available(conn: Connection, queue: str) -> datetime | None:
     return when
 
 
-async def ack(conn: Connection, queue: str, message_id: int, lease: str) -> bool:
-    done = await conn.fetchval(
+async def ack_many(conn: Connection, acks: Sequence[tuple[str, int, str]]) -> set[str]:
+    """Acknowledge many (queue, message id, lease) in one statement; returns the leases that
+    were held, each fenced on its own token."""
+    rows = await conn.fetch(
         """
-        UPDATE pgcast.queue_messages
+        UPDATE pgcast.queue_messages AS m
            SET state = 'acked', finished_at = now(), lease_token = NULL, lease_until = NULL
-         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
-        RETURNING true
+          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(queue, id, lease)
+         WHERE m.id = a.id AND m.queue = a.queue AND m.state = 'leased'
+           AND m.lease_token = a.lease
+        RETURNING a.lease
         """,
-        message_id,
-        queue,
-        lease,
+        [queue for queue, _, _ in acks],
+        [message_id for _, message_id, _ in acks],
+        [lease for _, _, lease in acks],
     )
-    return bool(done)
+    return {r["lease"] for r in rows}
 
 
 async def nack(
