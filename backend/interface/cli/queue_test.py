@@ -132,6 +132,10 @@ def test_a_command_that_cannot_start_is_refused_at_once(cli_server: ServerProces
         2,
         "pgcast: cannot run no-such-command-anywhere: not found on PATH\n",
     )
+    refused = run(cli_server.url, "queue", "work", "bad..q", "--", "true")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("pgcast: ")
+    assert refused.stderr.count("\n") == 1, refused.stderr  # one line, no traceback
 
 
 def test_a_command_that_stops_being_runnable_is_reported_and_in_the_nack(
