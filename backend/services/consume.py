@@ -3,7 +3,8 @@
 `consume(...)` is an async context manager around an async iterator of `Delivery`.
 Leaving it returns every unsettled message to the queue at once (not after the lease),
 so a consumer that stops, is cancelled or disconnects never strands work; settled
-(acked) messages stay acked.
+(acked) messages stay acked, and claimed messages that never reached the consumer go
+back with their attempt restored.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ import anyio
 
 from backend.connectors.store.queues import Moved
 from backend.entities.message import Message
-from backend.services.queues import MAX_LEASE_SECONDS, Queues, integer, number, validate_queue
-
-CLEANUP_SECONDS = 5.0
+from backend.services.queues import (
+    CLEANUP_SECONDS,
+    MAX_LEASE_SECONDS,
+    Queues,
+    integer,
+    number,
+    validate_queue,
+)
 
 
 @dataclass(eq=False)
@@ -29,6 +35,8 @@ class Delivery:
 
     consumer: Consumer
     message: Message
+    delivered: bool = False
+    """Whether it reached its consumer; one that never did goes back without using an attempt."""
 
     @property
     def id(self) -> int:
@@ -64,13 +72,21 @@ class Delivery:
 
 @dataclass(eq=False)
 class Consumer:
-    """Claims messages while it has room; waits on wake-ups (and a slow poll) otherwise."""
+    """Claims messages while it has room; waits on wake-ups (and a slow poll) otherwise.
+
+    Every claimed message is in `in_flight` from the moment the claim returns, so leaving
+    gives back each one: those that reached the consumer as a disconnect, the others as if
+    never claimed. With `marks_delivered` the caller sets `Delivery.delivered` itself when
+    the message actually leaves (a transport that may be cancelled before it writes);
+    otherwise handing it out of the iterator counts.
+    """
 
     queues: Queues
     queue: str
     prefetch: int = 1
     lease_seconds: float = 30.0
-    in_flight: dict[str, int] = field(default_factory=dict)
+    marks_delivered: bool = False
+    in_flight: dict[str, Delivery] = field(default_factory=dict)
 
     def settled(self, lease: str) -> None:
         self.queues.holders.pop(lease, None)
@@ -90,25 +106,26 @@ class Consumer:
             claimed = (
                 await self.queues.claim(self.queue, room, self.lease_seconds) if room > 0 else []
             )
-            for message in claimed:
-                assert message.lease is not None
-                self.in_flight[message.lease] = message.id
-                self.queues.holders[message.lease] = self.settled
-                yield Delivery(self, message)
+            batch = [self._track(message) for message in claimed]
+            for delivery in batch:
+                if not self.marks_delivered:
+                    delivery.delivered = True
+                yield delivery
             if claimed:
                 continue
             with anyio.move_on_after(await self._idle_wait(room)) as waited:
                 await woken.wait()
             quiet = waited.cancelled_caught
 
+    def _track(self, message: Message) -> Delivery:
+        delivery = Delivery(self, message)
+        self.in_flight[delivery.lease] = delivery
+        self.queues.holders[delivery.lease] = self.settled
+        return delivery
+
     async def _idle_wait(self, room: int) -> float:
         """Sleep until woken, the next delayed message is due, or the safety poll."""
-        wait = self.queues.poll_interval
-        if room > 0:
-            due = await self.queues.next_available(self.queue)
-            if due is not None:
-                wait = min(wait, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
-        return wait
+        return await due_wait(self.queues, self.queue, self.queues.poll_interval, room > 0)
 
     async def _forget_settled_elsewhere(self) -> None:
         """Messages settled in another process, or reaped after their lease, free room too."""
@@ -118,16 +135,52 @@ class Consumer:
             self.queues.holders.pop(lease, None)
 
     async def release_all(self) -> None:
-        leases, self.in_flight = list(self.in_flight), {}
-        for lease in leases:
-            self.queues.holders.pop(lease, None)
+        held, self.in_flight = list(self.in_flight.values()), {}
+        for delivery in held:
+            self.queues.holders.pop(delivery.lease, None)
         with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
-            await self.queues.release(leases)
+            await self.queues.release(
+                [d.lease for d in held if d.delivered], [d.lease for d in held if not d.delivered]
+            )
+
+
+async def due_wait(queues: Queues, queue: str, longest: float, check_due: bool = True) -> float:
+    """How long to sleep at most: until the next delayed message is due, or `longest`."""
+    if check_due:
+        due = await queues.next_available(queue)
+        if due is not None:
+            return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
+    return longest
+
+
+async def claim_within(
+    queues: Queues, queue: str, limit: int, lease: float, wait: float
+) -> list[Message]:
+    """One claim of up to `limit` messages, waiting up to `wait` seconds for the first.
+
+    Wakes on enqueues and settles, and when a delayed message becomes due. Only the sleeps
+    are under the deadline, never a claim, so the deadline cannot strand one.
+    """
+    deadline = anyio.current_time() + wait
+    while True:
+        woken = queues.waker.event(queue)
+        claimed = await queues.claim(queue, limit, lease)
+        left = deadline - anyio.current_time()
+        if claimed or left <= 0:
+            return claimed
+        longest = min(left, queues.poll_interval)
+        with anyio.move_on_after(await due_wait(queues, queue, longest)):
+            await woken.wait()
 
 
 @asynccontextmanager
 async def consume(
-    queues: Queues, queue: str, *, prefetch: int = 1, lease: float = 30.0
+    queues: Queues,
+    queue: str,
+    *,
+    prefetch: int = 1,
+    lease: float = 30.0,
+    marks_delivered: bool = False,
 ) -> AsyncIterator[AsyncIterator[Delivery]]:
     """`async with consume(queues, "jobs", prefetch=4) as deliveries: async for d in deliveries`."""
     consumer = Consumer(
@@ -135,6 +188,7 @@ async def consume(
         validate_queue(queue),
         integer(prefetch, "prefetch", 1, 1000),
         number(lease, "lease", 0.1, MAX_LEASE_SECONDS),
+        marks_delivered,
     )
     try:
         async with aclosing(consumer.deliveries()) as deliveries:

@@ -7,9 +7,11 @@ to the queue with exponential backoff; after `max_attempts` a message is dead-le
 Retries, dead-letters and requeues are also published as events on `pgcast.queues.<name>`
 in the same transaction as the state change.
 
-Wake-ups: enqueues and acks in this process wake local consumers directly and, coalesced,
-send one NOTIFY per queue to other processes (outside any data transaction). Idle
-consumers wait on those wake-ups with a slow safety poll; they never busy-poll.
+Wake-ups: enqueues and other settles in this process wake local consumers directly and,
+coalesced, send one NOTIFY per queue to other processes (outside any data transaction);
+an ack makes nothing claimable, so it only wakes the consumer that held the lease (a
+NOTIFY only when that consumer is in another process). Idle consumers wait on those
+wake-ups with a slow safety poll; they never busy-poll.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import orjson
@@ -41,6 +44,7 @@ from backend.core.errors import (
 from backend.core.names import validate_name
 from backend.entities.event import NewEvent
 from backend.entities.message import Message, NewMessage, QueueStats
+from backend.services.settle import Ack, AckBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ MAX_ATTEMPTS_LIMIT = 1000
 MAX_DELAY_SECONDS = 365 * 24 * 3600.0
 MAX_LEASE_SECONDS = 24 * 3600.0
 REAP_BATCH = 1000
+CLEANUP_SECONDS = 5.0
 
 
 def new_message(
@@ -146,8 +151,12 @@ class Queues:
     holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
+    acks: AckBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.acks = AckBatcher(self._ack_many)
 
     @property
     def backoff(self) -> tuple[float, float]:
@@ -200,19 +209,43 @@ class Queues:
         return [replace(m, lease=None, lease_until=None) for m in stored], replayed
 
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
-        async with self._conn() as conn:
-            return await q.claim(conn, queue, limit, lease_seconds)
+        """Lease up to `limit` messages; the caller gets them all, or the queue gets them back.
+
+        The statement runs shielded, so a cancellation cannot leave it committed with its
+        answer lost; one that lands while the connection goes back to the pool gives the
+        claim back (attempts restored) before it propagates.
+        """
+        leases = [str(uuid4()) for _ in range(limit)]
+        claimed: list[Message] = []
+        try:
+            async with self._conn() as conn:
+                with anyio.CancelScope(shield=True):
+                    claimed = await q.claim(conn, queue, lease_seconds, leases)
+        except BaseException:
+            if claimed:
+                await self.give_back([m.lease for m in claimed if m.lease is not None])
+            raise
+        return claimed
 
     async def next_available(self, queue: str) -> datetime | None:
         async with self._conn() as conn:
             return await q.next_available(conn, queue)
 
     async def ack(self, queue: str, message_id: int, lease: str) -> None:
-        async with self._conn() as conn:
-            if not await q.ack(conn, queue, message_id, lease):
+        """Fenced on the lease; acks from many consumers share commits (`AckBatcher`).
+
+        An ack makes no message claimable, so it wakes only the consumer holding the
+        lease: here directly, in another process through a NOTIFY.
+        """
+        if not await self.acks.ack(queue, message_id, lease):
+            async with self._conn() as conn:
                 await self._refuse(conn, queue, message_id)
-        self._settled(lease)
-        self.changed(queue)
+        if not self._settled(lease):
+            self.changed(queue)
+
+    async def _ack_many(self, acks: Sequence[Ack]) -> set[str]:
+        async with self._conn() as conn:
+            return await q.ack_many(conn, acks)
 
     async def nack(
         self,
@@ -235,10 +268,12 @@ class Queues:
         self.changed(queue)
         return moved
 
-    def _settled(self, lease: str) -> None:
+    def _settled(self, lease: str) -> bool:
+        """Tell this process's consumer holding `lease`, if any; True if there was one."""
         holder = self.holders.pop(lease, None)
         if holder is not None:
             holder(lease)
+        return holder is not None
 
     async def extend(self, queue: str, message_id: int, lease: str, seconds: float) -> datetime:
         async with self._conn() as conn:
@@ -248,17 +283,31 @@ class Queues:
             assert until is not None
             return until
 
-    async def release(self, leases: Sequence[str]) -> None:
-        """Give leased messages back now (their consumer is gone)."""
-        if not leases:
+    async def release(self, delivered: Sequence[str], undelivered: Sequence[str] = ()) -> None:
+        """Give leased messages back now (their consumer is gone): `delivered` ones as a
+        disconnect (the attempt counts), `undelivered` ones as if never claimed."""
+        if not delivered and not undelivered:
             return
         async with self._conn() as conn:
             async with conn.transaction():
-                moved = await q.release(conn, leases)
+                moved = await q.release(conn, delivered)
+                queues = await q.give_back(conn, undelivered)
                 await self._lifecycle(conn, [m for m in moved if m.state == "dead"])
             await self._sequence(conn)
-        for queue in {m.message.queue for m in moved}:
+        for queue in {m.message.queue for m in moved} | set(queues):
             self.changed(queue)
+
+    async def give_back(self, leases: Sequence[str]) -> None:
+        """Undo a claim whose messages reached no one; shielded, as it runs on the way out."""
+        with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as scope:
+            try:
+                await self.release((), leases)
+            except Exception as exc:  # noqa: BLE001 - the leases expire and are reaped instead
+                logger.warning(
+                    "could not give back an unseen claim: %r", exc, extra={"action": "give_back"}
+                )
+        if scope.cancelled_caught:
+            logger.warning("giving back an unseen claim timed out", extra={"action": "give_back"})
 
     async def still_leased(self, leases: Sequence[str]) -> set[str]:
         async with self._conn() as conn:

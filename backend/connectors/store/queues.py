@@ -67,27 +67,40 @@ async def insert_messages(conn: Connection, messages: Sequence[NewMessage]) -> l
     return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
 
-async def claim(conn: Connection, queue: str, limit: int, lease_seconds: float) -> list[Message]:
-    """Lease up to `limit` available messages; SKIP LOCKED lets consumers never collide."""
+async def claim(
+    conn: Connection, queue: str, lease_seconds: float, leases: Sequence[str]
+) -> list[Message]:
+    """Lease up to `len(leases)` available messages under the given lease tokens, in order.
+
+    The caller picks the tokens before the statement runs, so it can always give back
+    whatever this claimed, even when it never saw the answer. SKIP LOCKED lets consumers
+    never collide. The claim commits without waiting for its WAL flush: a claim lost in a
+    Postgres crash leaves its messages ready with the attempt unused (the lease is
+    refused), and the fenced ack, which does wait, flushes the claim before it.
+    """
     rows = await conn.fetch(
         f"""
-        WITH picked AS (
-            SELECT id FROM pgcast.queue_messages
+        WITH no_flush_wait AS (
+            SELECT set_config('synchronous_commit', 'off', true)
+        ), picked AS (
+            SELECT id, available_at FROM pgcast.queue_messages
              WHERE queue = $1 AND state = 'ready' AND available_at <= now()
              ORDER BY available_at, id
-             LIMIT $2
+             LIMIT cardinality($3::text[])
              FOR UPDATE SKIP LOCKED
+        ), numbered AS (
+            SELECT id, row_number() OVER (ORDER BY available_at, id) AS n FROM picked
         )
         UPDATE pgcast.queue_messages AS m
            SET state = 'leased', attempt = m.attempt + 1,
-               lease_token = gen_random_uuid()::text,
-               lease_until = now() + make_interval(secs => $3)
-          FROM picked WHERE m.id = picked.id
+               lease_token = ($3::text[])[numbered.n],
+               lease_until = now() + make_interval(secs => $2)
+          FROM numbered, no_flush_wait WHERE m.id = numbered.id
         RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
         """,
         queue,
-        limit,
         lease_seconds,
+        list(leases),
     )
     return sorted((to_message(r) for r in rows), key=lambda m: (m.available_at, m.id))
 
@@ -100,19 +113,23 @@ async def next_available(conn: Connection, queue: str) -> datetime | None:
     return when
 
 
-async def ack(conn: Connection, queue: str, message_id: int, lease: str) -> bool:
-    done = await conn.fetchval(
+async def ack_many(conn: Connection, acks: Sequence[tuple[str, int, str]]) -> set[str]:
+    """Acknowledge many (queue, message id, lease) in one statement; returns the leases that
+    were held, each fenced on its own token."""
+    rows = await conn.fetch(
         """
-        UPDATE pgcast.queue_messages
+        UPDATE pgcast.queue_messages AS m
            SET state = 'acked', finished_at = now(), lease_token = NULL, lease_until = NULL
-         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
-        RETURNING true
+          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(queue, id, lease)
+         WHERE m.id = a.id AND m.queue = a.queue AND m.state = 'leased'
+           AND m.lease_token = a.lease
+        RETURNING a.lease
         """,
-        message_id,
-        queue,
-        lease,
+        [queue for queue, _, _ in acks],
+        [message_id for _, message_id, _ in acks],
+        [lease for _, _, lease in acks],
     )
-    return bool(done)
+    return {r["lease"] for r in rows}
 
 
 async def nack(
@@ -172,7 +189,7 @@ async def state_of(conn: Connection, queue: str, message_id: int) -> str | None:
 
 
 async def release(conn: Connection, leases: Sequence[str]) -> list[Moved]:
-    """Return leased messages at once (their consumer went away); attempts still count."""
+    """Return delivered messages at once (their consumer went away); attempts still count."""
     rows = await conn.fetch(
         f"""
         UPDATE pgcast.queue_messages
@@ -186,6 +203,21 @@ async def release(conn: Connection, leases: Sequence[str]) -> list[Moved]:
         list(leases),
     )
     return [_moved(r) for r in rows]
+
+
+async def give_back(conn: Connection, leases: Sequence[str]) -> list[str]:
+    """Undo claims that reached no one: ready again, the attempt not used, nothing else
+    changed (its place in line, its last error). Returns the queues that got messages back."""
+    rows = await conn.fetch(
+        """
+        UPDATE pgcast.queue_messages
+           SET state = 'ready', attempt = attempt - 1, lease_token = NULL, lease_until = NULL
+         WHERE state = 'leased' AND lease_token = ANY($1::text[])
+        RETURNING queue
+        """,
+        list(leases),
+    )
+    return sorted({r["queue"] for r in rows})
 
 
 async def reap_expired(conn: Connection, backoff: tuple[float, float], limit: int) -> list[Moved]:

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from backend.testing.cli import eventually, finish, run, start
+from backend.testing.cli import Lines, eventually, finish, run, start
 from backend.testing.server import ServerProcess
 
 pytestmark = pytest.mark.external
@@ -117,6 +117,64 @@ def test_sigterm_lets_the_running_command_finish_then_acks_and_exits_0(
         # Acked, so the lease was extended past its 1 s while the command ran.
         assert settled(cli_server, "slow")
         assert stats(cli_server, "slow")["dead"] == 0
+    finally:
+        finish(worker)
+
+
+def test_a_command_that_cannot_start_is_refused_at_once(cli_server: ServerProcess) -> None:
+    enqueue(cli_server, "norun", {"data": 1, "max_attempts": 1})
+    missing = run(cli_server.url, "queue", "work", "norun", "--", "/no/such/command", "x")
+    assert missing.returncode == 2
+    assert missing.stderr == "pgcast: cannot run /no/such/command: No such file or directory\n"
+    assert stats(cli_server, "norun")["ready"] == 1  # no message was taken for it
+    unknown = run(cli_server.url, "queue", "work", "norun", "--", "no-such-command-anywhere")
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "pgcast: cannot run no-such-command-anywhere: not found on PATH\n",
+    )
+    refused = run(cli_server.url, "queue", "work", "bad..q", "--", "true")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("pgcast: ")
+    assert refused.stderr.count("\n") == 1, refused.stderr  # one line, no traceback
+
+
+def test_a_command_that_stops_being_runnable_is_reported_and_in_the_nack(
+    cli_server: ServerProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\ncat >/dev/null\n")
+    script.chmod(0o755)
+    enqueue(cli_server, "gone", {"data": 0})
+    worker = start(cli_server.url, "queue", "work", "gone", "--", str(script))
+    try:
+        errors = Lines(worker.stderr)  # type: ignore[arg-type]
+        eventually(lambda: settled(cli_server, "gone"))  # the worker runs and took one
+        script.chmod(0o644)
+        (message_id,) = enqueue(cli_server, "gone", {"data": 1, "max_attempts": 1})
+        said = errors.wait_for(lambda line: "cannot run" in line)
+        assert said == (
+            f"pgcast: message {message_id} (attempt 1): cannot run {script}: Permission denied"
+        )
+        eventually(lambda: stats(cli_server, "gone")["dead"] == 1)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        finish(worker)
+    (dead,) = httpx.get(f"{cli_server.url}/queues/gone/dead", timeout=10).json()["messages"]
+    assert dead["last_error"] == f"cannot run {script}: Permission denied"
+
+
+def test_the_readme_example_command_gets_the_message_on_stdin(cli_server: ServerProcess) -> None:
+    example = Path(__file__).parents[3] / "examples" / "send-email.sh"
+    (message_id,) = enqueue(cli_server, "emails", {"data": {"to": "ann@example.com"}})
+    worker = start(cli_server.url, "queue", "work", "emails", "--", str(example))
+    try:
+        printed = Lines(worker.stdout).next(timeout=15)  # type: ignore[arg-type]
+        assert printed == f"sending message {message_id} attempt 1 to ann@example.com"
+        eventually(lambda: settled(cli_server, "emails"))
+        assert stats(cli_server, "emails")["dead"] == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
     finally:
         finish(worker)
 

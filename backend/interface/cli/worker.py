@@ -5,22 +5,29 @@ message when that stream closes. So the stream stays open until the last running
 has been settled, also while stopping; messages that arrive meanwhile are simply not
 started and go back to the queue when the stream closes. Commands run in their own
 session, so the Ctrl-C meant for the worker does not kill the work it is draining.
+
+Every task lives in a task group: a handler's failure ends the worker instead of
+vanishing, and nothing is left running or unawaited when it exits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import httpx
 import orjson
 import typer
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process, TaskGroup
 from httpx_sse import SSEError, aconnect_sse
 
+from backend.core.concurrency import unwrap_single_error
 from backend.interface.cli.client import (
     DEFAULT_URL,
     STREAM_TIMEOUT,
@@ -40,6 +47,7 @@ from backend.interface.cli.client import (
 
 STDERR_KEPT = 2048
 STDERR_GRACE_SECONDS = 1.0
+CANNOT_RUN_STATUS = 2
 
 
 class Worker:
@@ -60,38 +68,38 @@ class Worker:
         self.command = command
         self.prefetch = prefetch
         self.lease = lease
-        self.slots = asyncio.Semaphore(concurrency)
-        self.stopping = asyncio.Event()
-        self.running: set[asyncio.Task[None]] = set()
-        self.children: set[asyncio.subprocess.Process] = set()
+        self.slots = anyio.Semaphore(concurrency)
+        self.stopping = anyio.Event()
+        self.drained = anyio.Event()
+        """Set once stopping and no message is held any more: the stream may close."""
+        self.running = 0
+        self.children: set[Process] = set()
         self.signals = 0
         self.client = api.async_client(STREAM_TIMEOUT)
+        self.stderr = anyio.wrap_file(sys.stderr.buffer)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_signal)
-        async with self.client:
-            stream = asyncio.create_task(self.consume())
-            stopped = asyncio.create_task(self.stopping.wait())
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             try:
-                await asyncio.wait({stream, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if stream.done():
-                    stream.result()  # the reason it could not go on
-                while self.running:
-                    await asyncio.wait(set(self.running))
+                with unwrap_single_error():
+                    async with self.client, anyio.create_task_group() as control:
+                        control.start_soon(self.watch_signals, signals)
+                        async with anyio.create_task_group() as jobs:
+                            await self.consume(jobs)
+                        control.cancel_scope.cancel()
             finally:
-                stopped.cancel()
-                stream.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stream
                 self.terminate_children()
+
+    async def watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self.on_signal()
 
     def on_signal(self) -> None:
         """First signal: drain. Second: terminate the running commands too."""
         self.signals += 1
         if self.signals == 1:
             self.stopping.set()
+            self.check_drained()
             if self.children:
                 notice(
                     f"stopping: waiting for {len(self.children)} running command(s); "
@@ -100,12 +108,28 @@ class Worker:
         else:
             self.terminate_children()
 
+    def check_drained(self) -> None:
+        if self.stopping.is_set() and self.running == 0:
+            self.drained.set()
+
     def terminate_children(self) -> None:
         for child in self.children:
-            with contextlib.suppress(ProcessLookupError):
+            if child.returncode is None:
                 child.terminate()
 
-    async def consume(self) -> None:
+    async def consume(self, jobs: TaskGroup) -> None:
+        """The consumer stream until stopped and drained (or it fails for good)."""
+        async with anyio.create_task_group() as stream:
+
+            async def close_when_drained() -> None:
+                await self.drained.wait()
+                stream.cancel_scope.cancel()
+
+            stream.start_soon(close_when_drained)
+            await self.reconnecting(jobs)
+            stream.cancel_scope.cancel()
+
+    async def reconnecting(self, jobs: TaskGroup) -> None:
         """The consumer stream, reconnected with backoff until the worker stops."""
         params = {"prefetch": str(self.prefetch), "lease": str(self.lease)}
         backoff = Backoff()
@@ -123,7 +147,7 @@ class Worker:
                         lost = False
                     async for message in sse.aiter_sse():
                         if message.event == "message" and message.data:
-                            self.start(message.data)
+                            self.start(jobs, message.data)
             except (httpx.TransportError, ApiError) as exc:
                 if not (connected and retryable(exc)):
                     if isinstance(exc, ApiError):
@@ -134,32 +158,34 @@ class Worker:
             if not self.stopping.is_set() and not lost:
                 notice("connection lost; reconnecting...")
                 lost = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), backoff.next())
+            with anyio.move_on_after(backoff.next()):
+                await self.stopping.wait()
 
-    def start(self, raw: str) -> None:
+    def start(self, jobs: TaskGroup, raw: str) -> None:
         if self.stopping.is_set():
             return  # not started: back to the queue when the stream closes
-        task = asyncio.create_task(self.handle(raw, orjson.loads(raw)))
-        self.running.add(task)
-        task.add_done_callback(self.running.discard)
+        self.running += 1
+        jobs.start_soon(self.handle, raw, orjson.loads(raw))
 
     async def handle(self, raw: str, message: dict[str, Any]) -> None:
-        keeper = asyncio.create_task(self.keep_leased(message))
         try:
             async with self.slots:
                 if self.stopping.is_set():
                     return
-                ok, error = await self.execute(raw, message)
+                async with anyio.create_task_group() as lease:
+                    lease.start_soon(self.keep_leased, message)
+                    ok, error = await self.execute(raw, message)
+                    lease.cancel_scope.cancel()
+            await self.settle(message, ok, error)
         finally:
-            keeper.cancel()
-        await self.settle(message, ok, error)
+            self.running -= 1
+            self.check_drained()
 
     async def keep_leased(self, message: dict[str, Any]) -> None:
         """Extend the lease every half lease for as long as the message is held."""
         path = f"{self.path}/{segment(str(message['id']))}/extend"
         while True:
-            await asyncio.sleep(self.lease / 2)
+            await anyio.sleep(self.lease / 2)
             try:
                 await self.post(path, {"lease": message["lease"], "seconds": self.lease})
             except ApiError as exc:
@@ -169,39 +195,57 @@ class Worker:
                 continue  # try again at the next interval
 
     async def execute(self, raw: str, message: dict[str, Any]) -> tuple[bool, str]:
-        """Run the command with the message on stdin; (exit 0?, the tail of its stderr)."""
+        """Run the command with the message on stdin; (exit 0?, why not)."""
         env = {
             **os.environ,
             "PGCAST_QUEUE": self.queue,
             "PGCAST_MESSAGE_ID": str(message["id"]),
             "PGCAST_ATTEMPT": str(message.get("attempt", "")),
         }
+        label = f"message {message['id']} (attempt {message.get('attempt')})"
         try:
-            child = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            child = await anyio.open_process(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=None,
+                stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,
             )
         except OSError as exc:
-            return False, f"cannot run {self.command[0]}: {exc.strerror or exc}"
+            reason = cannot_run(self.command[0], exc)
+            notice(f"{label}: {reason}")
+            return False, reason
         self.children.add(child)
+        kept = bytearray()
         try:
-            reader = asyncio.create_task(_collect(child.stderr))
-            await _feed(child.stdin, raw.encode())
-            status = await child.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), STDERR_GRACE_SECONDS)
-            reader.cancel()
-            kept = bytes(reader.result()) if reader.done() and not reader.cancelled() else b""
+            async with child, anyio.create_task_group() as output:
+                collected = anyio.Event()
+                output.start_soon(self.collect, child.stderr, kept, collected)
+                await _feed(child.stdin, raw.encode())
+                status = await child.wait()
+                with anyio.move_on_after(STDERR_GRACE_SECONDS):
+                    await collected.wait()
+                output.cancel_scope.cancel()
         finally:
             self.children.discard(child)
         if status == 0:
             return True, ""
         reason = f"exited with status {status}" if status > 0 else f"killed by signal {-status}"
-        notice(f"message {message['id']} (attempt {message.get('attempt')}): command {reason}")
+        notice(f"{label}: command {reason}")
         return False, kept.decode(errors="replace")[-STDERR_KEPT:] or f"command {reason}"
+
+    async def collect(
+        self, stream: ByteReceiveStream | None, kept: bytearray, done: anyio.Event
+    ) -> None:
+        """Pass the command's stderr through (off the event loop) and keep its last bytes."""
+        if stream is not None:
+            async for chunk in stream:
+                await self.stderr.write(chunk)
+                await self.stderr.flush()
+                kept += chunk
+                del kept[:-STDERR_KEPT]
+        done.set()
 
     async def settle(self, message: dict[str, Any], ok: bool, error: str) -> None:
         verb = "ack" if ok else "nack"
@@ -223,28 +267,34 @@ class Worker:
             raise error_of(response)
 
 
-async def _feed(stdin: asyncio.StreamWriter | None, payload: bytes) -> None:
-    """The message on the command's stdin; a command that ignores stdin is fine."""
+def cannot_run(program: str, exc: OSError) -> str:
+    return f"cannot run {program}: {exc.strerror or exc}"
+
+
+def check_runnable(command: list[str]) -> None:
+    """Refuse at once a command that cannot start, before taking any message for it."""
+    program = command[0]
+    if shutil.which(program) is not None:
+        return
+    if os.sep in program and os.path.isfile(program):
+        reason = "Permission denied"
+    elif os.sep in program:
+        reason = "No such file or directory"
+    else:
+        reason = "not found on PATH"
+    notice(f"cannot run {program}: {reason}")
+    raise typer.Exit(CANNOT_RUN_STATUS)
+
+
+async def _feed(stdin: ByteSendStream | None, payload: bytes) -> None:
+    """The message on the command's stdin, then end of file; a command may ignore it."""
     if stdin is None:
         return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.write(payload)
-        await stdin.drain()
-        stdin.close()
-        await stdin.wait_closed()
-
-
-async def _collect(stream: asyncio.StreamReader | None) -> bytearray:
-    """Pass the command's stderr through and keep its last bytes for the nack."""
-    kept = bytearray()
-    if stream is None:
-        return kept
-    while chunk := await stream.read(4096):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        kept += chunk
-        del kept[:-STDERR_KEPT]
-    return kept
+    try:
+        await stdin.send(payload)
+        await stdin.aclose()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError):
+        return
 
 
 def work(
@@ -269,7 +319,10 @@ def work(
 ) -> None:
     """Run CMD once per message of QUEUE: exit 0 acks, anything else nacks.
 
-    CMD gets the whole message as JSON on stdin, and PGCAST_MESSAGE_ID,
+    CMD gets the whole message as JSON on stdin (one object, the message
+    as the server sends it: id, queue, data, key, attempt, max_attempts,
+    enqueued_at, available_at, lease, lease_until, last_error if set; no
+    trailing newline; then end of file), and PGCAST_MESSAGE_ID,
     PGCAST_ATTEMPT and PGCAST_QUEUE in its environment. A failure nacks with
     the last 2 KB of CMD's stderr as the error; the server then retries
     with backoff and dead-letters after the message's max attempts. Leases
@@ -277,11 +330,16 @@ def work(
     lets running commands finish, settles them and exits 0 (a second
     signal terminates the commands).
 
+    CMD that cannot be started (not found, not executable) is refused at
+    once with exit status 2, before any message is taken; if it stops being
+    runnable later, each message says why on stderr and in its nack.
+
     Example:
 
-      pgcast queue work emails --concurrency 4 -- python send_email.py
+      pgcast queue work emails --concurrency 4 -- examples/send-email.sh
     """
+    check_runnable(command)
     api = Api(url, token)
     worker = Worker(api, queue, command, concurrency, prefetch or min(concurrency, 100), lease)
     with guarded(interrupt_status=0):
-        asyncio.run(worker.run())
+        anyio.run(worker.run)

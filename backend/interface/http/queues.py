@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from starlette.requests import Request
@@ -19,7 +18,7 @@ from backend.interface.security.access import require, throttle
 from backend.interface.security.auth import Permission, Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.sse import EventStream, sse_response
-from backend.services.consume import consume
+from backend.services.consume import claim_within, consume
 from backend.services.queues import (
     MAX_DELAY_SECONDS,
     MAX_LEASE_SECONDS,
@@ -86,16 +85,7 @@ async def consume_messages(request: Request) -> Response:
         return _consumer_stream(state, queue, prefetch, lease, principal.expires_at)
     limit = int_param(params, "limit", 1, 1, MAX_PREFETCH)
     wait = float_param(params, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
-    queues = state.engine.queues
-    claimed = await queues.claim(queue, limit, lease)
-    with anyio.move_on_after(wait):
-        while not claimed:
-            woken = queues.waker.event(queue)
-            claimed = await queues.claim(queue, limit, lease)
-            if not claimed:
-                with anyio.move_on_after(queues.poll_interval):
-                    await woken.wait()
-    return _json(_messages(claimed))
+    return _json(_messages(await claim_within(state.engine.queues, queue, limit, lease, wait)))
 
 
 def _consumer_stream(

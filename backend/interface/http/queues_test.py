@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import anyio
 import httpx
 import orjson
@@ -143,22 +146,54 @@ async def test_dead_letter_list_and_requeue(queue_server: ServerProcess) -> None
         assert (await client.get("/queues/dl")).json()["ready"] == 3
 
 
+async def _claim_timed(
+    client: httpx.AsyncClient, path: str, wait: float
+) -> tuple[dict[str, Any], float]:
+    """One long-poll claim of exactly one message, and the seconds it took to come."""
+    started = time.monotonic()
+    (message,) = (await client.get(path, params={"wait": wait})).json()["messages"]
+    return message, time.monotonic() - started
+
+
 async def test_backoff_delay_is_respected(queue_server: ServerProcess) -> None:
+    """A nack's delay_seconds (1.5 s) outlasts the backoff cap (1 s): ignoring it would
+    make the message claimable within 0.2 s."""
     async with httpx.AsyncClient(base_url=queue_server.url) as client:
         await client.post("/queues/slow/messages", json={"data": 1, "delay_seconds": 0.6})
         assert (await client.get("/queues/slow/messages")).json()["messages"] == []
         assert (await client.get("/queues/slow")).json()["delayed"] == 1
-        with anyio.fail_after(5):
-            (m,) = (await client.get("/queues/slow/messages", params={"wait": 3})).json()[
-                "messages"
-            ]
-        await client.post(
+        m, _ = await _claim_timed(client, "/queues/slow/messages", 3)
+        nacked = await client.post(
             f"/queues/slow/messages/{m['id']}/nack",
-            json={"lease": m["lease"], "delay_seconds": 0.5},
+            json={"lease": m["lease"], "delay_seconds": 1.5},
         )
-        assert (await client.get("/queues/slow/messages")).json()["messages"] == []
-        await anyio.sleep(0.7)
-        assert (await client.get("/queues/slow/messages")).json()["messages"][0]["attempt"] == 2
+        assert nacked.json()["state"] == "ready"
+        again, took = await _claim_timed(client, "/queues/slow/messages", 5)
+        assert (again["id"], again["attempt"]) == (m["id"], 2)
+        assert 1.4 <= took < 1.5 + 0.5, f"claimable after {took:.2f} s, not 1.5 s"
+
+
+async def test_long_poll_wakes_when_a_delayed_message_is_due(shared_server: ServerProcess) -> None:
+    """POLL_INTERVAL is 2 s here: the claim comes when the message is due, not on a poll.
+    Attempt 1's backoff (a nack without delay) is the documented 0.5-1 s with base 1 s."""
+    async with httpx.AsyncClient(base_url=shared_server.url, timeout=10) as client:
+        await client.post("/queues/due/messages", json={"data": 1})
+        m, _ = await _claim_timed(client, "/queues/due/messages", 1)
+        await client.post(
+            f"/queues/due/messages/{m['id']}/nack",
+            json={"lease": m["lease"], "delay_seconds": 1.3},
+        )
+        m, took = await _claim_timed(client, "/queues/due/messages", 5)
+        assert 1.2 <= took < 1.3 + 0.6, f"claimed after {took:.2f} s, not 1.3 s"
+        await client.post("/queues/due/messages", json={"data": 2})
+        first, _ = await _claim_timed(client, "/queues/due/messages?limit=1", 1)
+        assert first["attempt"] == 1
+        await client.post(
+            f"/queues/due/messages/{first['id']}/nack", json={"lease": first["lease"]}
+        )
+        again, took = await _claim_timed(client, "/queues/due/messages", 5)
+        assert again["id"] == first["id"]
+        assert 0.45 <= took < 1.0 + 0.6, f"attempt 1 backed off {took:.2f} s, not 0.5-1 s"
 
 
 @pytest.mark.parametrize(

@@ -390,6 +390,32 @@ async def test_nack_takes_delay_seconds_or_its_deprecated_alias_delay(
     assert (stats["ready"], stats["delayed"]) == (0, 3)
 
 
+async def test_unsubscribe_right_after_consume_strands_nothing(shared: ServerProcess) -> None:
+    """Unsubscribing while a claim is under way: every message the socket got is returned as
+    a disconnect (dead here, at max_attempts 1), every other one is ready with no attempt
+    used, and none stays leased until its lease runs out."""
+    async with httpx.AsyncClient(base_url=shared.url) as client, connect(shared.url) as ws:
+        await client.post(
+            "/queues/wsgone/messages", json=[{"data": i, "max_attempts": 1} for i in range(40)]
+        )
+        got: set[str] = set()
+        for round_ in range(15):
+            await send(ws, op="consume", id=round_, queue="wsgone", prefetch=2, lease=4)
+            await anyio.sleep(0.001 * (round_ % 8))
+            await send(ws, op="unsubscribe", id=round_)
+            while (frame := await receive(ws))["op"] != "unsubscribed":
+                if frame["op"] == "message":
+                    got.add(frame["id"])
+        with anyio.fail_after(2):  # well inside the lease: returned, not reaped
+            while (stats := (await client.get("/queues/wsgone")).json())["leased"]:
+                await anyio.sleep(0.05)
+        dead = (await client.get("/queues/wsgone/dead", params={"limit": 100})).json()["messages"]
+        assert {m["id"] for m in dead} == got
+        assert stats["ready"] == 40 - len(got)
+        ready = (await client.get("/queues/wsgone/messages", params={"limit": 100})).json()
+        assert [m["attempt"] for m in ready["messages"]] == [1] * (40 - len(got))
+
+
 async def _negotiated_extensions(url: str) -> str | None:
     """The extensions header of a handshake that offers permessage-deflate."""
     ws_url = url.replace("http", "ws", 1) + "/ws"

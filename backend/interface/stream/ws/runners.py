@@ -4,6 +4,7 @@ cancel scope, so `unsubscribe` stops just that one and a lost database ends just
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import aclosing
 
 import anyio
@@ -17,7 +18,7 @@ from backend.interface.stream.encoding import reset_payload, ws_event_frame
 from backend.interface.stream.session import Farewell, Opened, Session
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.frames import SubId
-from backend.services.consume import consume
+from backend.services.consume import Delivery, consume
 
 
 async def run_subscription(
@@ -70,15 +71,16 @@ async def run_consumer(
     with scope:
         try:
             async with consume(
-                connection.state.engine.queues, queue, prefetch=prefetch, lease=lease
+                connection.state.engine.queues,
+                queue,
+                prefetch=prefetch,
+                lease=lease,
+                marks_delivered=True,
             ) as deliveries:
                 await connection.send({"op": "subscribed", "id": sub})
                 async for delivery in deliveries:
                     connection.held[str(delivery.id)] = (sub, delivery)
-                    body = delivery.message.to_json()
-                    await connection.write(
-                        [(b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()]
-                    )
+                    await connection.write(_message_frame(sub_json, delivery))
         except DB_DOWN as exc:
             await connection.send_error({"id": sub}, exc)
         finally:
@@ -86,3 +88,11 @@ async def run_consumer(
                 del connection.held[key]
             if connection.subscriptions.get(sub) is scope:
                 del connection.subscriptions[sub]
+
+
+def _message_frame(sub_json: bytes, delivery: Delivery) -> Iterator[str]:
+    """The `message` frame, made when `write` is about to send it: from then on the
+    message counts as delivered; a consumer stopped before that gives it back unused."""
+    delivery.delivered = True
+    body = delivery.message.to_json()
+    yield (b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()

@@ -1,0 +1,110 @@
+"""Claims cancelled at random moments: no lease is ever stranded, no unseen claim costs an attempt.
+
+Consumers (prefetch 1 to 5) and long-poll JSON claims run against a real Postgres and are
+cancelled after a random few milliseconds, which lands in every step: waiting for a
+connection, the claim statement, the connection going back to the pool, between the
+deliveries of one batch, in an ack. Afterwards every message must be ready, acked or
+dead-lettered, none leased, and its attempt count must equal the number of times it
+actually reached a consumer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from backend.connectors.database import connect
+from backend.services.consume import claim_within, consume
+from backend.services.queues import Queues
+from backend.testing.engine import running_engine
+
+pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
+
+QUEUE = "cancelled"
+MESSAGES = 40
+ROUNDS = 120
+CONSUMERS = 3
+POLL_LEASE = 0.2
+FAST = {"poll_interval_seconds": 0.05, "queue_reap_interval_seconds": 0.1}
+
+
+@dataclass
+class Seen:
+    """What the consumers saw: each delivery that reached them, each ack tried or confirmed."""
+
+    delivered: Counter[int] = field(default_factory=Counter)
+    ack_tried: set[int] = field(default_factory=set)
+    acked: set[int] = field(default_factory=set)
+
+
+async def _consumer(queues: Queues, rng: random.Random, seen: Seen) -> None:
+    async with consume(queues, QUEUE, prefetch=rng.randint(1, 5), lease=60) as deliveries:
+        async for delivery in deliveries:
+            seen.delivered[delivery.id] += 1
+            if rng.random() < 0.3:
+                seen.ack_tried.add(delivery.id)
+                await delivery.ack()
+                seen.acked.add(delivery.id)
+            await anyio.sleep(rng.uniform(0, 0.002))
+
+
+async def _poller(queues: Queues, rng: random.Random, seen: Seen) -> None:
+    """JSON claims keep their leases until they expire: short ones, for the reaper."""
+    while True:
+        limit, wait = rng.randint(1, 5), rng.uniform(0, 0.01)
+        claimed = await claim_within(queues, QUEUE, limit, POLL_LEASE, wait)
+        seen.delivered.update(m.id for m in claimed)
+
+
+async def _cancelled_after(
+    delay: float, run: Callable[[Queues, random.Random, Seen], Awaitable[None]], *args: Any
+) -> None:
+    with anyio.move_on_after(delay):
+        await run(*args)
+
+
+async def test_random_cancellations_strand_nothing(database_url: str) -> None:
+    rng = random.Random(19)
+    seen = Seen()
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue(
+            [queues.message(QUEUE, i, max_attempts=rng.choice([1, 1000])) for i in range(MESSAGES)]
+        )
+        for _ in range(ROUNDS):
+            async with anyio.create_task_group() as tg:
+                for _ in range(CONSUMERS):
+                    run = _consumer if rng.random() < 0.7 else _poller
+                    own_rng = random.Random(rng.random())
+                    tg.start_soon(
+                        _cancelled_after, rng.uniform(0, 0.015), run, queues, own_rng, seen
+                    )
+        await anyio.sleep(POLL_LEASE + 0.5)  # the reaper returns the JSON claims
+    conn = await connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, state, attempt, max_attempts FROM pgcast.queue_messages WHERE queue = $1",
+            QUEUE,
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == MESSAGES
+    for row in rows:
+        message = row["id"]
+        assert row["state"] != "leased", f"message {message} is leased to a gone consumer"
+        assert row["attempt"] == seen.delivered[message], (
+            f"message {message}: {row['attempt']} attempts, delivered {seen.delivered[message]}"
+        )
+        if row["state"] == "acked":
+            assert message in seen.ack_tried
+        if message in seen.acked:
+            assert row["state"] == "acked"
+        if row["state"] == "dead":
+            assert seen.delivered[message] >= row["max_attempts"]
+    assert sum(seen.delivered.values()) > MESSAGES, "too few claims to mean anything"
