@@ -63,8 +63,13 @@ def url_at(port: int, database: str = "postgres") -> str:
 
 
 def port_taken(port: int) -> bool:
-    """Whether something already listens on (or holds) this loopback port."""
+    """Whether something already listens on this loopback port.
+
+    SO_REUSEADDR, as PostgreSQL itself binds: connections of a server that just stopped may
+    linger in TIME_WAIT on the port, which must not count as taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
