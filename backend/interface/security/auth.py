@@ -141,8 +141,10 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     expires = claims.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, int | float):
         raise Unauthorized("the token has no expiry ('exp')")
-    if not 0 < expires <= MAX_EXPIRY:
-        raise Unauthorized("the token's expiry ('exp') is not a time before the year 10000")
+    if not expires <= MAX_EXPIRY:  # also NaN
+        raise Unauthorized("the token's expiry ('exp') is past the year 9999")
+    if expires <= 0:
+        raise Unauthorized("the token's expiry ('exp') is not after 1970-01-01")
     grants = claims.get(CLAIM, {})
     if not isinstance(grants, dict):
         raise Unauthorized(f"the token's {CLAIM} claim must be an object")
