@@ -8,7 +8,7 @@ one wake-up for all of them. The caller gets back the events as subscribers will
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from backend.connectors.database import Connection, Pool
@@ -135,15 +135,3 @@ async def _sequenced(
     if on_sequenced is not None and published:
         on_sequenced(published[-1].pos)
     return published
-
-
-def build_events(
-    topic: object, items: Iterable[dict[str, Any]], *, max_bytes: int
-) -> list[NewEvent]:
-    """Validate a batch of `{"data", "type"?, "key"?}` items for one topic."""
-    return [
-        new_event(
-            topic, item.get("data"), type=item.get("type"), key=item.get("key"), max_bytes=max_bytes
-        )
-        for item in items
-    ]

@@ -295,14 +295,6 @@ async def stats(conn: Connection, queue: str | None) -> list[QueueStats]:
     ]
 
 
-async def queue_exists(conn: Connection, queue: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pgcast.queue_messages WHERE queue = $1)", queue
-        )
-    )
-
-
 async def still_leased(conn: Connection, leases: Sequence[str]) -> set[str]:
     rows = await conn.fetch(
         "SELECT lease_token FROM pgcast.queue_messages"
