@@ -138,6 +138,7 @@ class CpuMeter:
     postmaster_pid: int | None
     _start: float = 0.0
     _server: float = 0.0
+    _server_processes: list[int] = field(default_factory=list)
     _postgres: dict[int, float] = field(default_factory=dict)
 
     def _pg_pids(self) -> list[int]:
@@ -145,15 +146,22 @@ class CpuMeter:
             return []
         return [self.postmaster_pid, *children_of(self.postmaster_pid)]
 
+    def _server_pids(self) -> list[int]:
+        """The server and its children (the workers of `serve --workers N`)."""
+        if self.server_pid is None:
+            return []
+        return [self.server_pid, *children_of(self.server_pid)]
+
     def start(self) -> None:
         self._start = time.monotonic()
-        self._server = cpu_seconds([self.server_pid]) if self.server_pid else 0.0
+        self._server_processes = self._server_pids()
+        self._server = cpu_seconds(self._server_processes)
         self._postgres = {pid: cpu_seconds([pid]) for pid in self._pg_pids()}
 
     def stop(self) -> dict[str, float]:
         """Percent of one core used by the server and by Postgres since `start`."""
         elapsed = max(time.monotonic() - self._start, 1e-6)
-        server = (cpu_seconds([self.server_pid]) - self._server) if self.server_pid else 0.0
+        server = cpu_seconds(self._server_processes) - self._server
         postgres = sum(cpu_seconds([pid]) - self._postgres.get(pid, 0.0) for pid in self._pg_pids())
         return {
             "server_cpu_pct": round(100 * server / elapsed, 1),

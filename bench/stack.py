@@ -67,12 +67,13 @@ class Stack:
     shared: ServerProcess | None = None
 
     @contextlib.contextmanager
-    def server(self) -> Iterator[ServerProcess]:
-        """A fresh `pgcast serve` process for one scenario (the shared one, if set)."""
-        if self.shared is not None:
+    def server(self, workers: int = 1) -> Iterator[ServerProcess]:
+        """A fresh `pgcast serve` for one scenario (the shared one, if set and one worker)."""
+        if self.shared is not None and workers == 1:
             yield self.shared
             return
-        process = spawn(self.url, port=free_port(), extra_env=SERVER_ENV)
+        env = {**SERVER_ENV, "WORKERS": str(workers)}
+        process = spawn(self.url, port=free_port(), extra_env=env)
         try:
             yield process
         finally:

@@ -45,10 +45,10 @@ def _delivery(reports: list[Payload], kind: str, published: int) -> dict[str, An
     }
 
 
-def _pgcast(ctx: Context, rate: float) -> dict[str, Any]:
+def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
     sizes = ctx.sizes
     processes = sizes.client_processes
-    with ctx.stack.server() as server:
+    with ctx.stack.server(workers) as server:
         after = head(server, TOPIC)
         fleets = [
             Child(
@@ -138,6 +138,26 @@ def _baseline(ctx: Context, rate: float) -> dict[str, Any]:
     }
 
 
+def _compare_workers(
+    result: ScenarioResult, offered: float, one: dict[str, Any], two: dict[str, Any]
+) -> None:
+    """Rows for `serve --workers 2` at the same offered rate, against one worker."""
+    case = f"offered {offered:.0f} events/s, serve --workers 2 (took {two['rate']:.0f}/s)"
+    result.rows.append(Row(case, "events/s accepted", two["rate"], one["rate"], "one worker"))
+    for kind, label in (("sse", "SSE"), ("ws", "WebSocket")):
+        result.rows.append(
+            Row(
+                f"{label}, {case}",
+                "p99 ms",
+                two[kind]["p99_ms"],
+                one[kind]["p99_ms"],
+                "one worker",
+                better="lower",
+                note=f"delivered {two[kind]['delivered_ratio']:.1%}",
+            )
+        )
+
+
 def run(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(KEY, TITLE, METHOD)
     cdf: dict[str, list[tuple[float, float]]] = {}
@@ -166,6 +186,12 @@ def run(ctx: Context) -> ScenarioResult:
                         note=note,
                     )
                 )
+        if offered == max(ctx.sizes.latency_rates):
+            two = _pgcast(ctx, offered, workers=2)
+            _compare_workers(result, offered, pgcast, two)
+            for kind in ("sse", "ws"):
+                two[kind].pop("ordered")
+            result.details[f"{offered:.0f}/s, 2 workers"] = two
         cdf[f"pgcast SSE @ {offered:.0f}/s"] = cdf_points(pgcast["sse"]["ordered"])
         cdf[f"pgcast WS @ {offered:.0f}/s"] = cdf_points(pgcast["ws"]["ordered"])
         cdf[f"LISTEN baseline @ {offered:.0f}/s"] = cdf_points(listen["ordered"])

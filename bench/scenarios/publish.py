@@ -102,6 +102,10 @@ def run(ctx: Context) -> ScenarioResult:
             http[level] = _http(ctx, server.port, pid, level, batch=0)
             sql[level] = _sql(ctx, pid, "pgcast", level)
         batch = _http(ctx, server.port, pid, sizes.batch_concurrency, batch=sizes.batch_size)
+    top = max(sizes.publish_concurrency)
+    with ctx.stack.server(workers=2) as two:
+        publish_batches(two, TOPIC, 200, ctx.padding)
+        http_two = _http(ctx, two.port, two.process.pid, top, batch=0)
     for level in levels:
         raw[level] = _sql(ctx, None, "raw", level)
 
@@ -130,6 +134,15 @@ def run(ctx: Context) -> ScenarioResult:
         )
     result.rows.append(
         Row(
+            f"HTTP, 1 event/request, {top} clients, serve --workers 2",
+            "events/s",
+            http_two["events_per_s"],
+            http[top]["events_per_s"],
+            "the same with one worker",
+        )
+    )
+    result.rows.append(
+        Row(
             f"HTTP, {sizes.batch_size} events/request, {sizes.batch_concurrency} clients",
             "events/s",
             batch["events_per_s"],
@@ -151,6 +164,7 @@ def run(ctx: Context) -> ScenarioResult:
         "http_single": http,
         "sql_publish": sql,
         "http_batch": batch,
+        "http_single_2_workers": http_two,
         "raw_baseline": raw,
     }
     return result

@@ -10,7 +10,7 @@ import pytest
 
 from backend.core.errors import CursorExpired
 from backend.core.names import parse_patterns
-from backend.entities.event import format_id
+from backend.entities.event import Event, format_id
 from backend.interface.stream.session import (
     OPENED,
     Farewell,
@@ -74,14 +74,17 @@ async def test_a_gone_resume_point_resets_in_band_and_ending_stops_the_items(
             async with aclosing(session.items()) as items:
                 opened = await anext(items)
                 reset = await anext(items)
-                batch = await anext(items)
+                batch: list[Event] = []
+                while len(batch) < len(published):  # the hub may not have read both yet
+                    more = await anext(items)
+                    assert isinstance(more, list)
+                    batch += more
                 session.end(Farewell.EXPIRED)
                 session.end(Farewell.SHUTDOWN)
                 rest = [item async for item in items]
     assert opened is OPENED
     assert isinstance(reset, CursorExpired)
     assert reset.reason == "unknown"
-    assert isinstance(batch, list)
     assert [e.id for e in batch] == [e.id for e in published]
     assert rest == []
     assert session.farewell is Farewell.EXPIRED
