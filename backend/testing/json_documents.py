@@ -9,6 +9,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+DEPTH_LIMIT = 1024
+"""How deep a body or frame may nest (docs/protocol.md §1.2)."""
+
+
+def nested(depth: int) -> str:
+    """A JSON value `depth` levels deep (an array is one level)."""
+    return "[" * depth + "]" * depth
+
 
 def exact(text: bytes | str) -> Any:
     """The reference reading: Python's parser with every number as a Decimal."""

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from backend.core import exactjson
 from backend.testing import postgres
-from backend.testing.json_documents import documents
+from backend.testing.json_documents import DEPTH_LIMIT, documents, nested
 from backend.testing.server import ServerProcess, start_server
 
 pytestmark = [pytest.mark.external]
@@ -41,11 +41,6 @@ FUZZ = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 DEEP = b"[" * 10_000 + b"]" * 10_000
-LIMIT = 1024
-
-
-def nested(depth: int) -> str:
-    return "[" * depth + "]" * depth
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +138,9 @@ RAW_VALUES = st.one_of(
     NUL_TEXT,
     st.sampled_from(
         [
-            nested(LIMIT - 1),
-            nested(LIMIT),
-            nested(LIMIT + 1),
+            nested(DEPTH_LIMIT - 1),
+            nested(DEPTH_LIMIT),
+            nested(DEPTH_LIMIT + 1),
             '{"k\\u0000":1}',
             "18446744073709551616",
             "-99999999999999999999999999",
@@ -299,7 +294,7 @@ WS_FIELDS = st.sampled_from(WS_FIELD_NAMES)
 SPECIALS = {
     "nul": ('"x\\u0000y"', 400, "invalid_event"),
     "nul_key": ('{"k\\u0000":1}', 400, "invalid_event"),
-    "too_deep": (nested(LIMIT), 400, "invalid_json"),  # one level more inside the object
+    "too_deep": (nested(DEPTH_LIMIT), 400, "invalid_json"),  # one level more inside the object
     "huge": ("18446744073709551616", None, None),
     "precise": ("0.1000000000000000000001", None, None),
     "beyond_double": ("1e400", None, None),

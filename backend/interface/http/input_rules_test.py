@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from backend.connectors.database import connect
 from backend.interface.security.auth import MAX_EXPIRY
 from backend.testing import postgres
-from backend.testing.json_documents import documents, exact
+from backend.testing.json_documents import DEPTH_LIMIT, documents, exact, nested
 from backend.testing.security import auth_server, bearer, sign_claims
 from backend.testing.server import ServerProcess, start_server
 
@@ -33,12 +33,6 @@ PROPERTY = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 JSON = {"Content-Type": "application/json"}
-LIMIT = 1024
-
-
-def nested(depth: int) -> str:
-    """A JSON value `depth` levels deep (an array is one level)."""
-    return "[" * depth + "]" * depth
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +235,7 @@ def test_numbers_beyond_postgresql_numeric_are_refused(
 def test_data_nested_to_the_limit_is_published_and_read_back(
     client: httpx.Client, ws: WebSocketSession
 ) -> None:
-    data = nested(LIMIT - 1)  # inside {"data": ...}, the body is LIMIT levels deep
+    data = nested(DEPTH_LIMIT - 1)  # inside {"data": ...}, the body is DEPTH_LIMIT levels deep
     before = latest(client, "deep")
     published = post(client, "/topics/deep/events", f'{{"data":{data}}}')
     assert published.status_code == 201, published.text
@@ -266,14 +260,14 @@ JSON_ROUTES = [
 def test_deeper_bodies_are_invalid_json_on_every_route(
     client: httpx.Client, method: str, path: str
 ) -> None:
-    body = f'{{"data":{nested(LIMIT)},"lease":"x"}}'
+    body = f'{{"data":{nested(DEPTH_LIMIT)},"lease":"x"}}'
     answer = client.request(method, path, content=body.encode(), headers=JSON)
     assert answer.status_code == 400, answer.text
     assert answer.json() == {
         "error": "invalid_json",
         "message": "the body is nested deeper than 1024 levels",
     }
-    at_limit = client.request(method, path, content=nested(LIMIT).encode(), headers=JSON)
+    at_limit = client.request(method, path, content=nested(DEPTH_LIMIT).encode(), headers=JSON)
     assert at_limit.json()["error"] != "invalid_json"
 
 
@@ -282,7 +276,7 @@ OPS = ("subscribe", "unsubscribe", "publish", "ping", "consume", "ack", "nack", 
 
 @pytest.mark.parametrize("op", OPS)
 def test_deeper_frames_are_invalid_json_for_every_op(ws: WebSocketSession, op: str) -> None:
-    ws.send_text(f'{{"op":"{op}","id":1,"data":{nested(LIMIT)}}}')
+    ws.send_text(f'{{"op":"{op}","id":1,"data":{nested(DEPTH_LIMIT)}}}')
     assert receive(ws) == {
         "op": "error",
         "code": "invalid_json",
