@@ -509,3 +509,51 @@ def test_invalid_utf8_text_frame_closes_with_1007(server: ServerProcess) -> None
         frame = sock.recv(4096)
     assert frame[0] == 0x88  # a close frame
     assert struct.unpack("!H", frame[2:4])[0] == 1007
+
+
+MANY_PATTERNS = [("topic", f"many.*.{n}.>") for n in range(1000)]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/event-stream"])
+def test_a_thousand_patterns_are_refused_at_once(client: httpx.Client, accept: str) -> None:
+    """Matching cost must not be something a client can buy: beyond MAX_PATTERNS, a 400."""
+    answer = client.get("/events", params=tuple(MANY_PATTERNS), headers={"Accept": accept})
+    assert (answer.status_code, answer.json()["error"]) == (400, "too_many_patterns")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("pattern", f"many.*.{n}") for n in range(1000)],
+        [("pattern", ".".join(["*"] * 500))],
+        [("pattern", "many." * 2000 + ">")],
+    ],
+    ids=["repeated", "deep wildcard", "long"],
+)
+def test_topic_listings_with_many_or_huge_patterns_get_a_client_answer(
+    client: httpx.Client, params: list[tuple[str, str]]
+) -> None:
+    assert_no_server_error(client.get("/topics", params=tuple(params)))
+
+
+def test_websocket_patterns_one_per_subscription_and_capped_per_socket(
+    server: ServerProcess,
+) -> None:
+    """A WebSocket subscription holds one pattern: a list of them is an error frame, and the
+    socket's subscriptions (so its patterns) stop at MAX_SUBSCRIPTIONS."""
+    url = server.url.replace("http", "ws", 1) + "/ws"
+    with (
+        httpx.Client() as http,
+        connect_ws(url, http, subprotocols=["pgcast.v1"], session_class=WebSocketSession) as ws,
+    ):
+        patterns = [pattern for _, pattern in MANY_PATTERNS]
+        ws.send_text(orjson.dumps({"op": "subscribe", "id": "list", "topic": patterns}).decode())
+        refused = exactjson.loads(ws.receive_text(timeout=5))
+        assert (refused["op"], refused["id"]) == ("error", "list")
+        codes = []
+        for n in range(101):
+            frame = {"op": "subscribe", "id": n, "topic": f"many.*.{n}.>"}
+            ws.send_text(orjson.dumps(frame).decode())
+            codes.append(exactjson.loads(ws.receive_text(timeout=5)).get("code"))
+    assert codes[:100] == [None] * 100
+    assert codes[100] == "too_many_subscriptions"
