@@ -1,33 +1,33 @@
-"""Test harness: shared embedded Postgres, per-test databases and a real server process."""
+"""Test harness: a shared embedded Postgres (started on first use), per-test databases and
+a real server process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
-from backend.connectors.embedded import EmbeddedPostgres
 from backend.testing import postgres
 from backend.testing.server import ServerProcess, start_server
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process names the folder for the server; workers inherit it."""
     if hasattr(config, "workerinput") or os.environ.get(postgres.SERVER_ENV):
         return
-    server, url = postgres.start_shared_server()
-    os.environ[postgres.SERVER_ENV] = url
-    config.stash[_SERVER_KEY] = server
+    config.stash[_STATE_KEY] = postgres.make_state_dir()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    server = config.stash.get(_SERVER_KEY, None)
-    if server is not None:
-        server.destroy()
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None:
+        postgres.remove_state_dir(state)
 
 
-_SERVER_KEY = pytest.StashKey[EmbeddedPostgres]()
+_STATE_KEY = pytest.StashKey[Path]()
 
 
 @pytest.fixture
