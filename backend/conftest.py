@@ -29,6 +29,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 _STATE_KEY = pytest.StashKey[Path]()
 
+# Modules that spawn processes run first, so that on a few cores the run does not end
+# waiting on one long test while the other workers sit idle.
+_WEIGHTS = {"external": 2, "integrated": 1}
+
+
+def _weight(item: pytest.Item) -> int:
+    return max((_WEIGHTS.get(mark.name, 0) for mark in item.iter_markers()), default=0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heaviest modules first; a module's tests stay together and in their order."""
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        module_weight[module] = max(module_weight.get(module, 0), _weight(item))
+    items.sort(key=lambda item: -module_weight[item.nodeid.split("::", 1)[0]])
+
 
 @pytest.fixture
 def anyio_backend() -> str:
