@@ -5,7 +5,7 @@ Each cell asserts the exact answer (2xx, 401 or 403; for WebSocket ops the reply
 where its token does not allow.
 
 The matrix runs against the real app in this process (its engine on a real Postgres),
-which is many times faster than over sockets. A real server answers the rest: the
+in about half the time it takes over sockets. A real server answers the rest: the
 endless SSE responses, which the in-process transport cannot stream, and one row of
 WebSocket handshakes through uvicorn's own upgrade and refusal.
 """
