@@ -1,33 +1,50 @@
-"""Test harness: shared embedded Postgres, per-test databases and a real server process."""
+"""Test harness: a shared embedded Postgres (started on first use), per-test databases and
+a real server process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
-from backend.connectors.embedded import EmbeddedPostgres
 from backend.testing import postgres
 from backend.testing.server import ServerProcess, start_server
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process names the folder for the server; workers inherit it."""
     if hasattr(config, "workerinput") or os.environ.get(postgres.SERVER_ENV):
         return
-    server, url = postgres.start_shared_server()
-    os.environ[postgres.SERVER_ENV] = url
-    config.stash[_SERVER_KEY] = server
+    config.stash[_STATE_KEY] = postgres.make_state_dir()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    server = config.stash.get(_SERVER_KEY, None)
-    if server is not None:
-        server.destroy()
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None:
+        postgres.remove_state_dir(state)
 
 
-_SERVER_KEY = pytest.StashKey[EmbeddedPostgres]()
+_STATE_KEY = pytest.StashKey[Path]()
+
+# Modules that spawn processes run first, so that on a few cores the run does not end
+# waiting on one long test while the other workers sit idle.
+_WEIGHTS = {"external": 2, "integrated": 1}
+
+
+def _weight(item: pytest.Item) -> int:
+    return max((_WEIGHTS.get(mark.name, 0) for mark in item.iter_markers()), default=0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heaviest modules first; a module's tests stay together and in their order."""
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        module_weight[module] = max(module_weight.get(module, 0), _weight(item))
+    items.sort(key=lambda item: -module_weight[item.nodeid.split("::", 1)[0]])
 
 
 @pytest.fixture

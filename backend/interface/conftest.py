@@ -1,4 +1,4 @@
-"""Fixtures for the CLI tests: one server shared by the `cli_*_test.py` modules."""
+"""Fixtures for the CLI tests: one server shared by the modules in `cli/`."""
 
 from __future__ import annotations
 

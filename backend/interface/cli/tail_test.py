@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from backend.testing.cli import Lines, finish, run, start
+from backend.testing.cli import Lines, eventually, finish, run, start
 from backend.testing.server import ServerProcess, spawn
 
 pytestmark = pytest.mark.external
@@ -33,9 +33,20 @@ def ids(lines: list[str]) -> list[str]:
     return [orjson.loads(line)["id"] for line in lines]
 
 
+def live_subscriptions(server: ServerProcess) -> int:
+    """Subscriptions the server's hub delivers to live right now (not catching up)."""
+    gauges = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("pgcast_subscriptions", "pgcast_lagging_subscribers"):
+            gauges[name] = float(value)
+    return int(gauges["pgcast_subscriptions"] - gauges["pgcast_lagging_subscribers"])
+
+
 def test_a_piped_tail_gets_events_live_and_exits_0_on_sigint(cli_server: ServerProcess) -> None:
     # The tail writes into a pipe read by another process, which echoes line by line.
     echo = "import sys\nfor line in sys.stdin: print(line, end='', flush=True)"
+    others = live_subscriptions(cli_server)
     tail = start(cli_server.url, "tail", "live.*", "--from", head(cli_server))
     reader = subprocess.Popen(
         [sys.executable, "-c", echo], stdin=tail.stdout, stdout=subprocess.PIPE, text=True
@@ -45,6 +56,9 @@ def test_a_piped_tail_gets_events_live_and_exits_0_on_sigint(cli_server: ServerP
     tail.stdout.close()
     lines = Lines(reader.stdout)
     try:
+        # Starting a Python process can take seconds on a busy machine: publish only once
+        # the tail's subscription is live, so each wait below measures delivery alone.
+        eventually(lambda: live_subscriptions(cli_server) > others, timeout=30)
         for n in range(3):
             (event_id,) = publish(cli_server, "live.a", {"n": n})
             envelope = orjson.loads(lines.next(timeout=10))

@@ -1,10 +1,12 @@
-"""Capture administration over HTTP and the `pgcast capture` CLI, against a real server."""
+"""Capture administration over HTTP (against the app in-process) and the `pgcast capture`
+CLI (against a real server)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -12,9 +14,9 @@ import pytest
 
 from backend.connectors.database import connect
 from backend.connectors.embedded import free_port
+from backend.core.settings import Settings
+from backend.testing.in_process import app_client
 from backend.testing.server import ServerProcess
-
-pytestmark = [pytest.mark.external]
 
 TABLES = (
     "CREATE TABLE public.orders (id int PRIMARY KEY, status text, total numeric)",
@@ -40,46 +42,51 @@ async def _execute(database_url: str, statement: str) -> None:
         await conn.close()
 
 
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process on this test's database, with the tables to capture."""
+    await _create_tables(database_url)
+    async with app_client(Settings(), database_url) as app:
+        yield app
+
+
+@pytest.mark.integrated
 @pytest.mark.anyio
-async def test_admin_endpoints_add_list_update_and_remove(server: ServerProcess) -> None:
-    await _create_tables(server.database_url)
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        assert (await client.get("/admin/captures")).json() == {"captures": []}
+async def test_admin_endpoints_add_list_update_and_remove(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    assert (await client.get("/admin/captures")).json() == {"captures": []}
 
-        added = await client.put("/admin/captures/public.orders")
-        assert added.status_code == 200, added.text
-        assert added.json() == {
-            "table": "public.orders",
-            "topic": "db.public.orders",
-            "columns": None,
-        }
+    added = await client.put("/admin/captures/public.orders")
+    assert added.status_code == 200, added.text
+    assert added.json() == {
+        "table": "public.orders",
+        "topic": "db.public.orders",
+        "columns": None,
+    }
 
-        updated = await client.put(
-            "/admin/captures/orders", json={"topic": "shop.orders", "columns": ["id", "status"]}
-        )
-        assert updated.status_code == 200, updated.text
-        expected = {"table": "public.orders", "topic": "shop.orders", "columns": ["id", "status"]}
-        assert updated.json() == expected
-        assert (await client.put("/admin/captures/public.orders", json={})).json()[
-            "columns"
-        ] is None
-        await client.put("/admin/captures/public.orders", json={"topic": "shop.orders"})
-        listed = (await client.get("/admin/captures")).json()
-        assert listed == {
-            "captures": [{"table": "public.orders", "topic": "shop.orders", "columns": None}]
-        }
+    updated = await client.put(
+        "/admin/captures/orders", json={"topic": "shop.orders", "columns": ["id", "status"]}
+    )
+    assert updated.status_code == 200, updated.text
+    expected = {"table": "public.orders", "topic": "shop.orders", "columns": ["id", "status"]}
+    assert updated.json() == expected
+    assert (await client.put("/admin/captures/public.orders", json={})).json()["columns"] is None
+    await client.put("/admin/captures/public.orders", json={"topic": "shop.orders"})
+    listed = (await client.get("/admin/captures")).json()
+    assert listed == {
+        "captures": [{"table": "public.orders", "topic": "shop.orders", "columns": None}]
+    }
 
-        await _execute(server.database_url, "INSERT INTO orders VALUES (1, 'new', 9.5)")
-        page = await client.get(
-            "/topics/shop.orders/events", params={"after": "earliest", "wait": 5}
-        )
-        (event,) = page.json()["events"]
-        assert (event["type"], event["key"]) == ("insert", "1")
-        assert event["data"] == {"new": {"id": 1, "status": "new", "total": 9.5}, "old": None}
+    await _execute(database_url, "INSERT INTO orders VALUES (1, 'new', 9.5)")
+    page = await client.get("/topics/shop.orders/events", params={"after": "earliest", "wait": 5})
+    (event,) = page.json()["events"]
+    assert (event["type"], event["key"]) == ("insert", "1")
+    assert event["data"] == {"new": {"id": 1, "status": "new", "total": 9.5}, "old": None}
 
-        assert (await client.delete("/admin/captures/public.orders")).json() == {"removed": True}
-        assert (await client.delete("/admin/captures/public.orders")).json() == {"removed": False}
-        assert (await client.get("/admin/captures")).json() == {"captures": []}
+    assert (await client.delete("/admin/captures/public.orders")).json() == {"removed": True}
+    assert (await client.delete("/admin/captures/public.orders")).json() == {"removed": False}
+    assert (await client.get("/admin/captures")).json() == {"captures": []}
 
 
 BAD_REQUESTS: list[tuple[str, object, str, str]] = [
@@ -101,24 +108,21 @@ BAD_REQUESTS: list[tuple[str, object, str, str]] = [
 ]
 
 
+@pytest.mark.integrated
 @pytest.mark.anyio
-async def test_bad_targets_are_400_with_a_json_error(server: ServerProcess) -> None:
-    await _create_tables(server.database_url)
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        for path, body, error, message in BAD_REQUESTS:
-            if isinstance(body, bytes):
-                headers = {"content-type": "application/json"}
-                response = await client.put(
-                    f"/admin/captures/{path}", content=body, headers=headers
-                )
-            else:
-                response = await client.put(f"/admin/captures/{path}", json=body)
-            assert response.status_code == 400, (path, body, response.text)
-            payload = response.json()
-            assert set(payload) == {"error", "message"}
-            assert payload["error"] == error, (path, body, payload)
-            assert message in payload["message"], (path, body, payload)
-        assert (await client.get("/admin/captures")).json() == {"captures": []}
+async def test_bad_targets_are_400_with_a_json_error(client: httpx.AsyncClient) -> None:
+    for path, body, error, message in BAD_REQUESTS:
+        if isinstance(body, bytes):
+            headers = {"content-type": "application/json"}
+            response = await client.put(f"/admin/captures/{path}", content=body, headers=headers)
+        else:
+            response = await client.put(f"/admin/captures/{path}", json=body)
+        assert response.status_code == 400, (path, body, response.text)
+        payload = response.json()
+        assert set(payload) == {"error", "message"}
+        assert payload["error"] == error, (path, body, payload)
+        assert message in payload["message"], (path, body, payload)
+    assert (await client.get("/admin/captures")).json() == {"captures": []}
 
 
 def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -133,6 +137,7 @@ def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.external
 @pytest.mark.anyio
 async def test_cli_add_list_remove_and_errors(server: ServerProcess) -> None:
     await _create_tables(server.database_url)
@@ -178,6 +183,7 @@ async def test_cli_add_list_remove_and_errors(server: ServerProcess) -> None:
     assert with_token.returncode == 0, with_token.stderr
 
 
+@pytest.mark.external
 def test_cli_without_a_server_says_where_it_tried() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     for args in (["list"], ["add", "public.orders"], ["remove", "public.orders"]):
@@ -188,6 +194,7 @@ def test_cli_without_a_server_says_where_it_tried() -> None:
         assert line == f"pgcast: cannot connect to {url}: is `pgcast serve` running there?"
 
 
+@pytest.mark.external
 def test_cli_help_has_examples() -> None:
     for command in ("add", "list", "remove"):
         result = _cli(command, "--help", url="http://127.0.0.1:1")
@@ -196,6 +203,7 @@ def test_cli_help_has_examples() -> None:
         assert "pgcast capture " in result.stdout
 
 
+@pytest.mark.external
 def test_a_bad_capture_tables_entry_stops_start_up(database_url: str) -> None:
     anyio.run(_execute, database_url, "CREATE TABLE public.orders (id int PRIMARY KEY)")
     env = {

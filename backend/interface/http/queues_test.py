@@ -1,8 +1,10 @@
-"""Queues over HTTP against a real server: enqueue, SSE consumers, settle, dead-letter."""
+"""Queues over HTTP: enqueue, settle, dead-letter, backoff and bad requests against the app
+in-process; an SSE consumer (an endless response) against a real server."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -10,10 +12,12 @@ import httpx
 import orjson
 import pytest
 
+from backend.core.settings import Settings
 from backend.testing.clients import sse
+from backend.testing.in_process import app_client
 from backend.testing.server import ServerProcess, start_server
 
-pytestmark = [pytest.mark.external, pytest.mark.anyio]
+pytestmark = [pytest.mark.anyio]
 
 SSE = {"Accept": "text/event-stream"}
 FAST = {
@@ -25,83 +29,92 @@ FAST = {
 
 
 @pytest.fixture
-def queue_server(database_url: str) -> object:
+def queue_server(database_url: str) -> Iterator[ServerProcess]:
     with start_server(database_url, extra_env=FAST) as server:
         yield server
 
 
-async def test_enqueue_claim_and_settle(queue_server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=queue_server.url) as client:
-        made = await client.post(
-            "/queues/jobs/messages",
-            json=[{"data": {"n": 1}, "key": "a"}, {"data": {"n": 2}, "max_attempts": 2}],
-        )
-        assert made.status_code == 201
-        stored = made.json()["messages"]
-        assert [m["data"] for m in stored] == [{"n": 1}, {"n": 2}]
-        assert set(stored[0]) >= {
-            "id",
-            "queue",
-            "data",
-            "key",
-            "attempt",
-            "max_attempts",
-            "enqueued_at",
-            "available_at",
-        }
-        claim = (await client.get("/queues/jobs/messages", params={"limit": 2})).json()["messages"]
-        assert [m["attempt"] for m in claim] == [1, 1]
-        first, second = claim
-        ack = await client.post(
-            f"/queues/jobs/messages/{first['id']}/ack", json={"lease": first["lease"]}
-        )
-        assert ack.json() == {"id": first["id"], "state": "acked"}
-        again = await client.post(
-            f"/queues/jobs/messages/{first['id']}/ack", json={"lease": first["lease"]}
-        )
-        assert again.status_code == 409
-        extended = await client.post(
-            f"/queues/jobs/messages/{second['id']}/extend",
-            json={"lease": second["lease"], "seconds": 60},
-        )
-        assert extended.status_code == 200
-        nacked = await client.post(
-            f"/queues/jobs/messages/{second['id']}/nack",
-            json={"lease": second["lease"], "delay_seconds": 0, "error": "nope"},
-        )
-        assert nacked.json()["state"] == "ready"
-        stats = (await client.get("/queues/jobs")).json()
-        assert (stats["ready"], stats["leased"], stats["dead"]) == (1, 0, 0)
-        listing = (await client.get("/queues")).json()["queues"]
-        assert [q["queue"] for q in listing] == ["jobs"]
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process with the same fast queue settings, on this test's database."""
+    settings = Settings.model_validate({name.lower(): value for name, value in FAST.items()})
+    async with app_client(settings, database_url) as client:
+        yield client
 
 
-async def test_stale_ack_after_lease_expiry_gets_409(queue_server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=queue_server.url) as client:
-        await client.post("/queues/lease/messages", json={"data": 1})
-        (stale,) = (await client.get("/queues/lease/messages", params={"lease": 0.2})).json()[
-            "messages"
-        ]
-        with anyio.fail_after(10):
-            while True:
-                fresh = (await client.get("/queues/lease/messages", params={"wait": 2})).json()[
-                    "messages"
-                ]
-                if fresh:
-                    break
-        assert fresh[0]["id"] == stale["id"]
-        assert fresh[0]["attempt"] == 2
-        late = await client.post(
-            f"/queues/lease/messages/{stale['id']}/ack", json={"lease": stale["lease"]}
-        )
-        assert late.status_code == 409
-        assert late.json()["error"] == "conflict"
-        ok = await client.post(
-            f"/queues/lease/messages/{fresh[0]['id']}/ack", json={"lease": fresh[0]["lease"]}
-        )
-        assert ok.status_code == 200
+@pytest.mark.integrated
+async def test_enqueue_claim_and_settle(client: httpx.AsyncClient) -> None:
+    made = await client.post(
+        "/queues/jobs/messages",
+        json=[{"data": {"n": 1}, "key": "a"}, {"data": {"n": 2}, "max_attempts": 2}],
+    )
+    assert made.status_code == 201
+    stored = made.json()["messages"]
+    assert [m["data"] for m in stored] == [{"n": 1}, {"n": 2}]
+    assert set(stored[0]) >= {
+        "id",
+        "queue",
+        "data",
+        "key",
+        "attempt",
+        "max_attempts",
+        "enqueued_at",
+        "available_at",
+    }
+    claim = (await client.get("/queues/jobs/messages", params={"limit": 2})).json()["messages"]
+    assert [m["attempt"] for m in claim] == [1, 1]
+    first, second = claim
+    ack = await client.post(
+        f"/queues/jobs/messages/{first['id']}/ack", json={"lease": first["lease"]}
+    )
+    assert ack.json() == {"id": first["id"], "state": "acked"}
+    again = await client.post(
+        f"/queues/jobs/messages/{first['id']}/ack", json={"lease": first["lease"]}
+    )
+    assert again.status_code == 409
+    extended = await client.post(
+        f"/queues/jobs/messages/{second['id']}/extend",
+        json={"lease": second["lease"], "seconds": 60},
+    )
+    assert extended.status_code == 200
+    nacked = await client.post(
+        f"/queues/jobs/messages/{second['id']}/nack",
+        json={"lease": second["lease"], "delay_seconds": 0, "error": "nope"},
+    )
+    assert nacked.json()["state"] == "ready"
+    stats = (await client.get("/queues/jobs")).json()
+    assert (stats["ready"], stats["leased"], stats["dead"]) == (1, 0, 0)
+    listing = (await client.get("/queues")).json()["queues"]
+    assert [q["queue"] for q in listing] == ["jobs"]
 
 
+@pytest.mark.integrated
+async def test_stale_ack_after_lease_expiry_gets_409(client: httpx.AsyncClient) -> None:
+    await client.post("/queues/lease/messages", json={"data": 1})
+    (stale,) = (await client.get("/queues/lease/messages", params={"lease": 0.2})).json()[
+        "messages"
+    ]
+    with anyio.fail_after(10):
+        while True:
+            fresh = (await client.get("/queues/lease/messages", params={"wait": 2})).json()[
+                "messages"
+            ]
+            if fresh:
+                break
+    assert fresh[0]["id"] == stale["id"]
+    assert fresh[0]["attempt"] == 2
+    late = await client.post(
+        f"/queues/lease/messages/{stale['id']}/ack", json={"lease": stale["lease"]}
+    )
+    assert late.status_code == 409
+    assert late.json()["error"] == "conflict"
+    ok = await client.post(
+        f"/queues/lease/messages/{fresh[0]['id']}/ack", json={"lease": fresh[0]["lease"]}
+    )
+    assert ok.status_code == 200
+
+
+@pytest.mark.external
 async def test_sse_consumer_disconnect_requeues_at_once(queue_server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=queue_server.url, timeout=10) as client:
         await client.post("/queues/sse/messages", json=[{"data": 1}, {"data": 2}])
@@ -126,24 +139,24 @@ async def test_sse_consumer_disconnect_requeues_at_once(queue_server: ServerProc
         assert back["id"] == got[1]["id"]
 
 
-async def test_dead_letter_list_and_requeue(queue_server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=queue_server.url) as client:
-        await client.post(
-            "/queues/dl/messages", json=[{"data": i, "max_attempts": 1} for i in range(3)]
+@pytest.mark.integrated
+async def test_dead_letter_list_and_requeue(client: httpx.AsyncClient) -> None:
+    await client.post(
+        "/queues/dl/messages", json=[{"data": i, "max_attempts": 1} for i in range(3)]
+    )
+    claimed = (await client.get("/queues/dl/messages", params={"limit": 3})).json()["messages"]
+    for m in claimed:
+        r = await client.post(
+            f"/queues/dl/messages/{m['id']}/nack", json={"lease": m["lease"], "error": "bad"}
         )
-        claimed = (await client.get("/queues/dl/messages", params={"limit": 3})).json()["messages"]
-        for m in claimed:
-            r = await client.post(
-                f"/queues/dl/messages/{m['id']}/nack", json={"lease": m["lease"], "error": "bad"}
-            )
-            assert r.json()["state"] == "dead"
-        dead = (await client.get("/queues/dl/dead")).json()["messages"]
-        assert [m["last_error"] for m in dead] == ["bad"] * 3
-        one = await client.post(f"/queues/dl/dead/{dead[0]['id']}/requeue")
-        assert one.json()["messages"][0]["attempt"] == 0
-        rest = await client.post("/queues/dl/dead/requeue")
-        assert rest.json() == {"requeued": 2}
-        assert (await client.get("/queues/dl")).json()["ready"] == 3
+        assert r.json()["state"] == "dead"
+    dead = (await client.get("/queues/dl/dead")).json()["messages"]
+    assert [m["last_error"] for m in dead] == ["bad"] * 3
+    one = await client.post(f"/queues/dl/dead/{dead[0]['id']}/requeue")
+    assert one.json()["messages"][0]["attempt"] == 0
+    rest = await client.post("/queues/dl/dead/requeue")
+    assert rest.json() == {"requeued": 2}
+    assert (await client.get("/queues/dl")).json()["ready"] == 3
 
 
 async def _claim_timed(
@@ -196,6 +209,7 @@ async def test_long_poll_wakes_when_a_delayed_message_is_due(shared_server: Serv
         assert 0.45 <= took < 1.0 + 0.6, f"attempt 1 backed off {took:.2f} s, not 0.5-1 s"
 
 
+@pytest.mark.integrated
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
@@ -209,9 +223,9 @@ async def test_long_poll_wakes_when_a_delayed_message_is_due(shared_server: Serv
         ("post", "/queues/q/dead/123/requeue", None, 404, "not_found"),
     ],
 )
-def test_bad_queue_requests(
-    shared_server: ServerProcess, method: str, path: str, body: object, status: int, code: str
+async def test_bad_queue_requests(
+    client: httpx.AsyncClient, method: str, path: str, body: object, status: int, code: str
 ) -> None:
-    response = httpx.request(method, shared_server.url + path, json=body)
+    response = await client.request(method, path, json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"] == code

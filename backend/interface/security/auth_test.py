@@ -26,7 +26,9 @@ from backend.interface.security.auth import (
 )
 
 SECRET = "s" * 40
-NOW = time.time()  # for claims that are only parsed, never checked against the clock
+# For claims that are never verified against the clock. Tokens that must verify take the
+# time when the test runs, which can be minutes after collection.
+NOW = time.time()
 
 
 def claims(**grants: Any) -> dict[str, Any]:
