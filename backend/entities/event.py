@@ -91,5 +91,17 @@ class Event:
         JSON. It goes through exactjson both ways, so numbers keep every digit.
         """
         if self._envelope_json is None:
-            self._envelope_json = exactjson.dumps(self.envelope())
+            # Parsed here and dropped, not kept in `_data`: an event waiting in a slow
+            # subscriber's buffer should hold its data once or twice, not three times.
+            data = self._data if self._decoded else exactjson.loads(self.data_json)
+            self._envelope_json = exactjson.dumps(
+                {
+                    "id": self.id,
+                    "topic": self.topic,
+                    "type": self.type,
+                    "key": self.key,
+                    "data": data,
+                    "time": format_time(self.time),
+                }
+            )
         return self._envelope_json
