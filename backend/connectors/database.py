@@ -200,7 +200,9 @@ class Pool:
             try:
                 with anyio.fail_after(self.acquire_timeout):
                     stack.push_async_callback(_release, await self._share(live))
-                    conn: Connection = await stack.enter_async_context(self._driver.acquire())
+                    pooled = await self._driver.acquire()
+                    stack.push_async_callback(self._give_back, pooled)
+                    conn: Connection = pooled
             except CANNOT_CONNECT as exc:
                 raise DatabaseUnavailable(_unavailable(exc)) from exc
             try:
@@ -222,6 +224,16 @@ class Pool:
         """A connection inside one transaction, committed when the block ends without error."""
         async with self.acquire(live=live) as conn, conn.transaction():
             yield conn
+
+    async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        """Return `conn` to the driver, which resets it with one query. If the server drops
+        the connection during that reset, the driver discards it; the block's outcome is
+        already decided, so that is not an error of the block."""
+        try:
+            await self._driver.release(conn)
+        except CANNOT_CONNECT:
+            if not _closed(conn):
+                raise
 
     async def _share(self, live: bool) -> anyio.Semaphore:
         if live and self._reserve is not None:

@@ -3,7 +3,8 @@
 Events are inserted without a position and committed with no NOTIFY (NOTIFY's commit-time
 lock is cluster-wide). Right after the commit the publisher runs the sequencer, which stamps
 positions on every committed, unpositioned row in one short serialized transaction and sends
-one wake-up for all of them. The caller gets back the events as subscribers will see them.
+one wake-up for all of them; the same statement reads the caller's events back as
+subscribers will see them.
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ async def publish_idempotent(
 async def _sequenced(
     conn: Connection, seqs: Sequence[int], on_sequenced: Callable[[int], None] | None
 ) -> list[Event]:
-    """Run the sequencer (our rows are committed) and return the rows as delivered."""
-    await log_queries.sequence_pending(conn)
-    published = await log_queries.positioned(conn, seqs)
+    """Run the sequencer (our rows are committed) and read the rows back as delivered,
+    in one round trip: with the INSERT, a publish costs two."""
+    published = await log_queries.sequence_and_read(conn, seqs)
     if on_sequenced is not None and published:
         on_sequenced(published[-1].pos)
     return published

@@ -151,13 +151,20 @@ async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
             return total
 
 
-async def positioned(conn: Connection, seqs: Sequence[int]) -> list[Event]:
-    """The delivered form of just-sequenced events, in position order."""
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM pgcast.events WHERE seq = ANY($1::bigint[]) ORDER BY pos",
-        list(seqs),
-    )
-    return [_event(r) for r in rows]
+async def sequence_and_read(
+    conn: Connection, seqs: Sequence[int], batch: int = 10000
+) -> list[Event]:
+    """Stamp positions until `seqs` (committed) have theirs; return them as delivered.
+
+    One round trip when fewer than `batch` rows wait ahead of them, as in every publish
+    short of a large backlog; each call is one sequencer transaction, as before.
+    """
+    while True:
+        rows = await conn.fetch(
+            "SELECT * FROM pgcast.sequence_and_read($1::bigint[], $2)", list(seqs), batch
+        )
+        if not rows or rows[-1]["pos"] is not None or rows[0]["stamped"] < batch:
+            return [_event(r) for r in rows if r["pos"] is not None]
 
 
 async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> int:
