@@ -30,6 +30,7 @@ from backend.interface.server import browser
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
 from backend.interface.server.state import AppState
+from backend.interface.stream.sse_sweep import SseSweep
 from backend.interface.stream.ws.endpoint import websocket_endpoint
 from backend.services.engine import Engine
 
@@ -81,7 +82,11 @@ def create_app(
         async with Engine.open(url, settings) as engine, anyio.create_task_group() as tasks:
             metrics.attach(engine)
             tasks.start_soon(metrics.refresh_shared)
-            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard)
+            sse = SseSweep(
+                settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
+            )
+            tasks.start_soon(sse.run)
+            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse)
             yield
             tasks.cancel_scope.cancel()
 

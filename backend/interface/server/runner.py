@@ -20,6 +20,7 @@ import uvicorn
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
 from backend.interface.server.lifecycle import Lifecycle
+from backend.interface.server.limits import raise_open_files_limit
 
 GRACEFUL_SECONDS = 5
 STREAM_GOODBYE_SECONDS = 2
@@ -79,6 +80,7 @@ def serve(
 
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
     """Serve until a signal: one process, `settings.workers` processes, or uvicorn's reloader."""
+    raise_open_files_limit()
     if reload:
         uvicorn.run(
             "backend.interface.server.app:create_app",
