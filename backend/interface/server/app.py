@@ -30,6 +30,7 @@ from backend.interface.server import browser
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
 from backend.interface.server.state import AppState
+from backend.interface.stream.handoff import StreamHandoff
 from backend.interface.stream.sse_sweep import SseSweep
 from backend.interface.stream.ws.endpoint import websocket_endpoint
 from backend.services.engine import Engine
@@ -40,8 +41,9 @@ CORS_RESPONSE_HEADERS = ["Idempotent-Replayed", "Retry-After", "WWW-Authenticate
 
 
 def _middleware(settings: Settings, guard: Guard) -> list[Middleware]:
-    """Loopback-only `Host` while auth is off (unless INSECURE), then CORS when configured."""
-    stack = []
+    """Stream handoff outermost, loopback-only `Host` while auth is off (unless INSECURE),
+    then CORS when configured."""
+    stack = [Middleware(StreamHandoff)]
     if not guard.enabled and not settings.insecure:
         stack.append(Middleware(LoopbackHostOnly))
     origins = split_list(settings.cors_origins)

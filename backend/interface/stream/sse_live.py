@@ -8,7 +8,9 @@ frames as it comes; the process's `SseSweep` pokes it when a heartbeat is due (i
 checks that the client is still there and writes a comment), cancels a write that makes
 no progress, and ends the session on shutdown or token expiry, after which the task
 writes the farewell comment itself. A resume point that is gone becomes an in-band
-`pgcast.reset` event. docs/performance.md has the measurements behind this design.
+`pgcast.reset` event. Once its headers are out the response parks its body with
+`handoff.StreamHandoff`, so no framework frame stays alive while it is open and no
+middleware wraps its writes. docs/performance.md has the measurements behind this design.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.interface.stream.handoff import park
 from backend.interface.stream.session import Session
 from backend.interface.stream.sse_sweep import LiveStream
 
@@ -80,12 +83,24 @@ class LiveEventStream(Response):
         self.expires_at = expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = self.state
+        """Send the headers, then write the stream after the framework has unwound."""
+        parked = False
         try:
             await send(START)
             if scope.get("method") == "HEAD":
                 await send(END)
                 return
+            parked = park(scope, self._run)
+            if not parked:
+                parked = True
+                await self._run(receive, send)
+        finally:
+            if not parked:
+                self.state.guard.slots.release()
+
+    async def _run(self, receive: Receive, send: Send) -> None:
+        state = self.state
+        try:
             stream = LiveStream(self.session, self.expires_at)
             gauge = state.metrics.connections.labels("sse")
             gauge.inc()
