@@ -29,7 +29,7 @@ class Sizes:
     # 4. idle memory
     memory_steps: tuple[int, ...] = (1000, 5000)
     memory_settle_seconds: float = 1.0
-    memory_ceiling_max: int = 5000  # the raw server's steps stop here (ephemeral ports)
+    memory_ceiling_max: int = 5000  # WebSocket and raw-server steps stop here (ports)
     crowd: int = 0  # > 0: the idle-crowd check at the last memory step (`--full`)
     # 5. queue
     queue_jobs: int = 3000

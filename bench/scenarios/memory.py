@@ -4,9 +4,10 @@ A fresh server's RSS is read with no clients, then idle SSE subscriptions are op
 steps up to the last of `memory_steps` (spread over the client processes, 100 connection
 attempts in flight at a time), and RSS is read one second after each step. The same on
 another fresh server with WebSockets holding one subscription each. Baseline: the raw
-asyncio ceiling server (`bench.ceiling`) holding the same SSE connections (up to
-`memory_ceiling_max`). With `crowd` (`--full`), at the top SSE step: /healthz latency, one
-publish delivered to every subscriber, and RSS once they have all closed.
+asyncio ceiling server (`bench.ceiling`) holding the same SSE connections (WebSockets and
+the ceiling stop at `memory_ceiling_max`). With `crowd` (`--full`), at the top SSE step:
+/healthz latency, one publish delivered to every subscriber, and RSS once they have all
+closed.
 """
 
 from __future__ import annotations
@@ -32,11 +33,26 @@ METHOD = (
     "fresh server with WebSockets subscribed to one topic. Per connection = (RSS - RSS at "
     "0) / connections. Baseline: the raw asyncio server holding the same number of SSE "
     "connections. Crowd check (--full): /healthz round trip (worst of 10), one publish "
-    "delivered to every subscriber, RSS 2 s after all have closed."
+    "delivered to every subscriber, RSS 2 s after the server has ended every stream."
 )
 TOPIC = "bench.idle"
 HEALTHZ_TRIES = 10
 DELIVERY_WAIT_SECONDS = 3.0
+DRAIN_WAIT_SECONDS = 60.0
+
+
+def _wait_for_no_streams(url: str) -> bool:
+    """Until the server's SSE gauge reads 0: idle streams notice a closed client at their
+    next heartbeat."""
+    deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            for line in client.get("/metrics").text.splitlines():
+                gauge = line.startswith('pgcast_connections{transport="sse"}')
+                if gauge and float(line.split()[-1]) == 0:
+                    return True
+            time.sleep(0.5)
+    return False
 
 
 def _crowd(ctx: Context, fleets: list[Child], port: int, pid: int, base: int) -> dict[str, Any]:
@@ -58,9 +74,13 @@ def _crowd(ctx: Context, fleets: list[Child], port: int, pid: int, base: int) ->
     delivered = sum(int(c["events"]) for c in counted)
     last = max(float(c["last_at"]) for c in counted)
     stop_all(fleets)
+    closed = time.monotonic()
+    drained = _wait_for_no_streams(url)
+    seconds_to_drain = time.monotonic() - closed
     time.sleep(2 * ctx.sizes.memory_settle_seconds)
     after = rss_bytes(pid)
     return {
+        "seconds_to_drain": round(seconds_to_drain, 1) if drained else None,
         "healthz_ms": round(1000 * worst, 1),
         "delivered": delivered,
         "delivery_seconds": round(last - published, 3) if delivered else None,
@@ -129,13 +149,14 @@ def run(ctx: Context) -> ScenarioResult:
     steps = ctx.sizes.memory_steps
     with ctx.stack.server() as server:
         ours = _climb(ctx, server.port, server.process.pid, "pgcast", steps)
+    # Past memory_ceiling_max the ephemeral ports left in TIME_WAIT would run out.
+    capped = tuple(s for s in steps if s <= ctx.sizes.memory_ceiling_max) or steps[:1]
     with ctx.stack.server() as server:
-        ws = _climb(ctx, server.port, server.process.pid, "pgcast-ws", steps, ws=True)
-    ceiling_steps = tuple(s for s in steps if s <= ctx.sizes.memory_ceiling_max) or steps[:1]
+        ws = _climb(ctx, server.port, server.process.pid, "pgcast-ws", capped, ws=True)
     ceiling = Child(ceiling_server, "memory-ceiling", port=free_port())
     try:
         port = int(ceiling.expect("ready", timeout=60)["port"])
-        raw = _climb(ctx, port, ceiling.pid, "ceiling", ceiling_steps)
+        raw = _climb(ctx, port, ceiling.pid, "ceiling", capped)
     finally:
         ceiling.stop()
     baseline = f"raw asyncio server ({raw['connections']} SSE conn.)"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 import anyio
 from starlette.responses import Response
@@ -33,7 +34,6 @@ from backend.interface.stream.session import Session
 from backend.interface.stream.sse_sweep import LiveStream
 
 COALESCE_BYTES = 64 * 1024
-HEARTBEAT = sse_comment("ping")
 DB_DOWN_COMMENT = "database unavailable; reconnect"
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -43,6 +43,11 @@ HEADERS = [
 ]
 START = {"type": "http.response.start", "status": 200, "headers": HEADERS}
 END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def heartbeat_comment() -> bytes:
+    """`: ping - <UTC timestamp>`, with the CRLF line ends the queue streams' library uses."""
+    return b": ping - %s\r\n\r\n" % str(datetime.now(UTC)).encode()
 
 
 def chunks(events: list[Event]) -> Iterator[bytes]:
@@ -139,7 +144,7 @@ class LiveEventStream(Response):
                             await _write(stream, send, chunk)
                         metrics.delivered("sse", item)
                     elif time.monotonic() - stream.written_at >= heartbeat:
-                        await _write(stream, send, HEARTBEAT)
+                        await _write(stream, send, heartbeat_comment())
         except DB_DOWN:
             await _write(stream, send, sse_comment(DB_DOWN_COMMENT))
             return True
