@@ -6,7 +6,8 @@ the ones that have written nothing for a heartbeat (each then checks that its cl
 still there and writes a comment; `reap` pokes them all at once when a slot is needed),
 cancels a write that has made no progress for
 SEND_TIMEOUT, and ends sessions whose token expired or whose server is shutting down (the
-stream then writes the farewell itself). Pokes go out in slices so that a heartbeat due on
+stream then writes the farewell itself; a server that is not our runner is noticed at the
+next sweep). Pokes go out in slices so that a heartbeat due on
 thousands of streams at once never holds the loop for long.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
+from sse_starlette.sse import AppStatus
 
 from backend.interface.stream.session import Farewell, Session
 
@@ -56,9 +58,14 @@ class SseSweep:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def shutting_down(self) -> bool:
+        """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
+        server is asked to exit (pgcast mounted in a host app under plain uvicorn)."""
+        return self.stopping.is_set() or AppStatus.should_exit
+
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)
-        if self.stopping.is_set():
+        if self.shutting_down():
             stream.session.end(Farewell.SHUTDOWN)
         elif stream.expires_at is not None and stream.expires_at < self._next_expiry:
             self._next_expiry = stream.expires_at
@@ -84,13 +91,13 @@ class SseSweep:
                 with anyio.move_on_after(max(0.0, min(period, self._next_expiry - time.time()))):
                     await self.stopping.wait()
             await self._sweep()
-            if self.stopping.is_set():
+            if self.shutting_down():
                 await anyio.sleep(period)
 
     async def _sweep(self) -> None:
         now = time.monotonic()
         wall = time.time()
-        stopping = self.stopping.is_set()
+        stopping = self.shutting_down()
         self._next_expiry = math.inf
         due: list[LiveStream] = []
         for stream in list(self._streams):
