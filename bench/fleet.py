@@ -97,20 +97,27 @@ async def stream_fleet(
             stream.close()
 
 
-async def idle_fleet(ctl: Control, port: int, path: str) -> None:
-    """Hold idle SSE connections; `grow` to a total, `stop` to close them all."""
+async def idle_fleet(ctl: Control, port: int, path: str, ws_topic: str = "") -> None:
+    """Hold idle SSE connections (or WebSockets with one subscription to `ws_topic`);
+    `grow` to a total, `count` what arrived, `stop` to close them all."""
     fleet = Fleet()
     streams: list[Stream] = []
     errors: list[str] = []
+    hello = orjson.dumps({"op": "subscribe", "id": 1, "topic": ws_topic})
+
+    def make() -> Stream:
+        return WsStream(fleet, hello) if ws_topic else SseStream(fleet, path)
+
     for _ in range(1000):
         kind, payload = await ctl.recv(within=600)
         if kind == "stop":
             break
+        if kind == "count":
+            ctl.send("counted", events=fleet.events, last_at=fleet.last_at)
+            continue
         missing = payload["total"] - len(streams)
         if missing > 0:
-            more, failed = await open_streams(
-                lambda: SseStream(fleet, path), missing, port, wave=payload.get("wave", 100)
-            )
+            more, failed = await open_streams(make, missing, port, wave=payload.get("wave", 100))
             streams += more
             errors += failed
         open_now = sum(1 for stream in streams if not stream.closed)

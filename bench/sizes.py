@@ -27,8 +27,10 @@ class Sizes:
     fanout_events: int = 50
     naive_listeners: int = 300
     # 4. idle memory
-    memory_steps: tuple[int, ...] = (500, 1000, 2500, 5000)
+    memory_steps: tuple[int, ...] = (1000, 5000)
     memory_settle_seconds: float = 1.0
+    memory_ceiling_max: int = 5000  # WebSocket and raw-server steps stop here (ports)
+    crowd: int = 0  # > 0: the idle-crowd check at the last memory step (`--full`)
     # 5. queue
     queue_jobs: int = 3000
     queue_consumers: int = 8
@@ -40,6 +42,10 @@ class Sizes:
 
 
 FULL = Sizes()
+
+# `--full`: also 19,000 idle subscribers in one process (the open-files hard limit here is
+# 20,000), with the crowd check: /healthz, one publish to all, RSS after closing.
+LARGE = Sizes(memory_steps=(1000, 5000, 19_000), crowd=19_000)
 
 QUICK = Sizes(
     client_processes=1,

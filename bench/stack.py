@@ -19,7 +19,7 @@ from backend.connectors.migrations import upgrade
 from backend.testing.server import ServerProcess, spawn
 
 # The server as one would run it in production: no per-request INFO logging.
-SERVER_ENV = {"LOG_LEVEL": "WARNING"}
+SERVER_ENV = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS": "19500"}  # room for `--full`
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench;

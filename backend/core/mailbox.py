@@ -4,7 +4,9 @@ The hub hands each event to every matching subscriber without ever waiting, and 
 subscriber takes what has piled up in one go. anyio's memory object streams do more than
 that needs on every wait (they record the waiting task for their statistics), which on a
 busy fan-out was the largest single cost of a delivery. This buffer waits on one plain
-`anyio.Event`, created only when the reader finds it empty.
+`anyio.Event`, created only when the reader finds it empty, and holds its deque only while
+there is something in it: most subscribers are idle, and an empty deque costs more than
+the rest of the mailbox.
 """
 
 from __future__ import annotations
@@ -20,22 +22,30 @@ T = TypeVar("T")
 class Mailbox(Generic[T]):
     """Holds at most `capacity` items; `offer` never blocks, `take` waits only when empty."""
 
+    __slots__ = ("_items", "_poked", "_waiter", "capacity", "closed")
+
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
         self.closed = False
-        self._items: deque[T] = deque()
+        self._items: deque[T] | None = None
         self._waiter: anyio.Event | None = None
+        self._poked = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     def offer(self, item: T) -> bool:
         """Add `item`; False (and nothing added) when the mailbox is full or closed."""
-        if self.closed or len(self._items) >= self.capacity:
+        if self.closed:
             return False
-        self._items.append(item)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self.capacity:
+            return False
+        items.append(item)
         self._wake()
         return True
 
@@ -44,20 +54,29 @@ class Mailbox(Generic[T]):
         self.closed = True
         self._wake()
 
+    def poke(self) -> None:
+        """Wake the reader with nothing to read: its `take` returns an empty list while the
+        mailbox is still open (a transport's heartbeat uses this to run on its own task)."""
+        self._poked = True
+        self._wake()
+
     async def take(self, limit: int) -> list[T]:
-        """Up to `limit` items, oldest first; waits while empty; [] once closed and drained.
+        """Up to `limit` items, oldest first; waits while empty; [] once closed and drained,
+        or after a `poke` (then `closed` is still False).
 
         Returns at once, without a checkpoint, when items are ready.
         """
         while not self._items:
-            if self.closed:
+            if self.closed or self._poked:
+                self._poked = False
                 return []
             waiter = self._waiter = anyio.Event()
             await waiter.wait()
         items = self._items
+        self._poked = False
         if len(items) <= limit:
             taken = list(items)
-            items.clear()
+            self._items = None
         else:
             taken = [items.popleft() for _ in range(limit)]
         return taken

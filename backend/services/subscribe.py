@@ -101,6 +101,12 @@ class Subscription:
         if self._reg is not None:
             self._reg.mailbox.close()
 
+    def poke(self) -> None:
+        """Make a live `batches` yield an empty list soon, so its consumer runs once without
+        an event (a heartbeat); no effect while catching up, which yields anyway."""
+        if self._reg is not None:
+            self._reg.mailbox.poke()
+
     async def events(self) -> AsyncGenerator[Event, None]:
         """Catch-up then live, one event at a time, until the hub closes or `stop`."""
         async with aclosing(self.batches()) as batches:
@@ -112,7 +118,8 @@ class Subscription:
         """Catch-up then live, as lists: a page of backlog, or all a live buffer holds.
 
         Lists let a transport write everything that is ready at once, so a busy stream
-        costs one wake-up and one write per batch rather than per event.
+        costs one wake-up and one write per batch rather than per event. An empty list
+        answers a `poke`.
         """
         try:
             while not self.hub.closed and not self._stopped:
@@ -158,8 +165,16 @@ class Subscription:
                 yield wanted
 
     async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
-        """Everything buffered at each wake-up, minus positions already passed."""
-        while taken := await reg.mailbox.take(self.page_size):
+        """Everything buffered at each wake-up, minus positions already passed; [] when
+        poked."""
+        mailbox = reg.mailbox
+        while True:
+            taken = await mailbox.take(self.page_size)
+            if not taken:
+                if mailbox.closed:
+                    return
+                yield taken
+                continue
             batch = [event for event in taken if event.pos > self.position]
             if batch:
                 self.position = batch[-1].pos

@@ -15,8 +15,10 @@ import time
 from typing import Any
 
 import asyncpg
+import httpx
 
 from backend.connectors.embedded import free_port
+from backend.testing.server import ServerProcess
 from bench.ceiling import ceiling_server
 from bench.fleet import listen_fleet, stream_fleet
 from bench.machine import CpuMeter
@@ -31,7 +33,9 @@ METHOD = (
     "N subscribers connect first (raw clients, separate processes); then M events are "
     "published in HTTP arrays of 100. Rate = N x M deliveries / (last arrival - first "
     "publish). Ceiling: a minimal asyncio server (no framework, no database) writing each "
-    "pre-encoded frame to every connection, same clients. Naive: one asyncpg LISTEN "
+    "pre-encoded frame to every connection, same clients. Single-event POSTs: the same M "
+    "events published one request each, one after another; server CPU per delivery next to "
+    "the ceiling's. Naive: one asyncpg LISTEN "
     "connection per client, M NOTIFYs committed in one transaction."
 )
 TOPIC = "bench.fanout"
@@ -86,8 +90,17 @@ def _collect(
     return reports, meter.stop()
 
 
-def _pgcast(ctx: Context, kind: str) -> dict[str, Any]:
+def _publish_singly(server: ServerProcess, topic: str, events: int, padding: str) -> None:
+    """Publish `events` events one HTTP request each, one after the other (a live feed)."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for _ in range(events):
+            body = {"data": {"ts": time.time(), "pad": padding}}
+            client.post(f"/topics/{topic}/events", json=body).raise_for_status()
+
+
+def _pgcast(ctx: Context, kind: str, singly: bool = False) -> dict[str, Any]:
     sizes = ctx.sizes
+    publish = _publish_singly if singly else publish_batches
     with ctx.stack.server() as server:
         after = head(server, TOPIC)
         fleets = _fleets(ctx, server.port, kind, sizes.fanout_clients, after, "fanout")
@@ -98,7 +111,7 @@ def _pgcast(ctx: Context, kind: str) -> dict[str, Any]:
             meter = ctx.meter(server.process.pid)
             meter.start()
             started = time.time()
-            publish_batches(server, TOPIC, sizes.fanout_events, ctx.padding)
+            publish(server, TOPIC, sizes.fanout_events, ctx.padding)
             reports, cpu = _collect(fleets, meter, sizes.drain_seconds)
         finally:
             stop_all(fleets)
@@ -177,6 +190,7 @@ def run(ctx: Context) -> ScenarioResult:
     measured: dict[str, dict[str, Any]] = {}
     for kind in ("sse", "ws"):
         measured[f"pgcast_{kind}"] = _pgcast(ctx, kind)
+        measured[f"pgcast_{kind}_single"] = _pgcast(ctx, kind, singly=True)
         measured[f"ceiling_{kind}"] = _ceiling(ctx, kind)
     measured["naive_listen"] = _naive(ctx)
     for kind, label in (("sse", "SSE"), ("ws", "WebSocket")):
@@ -190,6 +204,20 @@ def run(ctx: Context) -> ScenarioResult:
                 ceiling["deliveries_per_s"],
                 "raw asyncio server (ceiling)",
                 note=f"server {ours['server_cpu_pct']:.0f}% CPU, {us} µs/delivery",
+            )
+        )
+        single = measured[f"pgcast_{kind}_single"]
+        if ceiling["server_cpu_us_per_delivery"] is None:
+            continue  # a run too short for the ceiling's CPU to be sampled (--quick)
+        result.rows.append(
+            Row(
+                f"{single['clients']} {label} subscribers, {sizes.fanout_events} single POSTs",
+                "server CPU µs/delivery",
+                single["server_cpu_us_per_delivery"],
+                ceiling["server_cpu_us_per_delivery"],
+                "raw asyncio writer (ceiling)",
+                better="lower",
+                note=f"{single['deliveries_per_s']} deliveries/s",
             )
         )
     naive = measured["naive_listen"]

@@ -80,7 +80,7 @@ async def _read(request: Request, patterns: tuple[Pattern, ...]) -> Response:
     if wants_sse(request):
         last_id = request.headers.get("last-event-id")
         after = parse_after(last_id if last_id else request.query_params.get("after"))
-        return event_stream(state, patterns, after, flt, principal.expires_at)
+        return await event_stream(state, patterns, after, flt, principal.expires_at)
     after = parse_after(request.query_params.get("after"))
     limit = int_param(request.query_params, "limit", 100, 1, MAX_PAGE)
     wait = float_param(request.query_params, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)

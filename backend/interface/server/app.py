@@ -32,6 +32,8 @@ from backend.interface.server import browser
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
 from backend.interface.server.state import AppState
+from backend.interface.stream.handoff import StreamHandoff
+from backend.interface.stream.sse_sweep import SseSweep
 from backend.interface.stream.ws.endpoint import websocket_endpoint
 from backend.services.engine import Engine
 
@@ -41,8 +43,9 @@ CORS_RESPONSE_HEADERS = ["Idempotent-Replayed", "Retry-After", "WWW-Authenticate
 
 
 def _middleware(settings: Settings, guard: Guard) -> list[Middleware]:
-    """Loopback-only `Host` while auth is off (unless INSECURE), then CORS when configured."""
-    stack = []
+    """Stream handoff outermost, loopback-only `Host` while auth is off (unless INSECURE),
+    then CORS when configured."""
+    stack = [Middleware(StreamHandoff)]
     if not guard.enabled and not settings.insecure:
         stack.append(Middleware(LoopbackHostOnly))
     origins = split_list(settings.cors_origins)
@@ -89,7 +92,11 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             metrics.attach(engine)
             tasks.start_soon(metrics.refresh_shared)
-            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard)
+            sse = SseSweep(
+                settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
+            )
+            tasks.start_soon(sse.run)
+            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse)
             yield
             tasks.cancel_scope.cancel()
 

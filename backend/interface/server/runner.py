@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
 from backend.interface.server.lifecycle import Lifecycle
+from backend.interface.server.limits import raise_open_files_limit
 from backend.interface.server.protocols import (
     HttpProtocol,
     WebSocketProtocol,
@@ -141,6 +142,7 @@ def serve(
 
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:
     """Serve until a signal: one process, `settings.workers` processes, or uvicorn's reloader."""
+    raise_open_files_limit()
     if reload:
         uvicorn.run(
             "backend.interface.server.app:create_app",

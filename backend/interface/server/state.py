@@ -10,6 +10,7 @@ from backend.core.settings import Settings
 from backend.interface.security.guard import Guard
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
+from backend.interface.stream.sse_sweep import SseSweep
 from backend.services.engine import Engine
 
 
@@ -22,6 +23,7 @@ class AppState:
     lifecycle: Lifecycle
     metrics: Metrics
     guard: Guard
+    sse: SseSweep
 
     @staticmethod
     def of(connection: HTTPConnection) -> AppState:

@@ -85,8 +85,14 @@ class Session:
             if self._subscription is not None:
                 self._subscription.stop()
 
+    def poke(self) -> None:
+        """Have a live `items` yield an empty batch soon (see `Subscription.poke`)."""
+        if self._subscription is not None:
+            self._subscription.poke()
+
     async def items(self) -> AsyncGenerator[Item, None]:
-        """`OPENED` once (before any batch or reset), then batches and resets.
+        """`OPENED` once (before any batch or reset), then batches (empty after a `poke`)
+        and resets.
 
         Ends when the engine stops or the session is ended; a lost database raises.
         """

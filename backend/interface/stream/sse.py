@@ -1,15 +1,11 @@
 """Server-Sent Events responses for subscriptions and queue consumers.
 
-The response (sse-starlette) runs the socket writer, heartbeat comments, the send timeout
-and client-disconnect detection. For an event subscription the writer iterates the
-subscription's session (`_event_body`, over `stream.session.Session`): each wake-up
-writes every event that is ready in one chunk, with no task in between, so a busy stream
-costs one wake-up and one write per batch. A watcher task ends the session on shutdown or
-when the token expires; the body then writes the farewell as a comment and ends, so
-clients reconnect elsewhere. A resume point that is gone becomes an in-band
-`pgcast.reset` event and the stream continues from the oldest retained event. Queue
-consumers keep a producer task (`sse_response`) because a delivery's lease must be taken
-before it is written.
+An event subscription gets the lean response of `sse_live` (one task per connection,
+timers shared per process). Queue consumers use sse-starlette, which runs the socket
+writer, heartbeat comments, the send timeout and client-disconnect detection, fed by a
+producer task (`sse_response`) because a delivery's lease must be taken before it is
+written. Either way the farewell on shutdown or token expiry is a comment, so clients
+reconnect elsewhere.
 
 Each stream holds one of the process's MAX_CONNECTIONS slots (503 when none is free) and
 ends when the token that opened it expires, so a revoked client cannot listen forever.
@@ -18,8 +14,7 @@ ends when the token that opened it expires, so a revoked client cannot listen fo
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -28,14 +23,15 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from backend.core.concurrency import first_to_finish, unwrap_single_error
-from backend.core.errors import CursorExpired, TooManyConnections
+from backend.core.errors import TooManyConnections
 from backend.core.filters import Filter
 from backend.core.names import Pattern
-from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.server.state import AppState
-from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.interface.stream.encoding import sse_comment, sse_retry
 from backend.interface.stream.session import Session, farewell_due, until_farewell
+from backend.interface.stream.slots import acquire_slot
+from backend.interface.stream.sse_live import DB_DOWN_COMMENT, LiveEventStream
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +39,6 @@ WRITER_BUFFER = 64
 COALESCE_FRAMES = 64
 COALESCE_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 1.0
-DB_DOWN_COMMENT = "database unavailable; reconnect"
 
 
 class EventStream(EventSourceResponse):
@@ -76,11 +71,15 @@ Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
 
 def _take_slot(state: AppState) -> None:
     """Hold one of the process's streaming slots; TooManyConnections (503) when none is free."""
-    slots = state.guard.slots
-    if not slots.acquire():
-        raise TooManyConnections(
-            f"this server holds its limit of {slots.limit} streaming connections; retry later"
-        )
+    if not state.guard.slots.acquire():
+        raise _too_many(state)
+
+
+def _too_many(state: AppState) -> TooManyConnections:
+    return TooManyConnections(
+        f"this server holds its limit of {state.guard.slots.limit} streaming connections; "
+        "retry later"
+    )
 
 
 def _respond(
@@ -162,64 +161,14 @@ async def _coalesced(frames: MemoryObjectReceiveStream[bytes]) -> AsyncIterator[
         yield b"".join(chunks)
 
 
-def _chunks(events: list[Event]) -> Iterator[bytes]:
-    """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
-    chunk: list[bytes] = []
-    size = 0
-    for event in events:
-        frame = sse_frame(event)
-        if chunk and size + len(frame) > COALESCE_BYTES:
-            yield b"".join(chunk)
-            chunk, size = [], 0
-        chunk.append(frame)
-        size += len(frame)
-    if chunk:
-        yield b"".join(chunk)
-
-
-async def _event_body(state: AppState, session: Session) -> AsyncGenerator[bytes, None]:
-    """What the response writes: straight from the session, with no task in between.
-
-    Each wake-up writes every event that is ready; a reset and the farewell go in-band.
-    """
-    metrics = state.metrics
-    metrics.connections.labels("sse").inc()
-    try:
-        yield sse_retry(state.settings.sse_retry_ms)
-        database_down = False
-        try:
-            async with aclosing(session.items()) as items:
-                async for item in items:
-                    if isinstance(item, CursorExpired):
-                        yield sse_reset(item)
-                    elif isinstance(item, list):
-                        for chunk in _chunks(item):
-                            yield chunk
-                        metrics.delivered("sse", item)
-        except DB_DOWN:
-            database_down = True
-        if database_down:
-            yield sse_comment(DB_DOWN_COMMENT)
-        elif session.farewell is not None:
-            yield sse_comment(session.farewell.value)
-    finally:
-        metrics.connections.labels("sse").dec()
-
-
-def event_stream(
+async def event_stream(
     state: AppState,
     patterns: tuple[Pattern, ...],
     after: str | int,
     flt: Filter | None,
     expires_at: float | None,
-) -> EventStream:
+) -> LiveEventStream:
     """The SSE response for an already validated and authorized subscription request."""
-    _take_slot(state)
-    session = Session(state.engine, patterns, after, flt)
-    stopping = state.lifecycle.shutting_down
-
-    async def watch() -> None:
-        """Stop the session on shutdown or token expiry; the body then says why."""
-        session.end(await until_farewell(stopping, expires_at))
-
-    return _respond(state, _event_body(state, session), watch)
+    if not await acquire_slot(state):
+        raise _too_many(state)
+    return LiveEventStream(state, Session(state.engine, patterns, after, flt), expires_at)

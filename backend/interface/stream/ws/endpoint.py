@@ -26,6 +26,7 @@ from backend.interface.security.access import principal_of
 from backend.interface.security.auth import Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.session import until_farewell
+from backend.interface.stream.slots import acquire_slot
 from backend.interface.stream.ws.connection import (
     INTERNAL_ERROR,
     POLICY_VIOLATION,
@@ -58,7 +59,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, exc)
         return
     subprotocol = SUBPROTOCOL if offered else None
-    if not guard.slots.acquire():
+    if not await acquire_slot(state):
         await websocket.accept(subprotocol)
         with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
             await websocket.close(TRY_AGAIN_LATER, "too many connections; retry later")

@@ -1,0 +1,164 @@
+"""The SSE response of an event subscription: a plain ASGI response on the request's task.
+
+A topic subscription is the one stream that many idle clients hold open, so it runs with
+nothing of its own but this small object and the request task uvicorn already has: no task
+group, no writer/ping/disconnect tasks, no timeout scope per write. The task iterates the
+subscription's session (`stream.session.Session`) and writes each batch of pre-encoded
+frames as it comes; the process's `SseSweep` pokes it when a heartbeat is due (it then
+checks that the client is still there and writes a comment), cancels a write that makes
+no progress, and ends the session on shutdown or token expiry, after which the task
+writes the farewell comment itself. A resume point that is gone becomes an in-band
+`pgcast.reset` event. Once its headers are out the response parks its body with
+`handoff.StreamHandoff`, so no framework frame stays alive while it is open and no
+middleware wraps its writes. docs/performance.md has the measurements behind this design.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from backend.core.errors import CursorExpired
+from backend.entities.event import Event
+from backend.interface.http.errors import DB_DOWN
+from backend.interface.server.state import AppState
+from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.interface.stream.handoff import park
+from backend.interface.stream.session import Session
+from backend.interface.stream.sse_sweep import LiveStream
+
+COALESCE_BYTES = 64 * 1024
+DB_DOWN_COMMENT = "database unavailable; reconnect"
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+START = {"type": "http.response.start", "status": 200, "headers": HEADERS}
+END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def heartbeat_comment() -> bytes:
+    """`: ping - <UTC timestamp>`, with the CRLF line ends the queue streams' library uses."""
+    return b": ping - %s\r\n\r\n" % str(datetime.now(UTC)).encode()
+
+
+def chunks(events: list[Event]) -> Iterator[bytes]:
+    """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
+    chunk: list[bytes] = []
+    size = 0
+    for event in events:
+        frame = sse_frame(event)
+        if chunk and size + len(frame) > COALESCE_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk)
+
+
+async def client_gone(receive: Receive) -> bool:
+    """Whether the client has disconnected, without waiting for it to."""
+    with anyio.CancelScope() as probe:
+        probe.cancel()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
+    return False
+
+
+class LiveEventStream(Response):
+    """The response for one subscription; holds the slot taken for it until it ends.
+
+    A Response only in type (routes return Responses): it sends its own start message and
+    body, so none of Response's own state is set up.
+    """
+
+    def __init__(self, state: AppState, session: Session, expires_at: float | None) -> None:
+        self.state = state
+        self.session = session
+        self.expires_at = expires_at
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the headers, then write the stream after the framework has unwound."""
+        parked = False
+        try:
+            await send(START)
+            if scope.get("method") == "HEAD":
+                await send(END)
+                return
+            parked = park(scope, self._run)
+            if not parked:
+                parked = True
+                await self._run(receive, send)
+        finally:
+            if not parked:
+                self.state.guard.slots.release()
+
+    async def _run(self, receive: Receive, send: Send) -> None:
+        state = self.state
+        try:
+            stream = LiveStream(self.session, self.expires_at)
+            gauge = state.metrics.connections.labels("sse")
+            gauge.inc()
+            state.sse.add(stream)
+            try:
+                with stream.cancel:
+                    if await self._serve(stream, receive, send):
+                        await send(END)
+            finally:
+                state.sse.discard(stream)
+                gauge.dec()
+        finally:
+            state.guard.slots.release()
+
+    async def _serve(self, stream: LiveStream, receive: Receive, send: Send) -> bool:
+        """Write the stream until it ends (True: say goodbye) or the client leaves (False)."""
+        state = self.state
+        session = self.session
+        metrics = state.metrics
+        heartbeat = state.settings.heartbeat_seconds
+        await _write(stream, send, sse_retry(state.settings.sse_retry_ms))
+        try:
+            async with aclosing(session.items()) as items:
+                async for item in items:
+                    poked = isinstance(item, list) and not item
+                    if poked or time.monotonic() - stream.probed_at >= heartbeat:
+                        if await client_gone(receive):
+                            return False
+                        stream.probed_at = time.monotonic()
+                    if isinstance(item, CursorExpired):
+                        await _write(stream, send, sse_reset(item))
+                    elif not isinstance(item, list):
+                        continue
+                    elif item:
+                        for chunk in chunks(item):
+                            await _write(stream, send, chunk)
+                        metrics.delivered("sse", item)
+                    elif time.monotonic() - stream.written_at >= heartbeat:
+                        await _write(stream, send, heartbeat_comment())
+        except DB_DOWN:
+            await _write(stream, send, sse_comment(DB_DOWN_COMMENT))
+            return True
+        if session.farewell is not None:
+            await _write(stream, send, sse_comment(session.farewell.value))
+        return True
+
+
+async def _write(stream: LiveStream, send: Send, body: bytes) -> None:
+    """One body message; the sweep cancels it when it makes no progress for SEND_TIMEOUT."""
+    stream.writing = True
+    stream.written_at = time.monotonic()
+    try:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+    finally:
+        stream.writing = False
+        stream.written_at = time.monotonic()

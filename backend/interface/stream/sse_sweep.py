@@ -1,0 +1,125 @@
+"""One timer per process for every live SSE stream: heartbeats, stalled clients, farewells.
+
+An idle subscriber should cost little more than its socket, so a stream owns no task and
+no timer of its own. This sweep looks at every stream a few times per heartbeat: it pokes
+the ones that have written nothing for a heartbeat (each then checks that its client is
+still there and writes a comment; `reap` pokes them all at once when a slot is needed),
+cancels a write that has made no progress for
+SEND_TIMEOUT, and ends sessions whose token expired or whose server is shutting down (the
+stream then writes the farewell itself; a server that is not our runner is noticed at the
+next sweep). Pokes go out in slices so that a heartbeat due on
+thousands of streams at once never holds the loop for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.lowlevel
+from sse_starlette.sse import AppStatus
+
+from backend.interface.stream.session import Farewell, Session
+
+logger = logging.getLogger(__name__)
+
+SWEEPS_PER_INTERVAL = 4  # heartbeats and stalls are noticed within 1.25 of their interval
+POKE_SLICE = 256
+REAP_WAIT_SECONDS = 0.05
+
+
+class LiveStream:
+    """What the sweep knows of one open stream; `written_at` is the last write progress."""
+
+    __slots__ = ("cancel", "expires_at", "probed_at", "session", "writing", "written_at")
+
+    def __init__(self, session: Session, expires_at: float | None) -> None:
+        self.session = session
+        self.expires_at = expires_at
+        self.cancel = anyio.CancelScope()
+        self.writing = False
+        self.written_at = self.probed_at = time.monotonic()
+
+
+@dataclass(eq=False)
+class SseSweep:
+    """The open streams of this process and the one task that looks after them."""
+
+    heartbeat: float
+    send_timeout: float
+    stopping: anyio.Event
+    _streams: set[LiveStream] = field(default_factory=set)
+    _next_expiry: float = math.inf
+    _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def shutting_down(self) -> bool:
+        """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
+        server is asked to exit (pgcast mounted in a host app under plain uvicorn)."""
+        return self.stopping.is_set() or AppStatus.should_exit
+
+    def add(self, stream: LiveStream) -> None:
+        self._streams.add(stream)
+        if self.shutting_down():
+            stream.session.end(Farewell.SHUTDOWN)
+        elif stream.expires_at is not None and stream.expires_at < self._next_expiry:
+            self._next_expiry = stream.expires_at
+            self._nap.cancel()
+
+    def discard(self, stream: LiveStream) -> None:
+        self._streams.discard(stream)
+
+    async def reap(self) -> None:
+        """Have every idle stream check its client now, and give them a moment to end.
+
+        Run when the streaming slots are all taken: a client that left is otherwise
+        noticed at its next heartbeat, and its slot should not wait that long.
+        """
+        await self._poke([stream for stream in self._streams if not stream.writing])
+        await anyio.sleep(REAP_WAIT_SECONDS)
+
+    async def run(self) -> None:
+        """Sweep every fraction of the shorter interval, at each expiry and at shutdown."""
+        period = min(self.heartbeat, self.send_timeout) / SWEEPS_PER_INTERVAL
+        while True:
+            with anyio.CancelScope() as self._nap:
+                with anyio.move_on_after(max(0.0, min(period, self._next_expiry - time.time()))):
+                    await self.stopping.wait()
+            await self._sweep()
+            if self.shutting_down():
+                await anyio.sleep(period)
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
+        wall = time.time()
+        stopping = self.shutting_down()
+        self._next_expiry = math.inf
+        due: list[LiveStream] = []
+        for stream in list(self._streams):
+            expires_at = stream.expires_at
+            if stopping:
+                stream.session.end(Farewell.SHUTDOWN)
+            elif expires_at is not None:
+                if wall >= expires_at:
+                    stream.session.end(Farewell.EXPIRED)
+                else:
+                    self._next_expiry = min(self._next_expiry, expires_at)
+            if stream.writing:
+                if now - stream.written_at >= self.send_timeout:
+                    logger.info("closed a stalled SSE client", extra={"action": "send_timeout"})
+                    stream.cancel.cancel()
+            elif now - stream.written_at >= self.heartbeat:
+                due.append(stream)
+        await self._poke(due)
+
+    @staticmethod
+    async def _poke(streams: list[LiveStream]) -> None:
+        for count, stream in enumerate(streams, 1):
+            stream.session.poke()
+            if count % POKE_SLICE == 0:
+                await anyio.lowlevel.checkpoint()
