@@ -247,7 +247,8 @@ def memory(run: Run, tally: Tally) -> ScenarioResult:
     case = f"{target:,} idle SSE connections"
 
     def measure(system: PubSub) -> Measured:
-        got = climb(run.ctx, system.port, system.pid, f"peers-{system.name}")
+        steps = run.ctx.sizes.memory_steps
+        got = climb(run.ctx, system.port, system.pid, f"peers-{system.name}", steps)
         if got["connections"] < target:
             tally.note(case, system.name, f"{system.name} reached {got['connections']}")
         return {case: {"KiB/connection": got["kib_per_connection"]}}
