@@ -1,7 +1,7 @@
 """The per-process fan-out hub: one read of the log per wake-up, shared by all subscribers.
 
-Each live subscriber owns a bounded memory stream. The hub never waits on a subscriber: when
-a buffer is full the hub closes that subscriber's stream and forgets it ("lagging"). The
+Each live subscriber owns a bounded mailbox. The hub never waits on a subscriber: when a
+mailbox is full the hub closes it and forgets that subscriber ("lagging"). The
 subscriber then drains what it already has, reads its backlog from the log itself and
 registers again once it has caught up, so a slow reader loses nothing and costs at most one
 buffer of memory while everyone else keeps their pace.
@@ -13,7 +13,6 @@ of a delivery does not grow with the number of patterns other subscribers hold.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,14 +49,11 @@ class Registration:
 
 @dataclass
 class HubStats:
-    """Counters for /metrics; cumulative unless named otherwise."""
+    """Cumulative counters, exported by /metrics."""
 
     reads: int = 0
-    events_read: int = 0
     deliveries: int = 0
-    lag_events: int = 0
-    read_errors: int = 0
-    last_event_time: float | None = None
+    overflows: int = 0
 
 
 @dataclass(eq=False)
@@ -144,7 +140,6 @@ class Hub:
                 backoff = 0.05
                 outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
-                self.stats.read_errors += 1
                 report_failure(logger, "hub read", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
@@ -183,8 +178,6 @@ class Hub:
                 if reg.wants(event, envelope):
                     self._offer(reg, event)
             self.position = event.pos
-        self.stats.events_read += len(events)
-        self.stats.last_event_time = time.time()
         advanced, self._advanced = self._advanced, anyio.Event()
         advanced.set()
 
@@ -201,7 +194,7 @@ class Hub:
         self._detach(reg)
         if mailbox.closed:
             return  # the subscriber left or was stopped
-        self.stats.lag_events += 1
+        self.stats.overflows += 1
         self._overflowed.add(reg)
         mailbox.close()
         logger.info("subscriber lagging; it will catch up from the log", extra={"action": "lagged"})

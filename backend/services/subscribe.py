@@ -72,7 +72,6 @@ class Subscription:
     filter: Filter | None
     position: int
     page_size: int = 500
-    delivered: int = 0
     _selector: TopicSelector = field(init=False)
     _reg: Registration | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
@@ -161,7 +160,6 @@ class Subscription:
             if len(page.events) < self.page_size:
                 self.position = max(self.position, upto)
             if wanted:
-                self.delivered += len(wanted)
                 yield wanted
 
     async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
@@ -178,7 +176,6 @@ class Subscription:
             batch = [event for event in taken if event.pos > self.position]
             if batch:
                 self.position = batch[-1].pos
-                self.delivered += len(batch)
                 yield batch
 
 

@@ -74,7 +74,15 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "pgcast_subscriber_overflows",
             "Times a subscriber's buffer overflowed",
-            hub.stats.lag_events,
+            hub.stats.overflows,
+        )
+        yield CounterMetricFamily(
+            "pgcast_hub_reads", "Reads of the log by the hub (one per wake-up)", hub.stats.reads
+        )
+        yield CounterMetricFamily(
+            "pgcast_hub_deliveries",
+            "Events the hub handed to live subscribers' buffers",
+            hub.stats.deliveries,
         )
 
 
@@ -195,7 +203,15 @@ class SharedEngineFigures:
         self.overflows = Counter(
             "pgcast_subscriber_overflows", "Times a subscriber's buffer overflowed", registry=r
         )
-        self._counted = (0, 0)
+        self.reads = Counter(
+            "pgcast_hub_reads", "Reads of the log by the hub (one per wake-up)", registry=r
+        )
+        self.deliveries = Counter(
+            "pgcast_hub_deliveries",
+            "Events the hub handed to live subscribers' buffers",
+            registry=r,
+        )
+        self._counted = (0, 0, 0, 0)
 
     def copy_from(self, engine: Engine) -> None:
         hub = engine.hub
@@ -203,7 +219,17 @@ class SharedEngineFigures:
         self.lagging.set(hub.draining + hub.catching_up)
         self.position.set(hub.position)
         self.listener_up.set(int(engine.listener.healthy))
-        reconnects, overflows = engine.listener.reconnects, hub.stats.lag_events
-        self.reconnects.inc(reconnects - self._counted[0])
-        self.overflows.inc(overflows - self._counted[1])
-        self._counted = (reconnects, overflows)
+        now = (
+            engine.listener.reconnects,
+            hub.stats.overflows,
+            hub.stats.reads,
+            hub.stats.deliveries,
+        )
+        for counter, value, before in zip(
+            (self.reconnects, self.overflows, self.reads, self.deliveries),
+            now,
+            self._counted,
+            strict=True,
+        ):
+            counter.inc(value - before)
+        self._counted = now

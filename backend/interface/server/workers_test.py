@@ -62,6 +62,10 @@ async def every_event_in_order_and_summed_metrics(server: ServerProcess) -> None
         assert ids == sorted(ids)
         assert await metric(client, server.url, "pgcast_events_published_total") == 20
         assert await metric(client, server.url, 'pgcast_connections{transport="sse"}') == 6
+        with anyio.fail_after(10):  # each worker copies its hub's counters once a second
+            while await metric(client, server.url, "pgcast_hub_deliveries_total") < 6 * 20:
+                await anyio.sleep(0.2)
+        assert await metric(client, server.url, "pgcast_hub_deliveries_total") == 6 * 20
 
 
 async def a_killed_worker_is_replaced(server: ServerProcess) -> None:
