@@ -18,7 +18,7 @@ from backend.connectors.database import Pool, open_pool
 from backend.connectors.listener import Listener
 from backend.connectors.outage import install_pool_filter
 from backend.connectors.store import log as log_queries
-from backend.connectors.store.log import TopicSummary
+from backend.connectors.store.log import PostgresLog, TopicSummary
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -73,7 +73,7 @@ class Engine:
             url, size=settings.pool_size, acquire_timeout=settings.pool_acquire_timeout_seconds
         ) as pool:
             hub = Hub(
-                pool,
+                PostgresLog(pool),
                 buffer_size=settings.subscriber_buffer,
                 read_batch=settings.read_batch,
                 poll_interval=settings.poll_interval_seconds,
@@ -192,7 +192,7 @@ class Engine:
         filter: str | Filter | None = None,
     ) -> AsyncIterator[AsyncIterator[Event]]:
         """Events matching `patterns` after `after`: catch-up, then live."""
-        async with open_subscription(self.hub, self.pool, patterns, after, filter) as (_, stream):
+        async with open_subscription(self.hub, patterns, after, filter) as (_, stream):
             yield stream
 
     @asynccontextmanager
@@ -227,5 +227,5 @@ class Engine:
         filter: str | Filter | None = None,
     ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
         """Like `subscribe`, also exposing the subscription's position (for transports)."""
-        async with open_subscription(self.hub, self.pool, patterns, after, filter) as pair:
+        async with open_subscription(self.hub, patterns, after, filter) as pair:
             yield pair

@@ -20,14 +20,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from backend.connectors.database import Pool
 from backend.connectors.outage import outage, report_failure
-from backend.connectors.store import log as log_queries
 from backend.core.filters import Filter
 from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern
 from backend.core.subjects import SubjectTrie
 from backend.entities.event import Event
+from backend.services.log_reader import LogReader
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class HubStats:
 class Hub:
     """Reads new events once per wake-up and hands them to matching subscribers."""
 
-    pool: Pool
+    log: LogReader
     buffer_size: int = 1000
     read_batch: int = 1000
     poll_interval: float = 2.0
@@ -149,8 +148,7 @@ class Hub:
         backoff = 0.05
         while True:
             try:
-                async with self.pool.acquire(live=True) as conn:
-                    _, head = await log_queries.log_bounds(conn)
+                _, head = await self.log.bounds(live=True)
                 return head
             except Exception as exc:  # noqa: BLE001 - wait for the database to come back
                 report_failure(logger, "reading the log head", exc, action="hub_read_failed")
@@ -159,8 +157,7 @@ class Hub:
 
     async def _drain(self) -> None:
         while True:
-            async with self.pool.acquire(live=True) as conn:
-                events = await log_queries.read_all_after(conn, self.position, self.read_batch)
+            events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1
             if events:
                 self._dispatch(events)

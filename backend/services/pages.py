@@ -38,7 +38,7 @@ async def read_page(
 ) -> EventPage:
     """Up to `limit` events after `after`; when there are none, wait up to `wait` seconds."""
     selector = TopicSelector.of(patterns)
-    position = await resolve_start(pool, after)
+    position = await resolve_start(hub.log, after)
     found: list[Event] = []
     position = await _scan(pool, selector, position, filter, limit, found, hub.position)
     deadline = anyio.current_time() + wait

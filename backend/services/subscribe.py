@@ -14,14 +14,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
-from backend.connectors.database import Pool
-from backend.connectors.store import log as log_queries
-from backend.connectors.store.log import TopicSelector
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter, compile_filter
 from backend.core.names import Pattern, parse_patterns
 from backend.entities.event import Event, format_id, parse_id
 from backend.services.hub import Hub, Registration
+from backend.services.log_reader import LogReader
 
 EARLIEST = "earliest"
 LATEST = "latest"
@@ -44,10 +42,9 @@ def expired(reason: str, pruned_through: int, detail: str) -> CursorExpired:
     )
 
 
-async def resolve_start(pool: Pool, after: str | int) -> int:
+async def resolve_start(log: LogReader, after: str | int) -> int:
     """Turn `earliest`, `latest` or an event id into a log position, or raise CursorExpired."""
-    async with pool.acquire() as conn:
-        pruned, head = await log_queries.log_bounds(conn)
+    pruned, head = await log.bounds()
     if after == EARLIEST:
         return pruned
     if after == LATEST:
@@ -67,17 +64,12 @@ class Subscription:
     """One subscriber's stream; `position` is the last position it has passed."""
 
     hub: Hub
-    pool: Pool
     patterns: tuple[Pattern, ...]
     filter: Filter | None
     position: int
     page_size: int = 500
-    _selector: TopicSelector = field(init=False)
     _reg: Registration | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        self._selector = TopicSelector.of(self.patterns)
 
     def join_if_near(self) -> None:
         """Register with the hub now when little backlog is left, so events buffer from here on."""
@@ -144,10 +136,7 @@ class Subscription:
 
     async def _backlog(self, upto: int) -> AsyncIterator[list[Event]]:
         while self.position < upto and not self._stopped:
-            async with self.pool.acquire() as conn:
-                page = await log_queries.read_page(
-                    conn, self._selector, self.position, upto, self.page_size
-                )
+            page = await self.hub.log.read_page(self.patterns, self.position, upto, self.page_size)
             if page.pruned_through > self.position:
                 raise expired(
                     "pruned", page.pruned_through, "the log was pruned past this subscription"
@@ -182,7 +171,6 @@ class Subscription:
 @asynccontextmanager
 async def open_subscription(
     hub: Hub,
-    pool: Pool,
     patterns: PatternsLike,
     after: str | int = LATEST,
     filter: str | Filter | None = None,
@@ -190,9 +178,9 @@ async def open_subscription(
     """Validate, resolve the start, and hold the stream open for the block."""
     parsed = as_patterns(patterns)
     compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
-    start = await resolve_start(pool, after)
+    start = await resolve_start(hub.log, after)
     await hub.wait_started()
-    subscription = Subscription(hub, pool, parsed, compiled, start)
+    subscription = Subscription(hub, parsed, compiled, start)
     subscription.join_if_near()
     try:
         async with aclosing(subscription.events()) as stream:

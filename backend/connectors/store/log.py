@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from backend.connectors.database import Connection
+from backend.connectors.database import Connection, Pool
 from backend.core.errors import InvalidEvent
 from backend.core.names import Pattern
 from backend.entities.event import Event, NewEvent
@@ -108,6 +109,33 @@ async def log_bounds(conn: Connection) -> tuple[int, int]:
     row = await conn.fetchrow("SELECT pruned_through, last_pos FROM pgcast.log_state WHERE id = 1")
     assert row is not None, "pgcast.log_state is missing its row: run `pgcast migrate`"
     return row["pruned_through"], row["last_pos"]
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresLog:
+    """The log as the hub and subscriptions read it (services.log_reader.LogReader), from the
+    pool: the hub's reads take the live path's reserved connections."""
+
+    pool: Pool
+
+    async def bounds(self, *, live: bool = False) -> tuple[int, int]:
+        async with self.pool.acquire(live=live) as conn:
+            return await log_bounds(conn)
+
+    async def read_after(self, after: int, limit: int) -> list[Event]:
+        async with self.pool.acquire(live=True) as conn:
+            return await read_all_after(conn, after, limit)
+
+    async def read_page(
+        self, patterns: tuple[Pattern, ...], after: int, upto: int, limit: int
+    ) -> Page:
+        async with self.pool.acquire() as conn:
+            return await read_page(conn, _selector(patterns), after, upto, limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _selector(patterns: tuple[Pattern, ...]) -> TopicSelector:
+    return TopicSelector.of(patterns)
 
 
 async def set_max_event_bytes(conn: Connection, limit: int) -> None:

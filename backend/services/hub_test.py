@@ -1,0 +1,113 @@
+"""The hub and the subscription switch-over against an in-memory log: no database needed.
+
+The same code runs on PostgreSQL in engine_test and interleavings_test; here the log is
+`backend/testing/memory_log.py`, so these tests run in milliseconds and can push the
+fan-out, overflow and catch-up paths much harder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from backend.core.errors import CursorExpired
+from backend.entities.event import Event, format_id
+from backend.services.hub import Hub
+from backend.services.subscribe import EARLIEST, open_subscription
+from backend.testing.memory_log import MemoryLog
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running_hub(log: MemoryLog, buffer_size: int = 1000) -> AsyncIterator[Hub]:
+    hub = Hub(log, buffer_size=buffer_size, read_batch=100, poll_interval=5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(hub.run)
+        yield hub
+        hub.close()
+        tg.cancel_scope.cancel()
+
+
+def publish(log: MemoryLog, hub: Hub, topic: str, count: int) -> list[Event]:
+    """Append `count` events and wake the hub, as a publish's sequencer run does."""
+    events = [log.append(topic, n) for n in range(count)]
+    hub.wake(log.head)
+    return events
+
+
+async def take(events: AsyncIterator[Event], count: int) -> list[Event]:
+    got: list[Event] = []
+    with anyio.fail_after(5):
+        while len(got) < count:
+            got.append(await anext(events))
+    return got
+
+
+async def test_every_subscriber_gets_its_events_from_one_read_per_wake_up() -> None:
+    log = MemoryLog()
+    async with (
+        running_hub(log) as hub,
+        open_subscription(hub, "orders.*") as (_, orders),
+        open_subscription(hub, "orders.eu") as (_, eu),
+        open_subscription(hub, "payments.>") as (_, payments),
+    ):
+        reads_before = log.reads
+        sent_eu = publish(log, hub, "orders.eu", 5)
+        sent_pay = publish(log, hub, "payments.card.ok", 3)
+        assert [e.pos for e in await take(orders, 5)] == [e.pos for e in sent_eu]
+        assert [e.pos for e in await take(eu, 5)] == [e.pos for e in sent_eu]
+        assert [e.pos for e in await take(payments, 3)] == [e.pos for e in sent_pay]
+        assert log.reads - reads_before <= 2  # two wake-ups, never one read per subscriber
+        assert hub.stats.deliveries == 13
+
+
+async def test_an_overflowing_subscriber_catches_up_from_the_log_without_gap_or_repeat() -> None:
+    log = MemoryLog()
+    async with (
+        running_hub(log, buffer_size=5) as hub,
+        open_subscription(hub, "t") as (_, slow),
+        open_subscription(hub, "t") as (_, fast),
+    ):
+        sent: list[Event] = []
+        for _ in range(10):
+            sent += publish(log, hub, "t", 4)
+            assert [e.pos for e in await take(fast, 4)] == [e.pos for e in sent[-4:]]
+        assert hub.stats.overflows >= 1  # `slow` read nothing while 40 events went by
+        assert [e.pos for e in await take(slow, 40)] == [e.pos for e in sent]
+        more = publish(log, hub, "t", 3)  # and it is back on the live path
+        assert [e.pos for e in await take(slow, 3)] == [e.pos for e in more]
+
+
+async def test_switch_over_from_backlog_to_live_while_events_keep_coming() -> None:
+    log = MemoryLog()
+    async with running_hub(log, buffer_size=50) as hub:
+        sent = publish(log, hub, "s", 300)
+        await hub.wait_beyond(sent[-1].pos - 1)
+        async with open_subscription(hub, "s", after=EARLIEST) as (_, stream):
+            got: list[Event] = []
+            for _ in range(20):
+                sent += publish(log, hub, "s", 7)
+                got += await take(stream, 20)
+            got += await take(stream, len(sent) - len(got))
+    assert [e.pos for e in got] == [e.pos for e in sent]
+
+
+async def test_resume_points_that_are_gone_or_unknown_are_refused() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub:
+        publish(log, hub, "r", 10)
+        log.prune(5)
+        with pytest.raises(CursorExpired) as pruned:
+            async with open_subscription(hub, "r", after=format_id(3)):
+                pass
+        with pytest.raises(CursorExpired) as unknown:
+            async with open_subscription(hub, "r", after=format_id(99)):
+                pass
+        async with open_subscription(hub, "r", after=format_id(5)) as (_, stream):
+            assert [e.pos for e in await take(stream, 5)] == [6, 7, 8, 9, 10]
+    assert (pruned.value.reason, pruned.value.oldest) == ("pruned", format_id(6))
+    assert unknown.value.reason == "unknown"
