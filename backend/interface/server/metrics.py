@@ -2,23 +2,21 @@
 
 With `serve --workers N` every worker counts into files of a shared directory
 (prometheus-client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set by the parent), and
-whichever worker answers a scrape reports the sum over all of them. Engine figures that
-are read at scrape time in one process are copied into shared gauges and counters about
-once a second instead.
+whichever worker answers a scrape reports the sum over all of them. The engine's
+own figures are copied into gauges and counters at each scrape and, with several workers,
+also about once a second.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,68 +35,16 @@ def shared_metrics_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-class EngineCollector(Collector):
-    """Reads the engine's own counters at scrape time (no bookkeeping on the hot path)."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        engine = self.engine
-        if engine is None:
-            return
-        hub = engine.hub
-        yield GaugeMetricFamily(
-            "pgcast_subscriptions",
-            "Open subscriptions (live, lagging or catching up)",
-            hub.subscribers + hub.draining + hub.catching_up,
-        )
-        yield GaugeMetricFamily(
-            "pgcast_lagging_subscribers",
-            "Subscriptions behind the live path: draining after an overflow or reading the log",
-            hub.draining + hub.catching_up,
-        )
-        yield GaugeMetricFamily(
-            "pgcast_log_position", "Last position the hub has read", hub.position
-        )
-        yield CounterMetricFamily(
-            "pgcast_listener_reconnects",
-            "Reconnects of the LISTEN connection",
-            engine.listener.reconnects,
-        )
-        yield GaugeMetricFamily(
-            "pgcast_listener_up",
-            "1 while the LISTEN connection is healthy",
-            int(engine.listener.healthy),
-        )
-        yield CounterMetricFamily(
-            "pgcast_subscriber_overflows",
-            "Times a subscriber's buffer overflowed",
-            hub.stats.overflows,
-        )
-        yield CounterMetricFamily(
-            "pgcast_hub_reads", "Reads of the log by the hub (one per wake-up)", hub.stats.reads
-        )
-        yield CounterMetricFamily(
-            "pgcast_hub_deliveries",
-            "Events the hub handed to live subscribers' buffers",
-            hub.stats.deliveries,
-        )
-
-
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    engine_collector: EngineCollector = field(default_factory=EngineCollector)
+    engine: Engine | None = None
 
     def __post_init__(self) -> None:
         self._per_transport: dict[str, tuple[Counter, Histogram]] = {}
         self.shared_dir = shared_metrics_dir()
         r = self.registry
-        if self.shared_dir is None:
-            r.register(self.engine_collector)
-        else:
-            self.engine_gauges = SharedEngineFigures(r)
+        self.engine_figures = EngineFigures(r)
         self.connections = Gauge(
             "pgcast_connections",
             "Open streaming connections",
@@ -127,7 +73,7 @@ class Metrics:
         )
 
     def attach(self, engine: Engine) -> None:
-        self.engine_collector.engine = engine
+        self.engine = engine
         engine.committer.on_batch = self.batch_size.observe
 
     def delivered(self, transport: str, events: Sequence[Event]) -> None:
@@ -155,22 +101,23 @@ class Metrics:
             await anyio.sleep(SHARED_REFRESH_SECONDS)
 
     def _copy_engine_figures(self) -> None:
-        engine = self.engine_collector.engine
-        if self.shared_dir is not None and engine is not None:
-            self.engine_gauges.copy_from(engine)
+        if self.engine is not None:
+            self.engine_figures.copy_from(self.engine)
 
     async def endpoint(self, _request: Request) -> Response:
-        if self.shared_dir is None:
-            registry = self.registry
-        else:
-            self._copy_engine_figures()
+        self._copy_engine_figures()
+        registry = self.registry
+        if self.shared_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.shared_dir)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
 
-class SharedEngineFigures:
-    """The EngineCollector's figures as multiprocess metrics, summed over live workers."""
+class EngineFigures:
+    """The engine's own counters, copied into metrics at each scrape (nothing is counted on
+    the hot path) and, with several workers, also about once a second, so that the other
+    workers' files are fresh whichever worker answers; gauges then sum over live workers
+    (the position is the highest, `listener_up` the lowest)."""
 
     def __init__(self, r: CollectorRegistry) -> None:
         self.subscriptions = Gauge(
@@ -187,13 +134,13 @@ class SharedEngineFigures:
         )
         self.position = Gauge(
             "pgcast_log_position",
-            "Last position the hub has read (the highest over the workers)",
+            "Last position the hub has read",
             registry=r,
             multiprocess_mode="livemax",
         )
         self.listener_up = Gauge(
             "pgcast_listener_up",
-            "1 while the LISTEN connection is healthy (0 when any worker's is down)",
+            "1 while the LISTEN connection is healthy",
             registry=r,
             multiprocess_mode="livemin",
         )
