@@ -171,7 +171,7 @@ class Engine:
         wait: float = 0,
     ) -> EventPage:
         """One page of matching events after `after`, long-polling up to `wait` seconds."""
-        return await read_page(self.hub, self.pool, patterns, after, filter, limit, wait)
+        return await read_page(self.hub, patterns, after, filter, limit, wait)
 
     async def topics(self, pattern: Pattern, after: str, limit: int) -> list[TopicSummary]:
         """Topics of the retained log matching `pattern`, by name, after the name `after`."""

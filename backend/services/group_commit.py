@@ -24,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from backend.connectors.database import Pool
-from backend.core.errors import DatabaseUnavailable, ShuttingDown
+from backend.core.errors import DatabaseUnavailable, InvalidEvent, ShuttingDown
 from backend.core.streams import batch
 from backend.entities.event import Event, NewEvent
 from backend.services.publish import publish_events
@@ -135,15 +135,18 @@ class GroupCommitter:
                 on_sequenced=self.on_sequenced,
                 live=True,
             )
-        except DatabaseUnavailable as exc:
-            self._fail(batch, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - the caller gets it; a batch retries singly
+        except InvalidEvent as exc:
+            # Refused before anything was stored: retry one by one, so only the bad request
+            # fails. Any other error may come after the commit, where a retry would store
+            # the events twice.
             if len(batch) == 1:
                 self._fail(batch, exc)
                 return
             for request in batch:
                 await self._commit([request])
+            return
+        except Exception as exc:  # noqa: BLE001 - every caller in the batch gets it
+            self._fail(batch, exc)
             return
         self.stats.batches += 1
         self.stats.events += len(published)

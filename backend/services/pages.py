@@ -7,13 +7,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from backend.connectors.database import Pool
-from backend.connectors.store import log as log_queries
-from backend.connectors.store.log import TopicSelector
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
 from backend.services.hub import Hub
+from backend.services.log_reader import LogReader
 from backend.services.subscribe import expired, resolve_start
 
 END_OF_LOG = 2**62
@@ -29,7 +27,6 @@ class EventPage:
 
 async def read_page(
     hub: Hub,
-    pool: Pool,
     patterns: Sequence[Pattern],
     after: str | int,
     filter: Filter | None,
@@ -37,21 +34,21 @@ async def read_page(
     wait: float,
 ) -> EventPage:
     """Up to `limit` events after `after`; when there are none, wait up to `wait` seconds."""
-    selector = TopicSelector.of(patterns)
+    wanted = tuple(patterns)
     position = await resolve_start(hub.log, after)
     found: list[Event] = []
-    position = await _scan(pool, selector, position, filter, limit, found, hub.position)
+    position = await _scan(hub.log, wanted, position, filter, limit, found, hub.position)
     deadline = anyio.current_time() + wait
     while not found and (remaining := deadline - anyio.current_time()) > 0:
         with anyio.move_on_after(remaining):
             await hub.wait_beyond(max(position, hub.position))
-        position = await _scan(pool, selector, position, filter, limit, found, hub.position)
+        position = await _scan(hub.log, wanted, position, filter, limit, found, hub.position)
     return EventPage(found, position)
 
 
 async def _scan(
-    pool: Pool,
-    selector: TopicSelector,
+    log: LogReader,
+    patterns: tuple[Pattern, ...],
     position: int,
     filter: Filter | None,
     limit: int,
@@ -65,8 +62,7 @@ async def _scan(
     `next` also passes over other topics' events and stays ahead of retention.
     """
     while len(found) < limit:
-        async with pool.acquire() as conn:
-            page = await log_queries.read_page(conn, selector, position, END_OF_LOG, limit)
+        page = await log.read_page(patterns, position, END_OF_LOG, limit)
         if page.pruned_through > position:
             raise expired("pruned", page.pruned_through, "the log was pruned past this position")
         for event in page.events:

@@ -216,14 +216,14 @@ class Queues:
         claim back (attempts restored) before it propagates.
         """
         leases = [str(uuid4()) for _ in range(limit)]
-        claimed: list[Message] = []
         try:
             async with self._conn() as conn:
                 with anyio.CancelScope(shield=True):
                     claimed = await q.claim(conn, queue, lease_seconds, leases)
         except BaseException:
-            if claimed:
-                await self.give_back([m.lease for m in claimed if m.lease is not None])
+            # Whether or not the claim committed, its messages carry only these tokens:
+            # giving all of them back also covers a commit whose answer was lost.
+            await self.give_back(leases)
             raise
         return claimed
 

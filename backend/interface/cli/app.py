@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import typer
-
 from backend.interface.cli.capture import capture_app
+from backend.interface.cli.client import command_group
 from backend.interface.cli.publish import publish
 from backend.interface.cli.queue import queue_app
 from backend.interface.cli.tail import tail
 from backend.interface.cli.token import token_app
 from backend.interface.cli.topics import topics
 
-app = typer.Typer(
-    name="pgcast",
-    help="Live streams and work queues on PostgreSQL.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = command_group("pgcast", "Live streams and work queues on PostgreSQL.")
 app.add_typer(capture_app, name="capture")
 app.command()(tail)
 app.command()(publish)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
+from typing import Annotated, Any
 
 import typer
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT_SECONDS = 30.0
+from backend.interface.cli.client import (
+    DEFAULT_URL,
+    Api,
+    Token,
+    Url,
+    command_group,
+    guarded,
+    segment,
+)
 
-capture_app = typer.Typer(
-    name="capture",
-    help="Stream INSERT/UPDATE/DELETE/TRUNCATE of tables as pgcast events.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+capture_app = command_group(
+    "capture", "Stream INSERT/UPDATE/DELETE/TRUNCATE of tables as pgcast events."
 )
 
 Table = Annotated[
@@ -24,49 +26,17 @@ Table = Annotated[
         metavar="SCHEMA.TABLE", help="The table, e.g. public.orders (no schema: public)."
     ),
 ]
-Url = Annotated[
-    str, typer.Option("--url", envvar="PGCAST_URL", help="Base URL of the pgcast server.")
-]
-Token = Annotated[
-    str | None,
-    typer.Option("--token", envvar="PGCAST_TOKEN", help="Sent as `Authorization: Bearer <token>`."),
-]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"pgcast: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _call(method: str, url: str, path: str, token: str | None, body: Any = None) -> Any:
     """One admin request; errors become one line on stderr and exit status 1."""
-    import httpx  # here, not at the top: it would slow down every `pgcast` command
-
-    base = url.rstrip("/")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(
-            method, base + path, json=body, headers=headers, timeout=TIMEOUT_SECONDS
-        )
-    except httpx.ConnectError:
-        _fail(f"cannot connect to {base}: is `pgcast serve` running there?")
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        _fail(f"request to {base} failed: {exc or type(exc).__name__}")
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = None
-    if response.is_error:
-        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-            _fail(payload["message"])
-        _fail(f"{base} answered {response.status_code} {response.reason_phrase}")
-    if payload is None:
-        _fail(f"{base} answered with something other than JSON")
-    return payload
+    api = Api(url, token)
+    with guarded(), api.client() as client:
+        return api.call(client, method, path, json=body)
 
 
 def _path(table: str) -> str:
-    return "/admin/captures/" + quote(table, safe="")
+    return "/admin/captures/" + segment(table)
 
 
 def _describe(capture: dict[str, Any]) -> str:

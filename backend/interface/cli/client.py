@@ -49,6 +49,17 @@ class ApiError(PgcastError):
         self.code = str(self.body.get("error", "http_error"))
 
 
+def command_group(name: str, help: str) -> typer.Typer:
+    """A `pgcast` command or group of commands, all set up alike."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
 def segment(name: str) -> str:
     """A topic, pattern or queue name as one path segment."""
     return quote(name, safe="")

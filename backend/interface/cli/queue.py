@@ -13,6 +13,7 @@ from backend.interface.cli.client import (
     Api,
     Token,
     Url,
+    command_group,
     guarded,
     segment,
     write_line,
@@ -22,12 +23,8 @@ from backend.interface.cli.worker import work
 
 DEAD_PAGE = 1000
 
-queue_app = typer.Typer(
-    name="queue",
-    help="Point-to-point work queues: enqueue, work, stats, dead letters.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+queue_app = command_group(
+    "queue", "Point-to-point work queues: enqueue, work, stats, dead letters."
 )
 queue_app.command()(work)
 

@@ -10,12 +10,10 @@ import typer
 
 from backend.core.errors import Unauthorized
 from backend.core.settings import MIN_SECRET_LENGTH
-from backend.interface.cli.client import fail, write_line
+from backend.interface.cli.client import command_group, fail, write_line
 from backend.interface.security.auth import create_token, parse_ttl
 
-token_app = typer.Typer(
-    help="Access tokens signed with AUTH_SECRET.", no_args_is_help=True, add_completion=False
-)
+token_app = command_group("token", "Access tokens signed with AUTH_SECRET.")
 
 Patterns = Annotated[
     list[str] | None,

@@ -18,11 +18,9 @@ from starlette.responses import JSONResponse, Response
 from backend.core.errors import NotFound, Unauthorized
 from backend.entities.event import format_time
 from backend.interface.http.errors import RequestError
-from backend.interface.http.inputs import read_json
+from backend.interface.http.inputs import SMALL_BODY_BYTES, has_body, read_json
 from backend.interface.security.access import TOKEN_COOKIE, bearer_of
 from backend.interface.server.state import AppState
-
-MAX_BODY_BYTES = 64 * 1024
 
 
 async def _token(request: Request) -> str:
@@ -30,10 +28,9 @@ async def _token(request: Request) -> str:
     bearer = bearer_of(request)
     if bearer is not None:
         return bearer
-    length = request.headers.get("content-length")
-    if length == "0" or (length is None and "transfer-encoding" not in request.headers):
+    if not has_body(request):
         raise Unauthorized("a token is required", token_given=False)
-    body = await read_json(request, MAX_BODY_BYTES)
+    body = await read_json(request, SMALL_BODY_BYTES)
     if not isinstance(body, dict) or not isinstance(body.get("token"), str):
         raise RequestError(400, "invalid_request", 'the body must be {"token": "<token>"}')
     token: str = body["token"]

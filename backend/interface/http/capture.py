@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backend.interface.http.errors import RequestError
-from backend.interface.http.inputs import read_json
+from backend.interface.http.inputs import has_body, read_json
 from backend.interface.security.access import require
 from backend.interface.security.auth import Permission
 from backend.interface.server.state import AppState
@@ -24,8 +24,7 @@ OPTION_FIELDS = frozenset({"topic", "columns"})
 
 async def _options(request: Request, max_bytes: int) -> dict[str, Any]:
     """The optional JSON body; no body at all means `{}`."""
-    length = request.headers.get("content-length")
-    if length == "0" or (length is None and "transfer-encoding" not in request.headers):
+    if not has_body(request):
         return {}
     body = await read_json(request, max_bytes)
     if not isinstance(body, dict):

@@ -191,7 +191,7 @@ def test_cli_without_a_server_says_where_it_tried() -> None:
         assert result.returncode == 1
         assert result.stdout == ""
         (line,) = result.stderr.splitlines()
-        assert line == f"pgcast: cannot connect to {url}: is `pgcast serve` running there?"
+        assert line == f"pgcast: cannot connect to {url}: connection refused"
 
 
 @pytest.mark.external

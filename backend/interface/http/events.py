@@ -15,6 +15,7 @@ from backend.interface.http.inputs import (
     int_param,
     parse_after,
     read_json,
+    wants_sse,
 )
 from backend.interface.security.access import require, throttle
 from backend.interface.security.auth import Permission
@@ -24,10 +25,6 @@ from backend.interface.stream.sse import event_stream
 
 MAX_PAGE = 1000
 MAX_WAIT_SECONDS = 30.0
-
-
-def wants_sse(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
 
 
 async def publish_to_topic(request: Request) -> Response:

@@ -18,6 +18,8 @@ from backend.interface.http.errors import RequestError
 from backend.services.subscribe import EARLIEST, LATEST
 
 MAX_BATCH = 1000
+SMALL_BODY_BYTES = 64 * 1024
+"""The limit for bodies that carry a token, a lease or options, never event data."""
 N = TypeVar("N", int, float)
 EVENT_FIELDS = frozenset({"data", "type", "key"})
 
@@ -31,6 +33,16 @@ def parse_after(value: object) -> str | int:
     if not isinstance(value, str):
         raise InvalidCursor("after must be 'earliest', 'latest' or an event id")
     return parse_id(value)
+
+
+def wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+def has_body(request: Request) -> bool:
+    """Whether the request says it carries a body (a length above 0, or chunks)."""
+    length = request.headers.get("content-length")
+    return length != "0" and (length is not None or "transfer-encoding" in request.headers)
 
 
 def is_json_media_type(content_type: str | None) -> bool:

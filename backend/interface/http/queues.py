@@ -13,7 +13,14 @@ from backend.connectors.store.idempotency import request_hash, validate_key
 from backend.entities.event import format_time
 from backend.entities.message import Message
 from backend.interface.http.errors import RequestError
-from backend.interface.http.inputs import event_items, float_param, int_param, read_json
+from backend.interface.http.inputs import (
+    SMALL_BODY_BYTES,
+    event_items,
+    float_param,
+    int_param,
+    read_json,
+    wants_sse,
+)
 from backend.interface.security.access import require, throttle
 from backend.interface.security.auth import Permission, Principal
 from backend.interface.server.state import AppState
@@ -80,7 +87,7 @@ async def consume_messages(request: Request) -> Response:
     queue, principal = _queue(request, Permission.CONSUME)
     params = request.query_params
     lease = float_param(params, "lease", 30.0, 0.1, MAX_LEASE_SECONDS)
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if wants_sse(request):
         prefetch = int_param(params, "prefetch", 1, 1, MAX_PREFETCH)
         return _consumer_stream(state, queue, prefetch, lease, principal.expires_at)
     limit = int_param(params, "limit", 1, 1, MAX_PREFETCH)
@@ -105,7 +112,7 @@ async def _settle_body(request: Request) -> tuple[str, int, dict[str, Any], AppS
     state = AppState.of(request)
     queue, _ = _queue(request, Permission.CONSUME)
     message_id = parse_message_id(request.path_params["id"])
-    body = await read_json(request, 64 * 1024)
+    body = await read_json(request, SMALL_BODY_BYTES)
     if not isinstance(body, dict) or not isinstance(body.get("lease"), str):
         raise RequestError(400, "invalid_request", "the body must be a JSON object with 'lease'")
     return queue, message_id, body, state
