@@ -43,9 +43,10 @@ def sse_retry(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
 
 
-def ws_event_frame(sub_json: bytes, event: Event) -> bytes:
-    """`{"op":"event","sub":S, ...envelope}` spliced from the shared envelope bytes."""
-    return b'{"op":"event","sub":' + sub_json + b"," + event.envelope_json()[1:]
+def ws_event_frame(sub_text: str, event: Event) -> str:
+    """`{"op":"event","sub":S, ...envelope}` spliced from the envelope's text, which is
+    decoded once per event and shared by every WebSocket subscriber."""
+    return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
 
 
 def envelopes_json(events: Iterable[Event]) -> bytes:

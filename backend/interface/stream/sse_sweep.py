@@ -55,9 +55,6 @@ class SseSweep:
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
-    def __len__(self) -> int:
-        return len(self._streams)
-
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
         server is asked to exit (pgcast mounted in a host app under plain uvicorn)."""

@@ -20,7 +20,7 @@ from backend.core.filters import compile_filter
 from backend.core.names import parse_patterns, validate_name
 from backend.entities.event import format_time
 from backend.interface.http.inputs import parse_after
-from backend.interface.security.access import rate_key, spend
+from backend.interface.security.access import throttle
 from backend.interface.security.auth import Permission
 from backend.interface.stream.encoding import envelopes_json
 from backend.interface.stream.ws.connection import POLICY_VIOLATION, REPORTED, Connection
@@ -106,7 +106,7 @@ async def publish(connection: Connection, frame: Frame) -> None:
     topic = validate_name(required(frame, "topic"), "topic")
     state = connection.state
     principal = connection.allow(Permission.PUBLISH, topic)
-    spend(state.guard.limiter, rate_key(principal, connection.websocket))
+    throttle(connection.websocket, principal)
     event = state.engine.event(
         topic,
         required(frame, "data"),

@@ -44,7 +44,7 @@ async def run_subscription(
 
 async def _follow(connection: Connection, sub: SubId, session: Session) -> None:
     """`subscribed` once the start is fixed, then events, and resets in-band."""
-    sub_json = exactjson.dumps(sub)
+    sub_text = exactjson.dumps(sub).decode()
     metrics = connection.state.metrics
     async with aclosing(session.items()) as items:
         async for item in items:
@@ -53,7 +53,7 @@ async def _follow(connection: Connection, sub: SubId, session: Session) -> None:
             elif isinstance(item, CursorExpired):
                 await connection.send({"op": "reset", "sub": sub, **reset_payload(item)})
             else:
-                await connection.write(ws_event_frame(sub_json, event).decode() for event in item)
+                await connection.write(ws_event_frame(sub_text, event) for event in item)
                 metrics.delivered("ws", item)
 
 
