@@ -45,12 +45,16 @@ async def test_a_wake_up_after_a_quiet_spell_runs_at_once(database_url: str) -> 
     conn = await connect(database_url)
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(pool, lambda: None, min_interval=30)
+            sequencer = Sequencer(pool, lambda: None, min_interval=1.0)
             tg.start_soon(sequencer.run)
-            await conn.fetchval("SELECT pgcast.publish('sql.lone', '1')")
-            sequencer.wake()
-            with anyio.fail_after(5):  # far below min_interval: no pacing for a first run
-                await _until_positioned(conn)
+            for _ in range(2):  # the first run ever, then one after a quiet spell
+                await conn.fetchval("SELECT pgcast.publish('sql.lone', '1')")
+                started = anyio.current_time()
+                sequencer.wake()
+                with anyio.fail_after(5):
+                    await _until_positioned(conn)
+                assert anyio.current_time() - started < 0.8  # not held for min_interval
+                await anyio.sleep(1.2)
             tg.cancel_scope.cancel()
     finally:
         await conn.close()
