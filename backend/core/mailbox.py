@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """Holds at most `capacity` items; `offer` never blocks, `take` waits only when empty."""
+    """Holds at most `capacity` items; `offer_all` never blocks, `take` waits only when empty."""
 
     __slots__ = ("_items", "_poked", "_waiter", "capacity", "closed")
 
@@ -36,16 +36,19 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
-    def offer(self, item: T) -> bool:
-        """Add `item`; False (and nothing added) when the mailbox is full or closed."""
+    def offer_all(self, items: list[T]) -> bool:
+        """Add all of `items`, or none of them (False) when they do not fit or it is closed."""
         if self.closed:
             return False
-        items = self._items
-        if items is None:
-            items = self._items = deque()
-        elif len(items) >= self.capacity:
+        held = self._items
+        if held is None:
+            if len(items) > self.capacity:
+                return False
+            self._items = deque(items)
+        elif len(held) + len(items) > self.capacity:
             return False
-        items.append(item)
+        else:
+            held.extend(items)
         self._wake()
         return True
 

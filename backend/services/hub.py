@@ -8,12 +8,19 @@ buffer of memory while everyone else keeps their pace.
 
 Subscribers are found through a subject trie, by walking each event's topic, so the cost
 of a delivery does not grow with the number of patterns other subscribers hold.
+
+Everything one read brings goes to each subscriber as one batch. A subscriber whose task
+is idle (its buffer empty, waiting for more) may offer a `direct` writer: the hub then
+writes the batch straight to that subscriber's connection, and its task is not woken at
+all. A writer that cannot take the batch at once (its socket is backed up, or its task is
+busy) says so, and the batch goes to the buffer as usual, behind nothing, so the order
+holds either way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +37,10 @@ from backend.services.log_reader import LogReader
 
 logger = logging.getLogger(__name__)
 
+DirectWriter = Callable[[list[Event]], bool]
+"""Writes a batch to the subscriber's client now and returns True, or does nothing and
+returns False; it must not keep or change the list (other subscribers share it)."""
+
 
 @dataclass(eq=False)
 class Registration:
@@ -39,6 +50,9 @@ class Registration:
     filter: Filter | None
     start: int
     mailbox: Mailbox[Event]
+    direct: DirectWriter | None = None
+    """Set by the subscriber only while its task waits on an empty mailbox; cleared by the
+    hub when it refuses a batch (which then goes to the mailbox) and on `unregister`."""
 
     def wants(self, event: Event, envelope: dict[str, Any] | None) -> bool:
         if self.filter is None:
@@ -52,6 +66,8 @@ class HubStats:
 
     reads: int = 0
     deliveries: int = 0
+    direct: int = 0
+    """Of the deliveries, those written straight to the client by the hub."""
     overflows: int = 0
 
 
@@ -65,6 +81,8 @@ class Hub:
     poll_interval: float = 2.0
     position: int = 0
     stats: HubStats = field(default_factory=HubStats)
+    after_dispatch: list[Callable[[], None]] = field(default_factory=list)
+    """Run once after each read's events are handed out (metrics flush their tallies)."""
     closed: bool = False
     catching_up: int = 0
     _live: set[Registration] = field(default_factory=set)
@@ -97,6 +115,7 @@ class Hub:
 
     def unregister(self, reg: Registration) -> None:
         """Leave the live path and free the buffer (synchronous: safe in any cleanup)."""
+        reg.direct = None
         self._detach(reg)
         self._overflowed.discard(reg)
         reg.mailbox.close()
@@ -165,6 +184,40 @@ class Hub:
                 return
 
     def _dispatch(self, events: list[Event]) -> None:
+        topic = events[0].topic
+        if all(event.topic == topic for event in events):
+            self._dispatch_one_topic(topic, events)
+        else:
+            self._dispatch_mixed(events)
+        self.position = events[-1].pos
+        for hook in self.after_dispatch:
+            hook()
+        advanced, self._advanced = self._advanced, anyio.Event()
+        advanced.set()
+
+    def _dispatch_one_topic(self, topic: str, events: list[Event]) -> None:
+        """The usual read, all of one topic: subscribers without a filter share one list."""
+        direct = 0
+        envelopes: list[dict[str, Any]] | None = None
+        for reg in self._subjects.match(topic):
+            batch = events
+            if reg.filter is not None:
+                if envelopes is None:
+                    envelopes = [event.envelope() for event in events]
+                matches = reg.filter.matches
+                batch = [e for e, env in zip(events, envelopes, strict=True) if matches(env)]
+                if not batch:
+                    continue
+            writer = reg.direct
+            if writer is not None and writer(batch):
+                direct += len(batch)
+            else:
+                self._hand(reg, batch)
+        self.stats.direct += direct
+        self.stats.deliveries += direct
+
+    def _dispatch_mixed(self, events: list[Event]) -> None:
+        batches: dict[Registration, list[Event]] = {}
         targets_of: dict[str, set[Registration]] = {}
         for event in events:
             targets = targets_of.get(event.topic)
@@ -173,20 +226,33 @@ class Hub:
             envelope = event.envelope() if any(r.filter for r in targets) else None
             for reg in targets:
                 if reg.wants(event, envelope):
-                    self._offer(reg, event)
-            self.position = event.pos
-        advanced, self._advanced = self._advanced, anyio.Event()
-        advanced.set()
+                    batch = batches.get(reg)
+                    if batch is None:
+                        batches[reg] = [event]
+                    else:
+                        batch.append(event)
+        for reg, batch in batches.items():
+            writer = reg.direct
+            if writer is not None and writer(batch):
+                self.stats.direct += len(batch)
+                self.stats.deliveries += len(batch)
+            else:
+                self._hand(reg, batch)
 
     async def wait_beyond(self, pos: int) -> None:
         """Return once the hub has read past `pos` (or closed): for long-polling readers."""
         while self.position <= pos and not self.closed:
             await self._advanced.wait()
 
-    def _offer(self, reg: Registration, event: Event) -> None:
+    def _hand(self, reg: Registration, batch: list[Event]) -> None:
+        """Buffer `batch` for the subscriber's task (which wakes), or cut it off when full.
+
+        Its direct writer, if any, refused the batch: it stays off until the task, having
+        written what is buffered, waits on an empty buffer again and so keeps the order."""
+        reg.direct = None
         mailbox = reg.mailbox
-        if mailbox.offer(event):
-            self.stats.deliveries += 1
+        if mailbox.offer_all(batch):
+            self.stats.deliveries += len(batch)
             return
         self._detach(reg)
         if mailbox.closed:

@@ -12,6 +12,11 @@ Responses the app gives up on. A stream that drops a stalled client returns with
 response unfinished, which uvicorn reports as an ERROR ("returned without completing
 response"). The app has already logged why; here the connection is just closed.
 
+Direct writes. A live SSE stream's frames may be written by the hub straight into the
+response (`chunk_writer`), without a hop through the request's task, whenever uvicorn's
+`send` would have written them at once: the response is chunked and open, and the socket
+is not backed up. Otherwise the writer refuses and the stream's task sends as usual.
+
 Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSON body)
 as an ERROR ("returned without completing handshake"), so anyone could fill the error log
 with bad tokens. Here a refusal is complete once its body is sent, and it is logged as one
@@ -22,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import orjson
 from starlette.types import Message
+from starlette.types import Scope as AppScope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
@@ -32,6 +39,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 logger = logging.getLogger(__name__)
 
+CYCLE = "pgcast.cycle"  # the request's uvicorn cycle, in its scope while the app runs
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -74,7 +82,11 @@ class HttpProtocol(HttpToolsProtocol):
         async def run_then_close_unfinished(
             scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
         ) -> None:
-            await app(scope, receive, send)
+            scope[CYCLE] = cycle  # type: ignore[literal-required]
+            try:
+                await app(scope, receive, send)
+            finally:
+                del scope[CYCLE]  # type: ignore[misc]
             if cycle.response_started and not cycle.response_complete:
                 cycle.disconnected = True
                 self.transport.close()
@@ -100,6 +112,26 @@ class HttpProtocol(HttpToolsProtocol):
         )
         self.transport.write(TIMEOUT_RESPONSE)
         self.transport.close()
+
+
+def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
+    """For a started, chunked response served by `HttpProtocol`: a function that writes
+    bytes already framed as whole chunks now (True), or refuses (False) when uvicorn's
+    `send` would have to wait or the response is over. None under any other server, or
+    for any other response."""
+    cycle = scope.get(CYCLE)
+    if not isinstance(cycle, RequestResponseCycle) or not cycle.chunked_encoding:
+        return None
+    transport = cycle.transport
+    flow = cycle.flow
+
+    def write_chunks(chunks: bytes) -> bool:
+        if cycle.disconnected or cycle.response_complete or flow.write_paused:
+            return False
+        transport.write(chunks)
+        return True
+
+    return write_chunks
 
 
 def with_header_timeout(seconds: float) -> type[HttpProtocol]:

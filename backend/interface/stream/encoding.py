@@ -26,6 +26,23 @@ def sse_frame(event: Event) -> bytes:
     return frame
 
 
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one chunk of an HTTP/1.1 chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def sse_chunk(event: Event) -> bytes:
+    """The event's SSE frame as a body chunk, for writing straight to the connection."""
+    chunk = event.encoded.get("sse-chunk")
+    if chunk is None:
+        chunk = event.encoded["sse-chunk"] = http_chunk(sse_frame(event))
+    return chunk
+
+
+def sse_chunks(events: list[Event]) -> bytes:
+    return b"".join([sse_chunk(event) for event in events])
+
+
 def reset_payload(exc: CursorExpired) -> dict[str, object]:
     return {"oldest": exc.oldest, "reason": exc.reason, "message": exc.message}
 

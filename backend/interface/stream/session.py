@@ -23,6 +23,7 @@ from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
 from backend.services.engine import Engine
+from backend.services.hub import DirectWriter
 from backend.services.subscribe import EARLIEST, Subscription
 
 
@@ -76,6 +77,8 @@ class Session:
     after: str | int
     filter: Filter | None
     farewell: Farewell | None = None
+    sink: DirectWriter | None = None
+    """The transport's direct writer, handed to each subscription (see `Subscription.sink`)."""
     _subscription: Subscription | None = field(default=None, init=False)
 
     def end(self, farewell: Farewell) -> None:
@@ -124,5 +127,6 @@ class Session:
 
     def _follow(self, subscription: Subscription) -> None:
         self._subscription = subscription
+        subscription.sink = self.sink
         if self.farewell is not None:
             subscription.stop()
