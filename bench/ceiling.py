@@ -105,11 +105,8 @@ class CeilingConnection(asyncio.Protocol):
             self.registry.ws.discard(self.transport)
 
 
-async def broadcast(
-    registry: Registry, kind: str, events: int, padding: str, pause: float = 0.0
-) -> float:
-    """Write `events` frames to every connection of `kind`, `pause` seconds apart (0: as
-    fast as the loop goes); returns the seconds it took."""
+async def broadcast(registry: Registry, kind: str, events: int, padding: str) -> float:
+    """Write `events` frames to every connection of `kind`; returns the seconds it took."""
     started = time.perf_counter()
     targets = list(registry.sse if kind == "sse" else registry.ws)
     for position in range(1, events + 1):
@@ -121,7 +118,7 @@ async def broadcast(
         for transport in targets:
             if not transport.is_closing():
                 transport.write(frame)
-        await asyncio.sleep(pause)
+        await asyncio.sleep(0)
     return time.perf_counter() - started
 
 
@@ -141,11 +138,7 @@ async def ceiling_server(ctl: Control, port: int) -> None:
                 ctl.send("count", sse=len(registry.sse), ws=len(registry.ws))
             elif kind == "broadcast":
                 seconds = await broadcast(
-                    registry,
-                    payload["kind"],
-                    payload["events"],
-                    payload.get("padding", ""),
-                    payload.get("pause", 0.0),
+                    registry, payload["kind"], payload["events"], payload.get("padding", "")
                 )
                 ctl.send("broadcasted", seconds=seconds)
     finally:
