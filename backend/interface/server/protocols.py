@@ -12,9 +12,10 @@ Responses the app gives up on. A stream that drops a stalled client returns with
 response unfinished, which uvicorn reports as an ERROR ("returned without completing
 response"). The app has already logged why; here the connection is just closed.
 
-Direct writes. A live SSE stream's frames may be written by the hub straight into the
-response (`chunk_writer`), without a hop through the request's task, whenever uvicorn's
-`send` would have written them at once: the response is chunked and open, and the socket
+Direct writes. A live stream's events may be written by the hub straight into the
+connection, without a hop through the stream's task, whenever uvicorn's `send` would have
+written them at once: an SSE response that is chunked and open (`chunk_writer`), a
+WebSocket that is open and uncompressed (`frame_writer`), and in both cases a socket that
 is not backed up. Otherwise the writer refuses and the stream's task sends as usual.
 
 Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSON body)
@@ -36,10 +37,12 @@ from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallab
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 logger = logging.getLogger(__name__)
 
 CYCLE = "pgcast.cycle"  # the request's uvicorn cycle, in its scope while the app runs
+WS_PROTOCOL = "pgcast.ws"  # the socket's uvicorn protocol, in its scope while the app runs
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -134,6 +137,34 @@ def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     return write_chunks
 
 
+def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
+    """For an accepted WebSocket served by `WebSocketProtocol` without compression: a
+    function that writes bytes already framed as whole unmasked frames now (True), or
+    refuses (False) when uvicorn's `send` would have to wait or the socket is closing.
+    None under any other server, before the handshake, or with compression."""
+    protocol = scope.get(WS_PROTOCOL)
+    if not isinstance(protocol, WebSocketProtocol) or not protocol.handshake_complete:
+        return None
+    conn = protocol.conn
+    if conn.extensions:
+        return None
+    transport = protocol.transport
+    writable = protocol.writable
+
+    def write_frames(frames: bytes) -> bool:
+        if (
+            protocol.close_sent
+            or protocol.disconnected
+            or conn.state is not State.OPEN
+            or not writable.is_set()
+        ):
+            return False
+        transport.write(frames)
+        return True
+
+    return write_frames
+
+
 def with_header_timeout(seconds: float) -> type[HttpProtocol]:
     """The protocol class to give uvicorn's `http` option, with this deadline."""
 
@@ -148,6 +179,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     _refusal_status: int | None = None
     _refusal_body: bytes = b""
+
+    async def run_asgi(self) -> None:
+        self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
+        try:
+            await super().run_asgi()
+        finally:
+            del self.scope[WS_PROTOCOL]  # type: ignore[misc]
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
         refusing = not self.handshake_complete

@@ -66,6 +66,27 @@ def ws_event_frame(sub_text: str, event: Event) -> str:
     return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
 
 
+def ws_event_wire(sub_text: str, event: Event) -> bytes:
+    """The `event` frame for subscription `sub_text` as an unmasked WebSocket text frame,
+    built once per event and subscription id (clients mostly use the same few ids)."""
+    key = "ws " + sub_text
+    wire = event.encoded.get(key)
+    if wire is None:
+        head = b'{"op":"event","sub":' + sub_text.encode() + b","
+        wire = event.encoded[key] = ws_text_frame(head + event.envelope_json()[1:])
+    return wire
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (what a server sends)."""
+    size = len(payload)
+    if size < 126:
+        return b"\x81" + bytes((size,)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
 def envelopes_json(events: Iterable[Event]) -> bytes:
     """A JSON array of envelopes from their shared encodings."""
     return b"[" + b",".join(e.envelope_json() for e in events) + b"]"
