@@ -193,6 +193,26 @@ class Subscription:
         return True
 
 
+async def start_subscription(
+    hub: Hub,
+    patterns: PatternsLike,
+    after: str | int = LATEST,
+    filter: str | Filter | None = None,
+) -> Subscription:
+    """Validate, resolve the start and join the hub if near it; the caller must `close` it.
+
+    For transports, which hold one per open stream: no context manager of its own, so an
+    idle stream keeps fewer frames alive (see `open_subscription` for everyone else).
+    """
+    parsed = as_patterns(patterns)
+    compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
+    start = await resolve_start(hub.log, after)
+    await hub.wait_started()
+    subscription = Subscription(hub, parsed, compiled, start)
+    subscription.join_if_near()
+    return subscription
+
+
 @asynccontextmanager
 async def open_subscription(
     hub: Hub,
@@ -201,12 +221,7 @@ async def open_subscription(
     filter: str | Filter | None = None,
 ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
     """Validate, resolve the start, and hold the stream open for the block."""
-    parsed = as_patterns(patterns)
-    compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
-    start = await resolve_start(hub.log, after)
-    await hub.wait_started()
-    subscription = Subscription(hub, parsed, compiled, start)
-    subscription.join_if_near()
+    subscription = await start_subscription(hub, patterns, after, filter)
     try:
         async with aclosing(subscription.events()) as stream:
             yield subscription, stream

@@ -12,6 +12,9 @@ Responses the app gives up on. A stream that drops a stalled client returns with
 response unfinished, which uvicorn reports as an ERROR ("returned without completing
 response"). The app has already logged why; here the connection is just closed.
 
+Stream handoff. A stream response parks its body (`stream.handoff`), and the body runs
+here, after the whole app has returned: no framework frame stays alive while it is open.
+
 Direct writes. A live stream's events may be written by the hub straight into the
 connection, without a hop through the stream's task, whenever uvicorn's `send` would have
 written them at once: an SSE response that is chunked and open (`chunk_writer`), a
@@ -38,6 +41,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+
+from backend.interface.stream.handoff import serve_with_handoff
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ class HttpProtocol(HttpToolsProtocol):
         ) -> None:
             scope[CYCLE] = cycle  # type: ignore[literal-required]
             try:
-                await app(scope, receive, send)
+                await serve_with_handoff(app, scope, receive, send)  # type: ignore[arg-type]
             finally:
                 del scope[CYCLE]  # type: ignore[misc]
             if cycle.response_started and not cycle.response_complete:

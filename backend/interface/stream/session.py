@@ -103,10 +103,10 @@ class Session:
         after = self.after
         while self.farewell is None:
             try:
-                async with self.engine.subscription(self.patterns, after, self.filter) as (
-                    subscription,
-                    _,
-                ):
+                subscription = await self.engine.start_subscription(
+                    self.patterns, after, self.filter
+                )
+                try:
                     self._follow(subscription)
                     if not opened:
                         opened = True
@@ -114,6 +114,8 @@ class Session:
                     async with aclosing(subscription.batches()) as batches:
                         async for batch in batches:
                             yield batch
+                finally:
+                    subscription.close()
                 return
             except CursorExpired as exc:
                 reset = exc
