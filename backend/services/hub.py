@@ -20,11 +20,12 @@ holds either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from backend.connectors.outage import outage, report_failure
@@ -36,6 +37,8 @@ from backend.entities.event import Event
 from backend.services.log_reader import LogReader
 
 logger = logging.getLogger(__name__)
+
+DISPATCH_SLICE = 256  # subscribers served between two yields to the loop
 
 DirectWriter = Callable[[list[Event]], bool]
 """Writes a batch to the subscriber's client now and returns True, or does nothing and
@@ -58,6 +61,9 @@ class Registration:
         if self.filter is None:
             return True
         return self.filter.matches(envelope if envelope is not None else event.envelope())
+
+
+Handout = tuple[Registration, list[Event]]
 
 
 @dataclass
@@ -179,44 +185,52 @@ class Hub:
             events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1
             if events:
-                self._dispatch(events)
+                await self._dispatch(events)
             if len(events) < self.read_batch:
                 return
 
-    def _dispatch(self, events: list[Event]) -> None:
+    async def _dispatch(self, events: list[Event]) -> None:
+        """Hand a read's events out, yielding to the loop every DISPATCH_SLICE subscribers
+        so that requests (a publish among them) are answered during a large fan-out.
+
+        The position moves first: a subscriber that joins during the fan-out starts after
+        this read and finds its events in the log, while the subscribers matched at the
+        start get them here.
+        """
+        self.position = events[-1].pos
         topic = events[0].topic
         if all(event.topic == topic for event in events):
-            self._dispatch_one_topic(topic, events)
+            batches = self._one_topic(topic, events)
         else:
-            self._dispatch_mixed(events)
-        self.position = events[-1].pos
-        for hook in self.after_dispatch:
-            hook()
+            batches = self._mixed(events)
+        for count, (reg, batch) in enumerate(batches, 1):
+            self._deliver(reg, batch)
+            if count % DISPATCH_SLICE == 0:
+                self._dispatched()
+                await anyio.lowlevel.checkpoint()
+        self._dispatched()
         advanced, self._advanced = self._advanced, anyio.Event()
         advanced.set()
 
-    def _dispatch_one_topic(self, topic: str, events: list[Event]) -> None:
-        """The usual read, all of one topic: subscribers without a filter share one list."""
-        direct = 0
-        envelopes: list[dict[str, Any]] | None = None
-        for reg in self._subjects.match(topic):
-            batch = events
-            if reg.filter is not None:
-                if envelopes is None:
-                    envelopes = [event.envelope() for event in events]
-                matches = reg.filter.matches
-                batch = [e for e, env in zip(events, envelopes, strict=True) if matches(env)]
-                if not batch:
-                    continue
-            writer = reg.direct
-            if writer is not None and writer(batch):
-                direct += len(batch)
-            else:
-                self._hand(reg, batch)
-        self.stats.direct += direct
-        self.stats.deliveries += direct
+    def _dispatched(self) -> None:
+        for hook in self.after_dispatch:
+            hook()
 
-    def _dispatch_mixed(self, events: list[Event]) -> None:
+    def _one_topic(self, topic: str, events: list[Event]) -> Iterator[Handout]:
+        """The usual read, all of one topic: subscribers without a filter share one list."""
+        envelopes: list[dict[str, Any]] | None = None
+        for reg in list(self._subjects.match(topic)):
+            if reg.filter is None:
+                yield reg, events
+                continue
+            if envelopes is None:
+                envelopes = [event.envelope() for event in events]
+            matches = reg.filter.matches
+            batch = [e for e, env in zip(events, envelopes, strict=True) if matches(env)]
+            if batch:
+                yield reg, batch
+
+    def _mixed(self, events: list[Event]) -> Iterator[Handout]:
         batches: dict[Registration, list[Event]] = {}
         targets_of: dict[str, set[Registration]] = {}
         for event in events:
@@ -231,13 +245,22 @@ class Hub:
                         batches[reg] = [event]
                     else:
                         batch.append(event)
-        for reg, batch in batches.items():
-            writer = reg.direct
-            if writer is not None and writer(batch):
+        yield from batches.items()
+
+    def _deliver(self, reg: Registration, batch: list[Event]) -> None:
+        """Through the subscriber's direct writer when it takes the batch, else buffered."""
+        writer = reg.direct
+        if writer is not None:
+            try:
+                written = writer(batch)
+            except Exception:  # a broken writer must not stop the fan-out
+                logger.exception("a direct writer failed", extra={"action": "direct_failed"})
+                written = False
+            if written:
                 self.stats.direct += len(batch)
                 self.stats.deliveries += len(batch)
-            else:
-                self._hand(reg, batch)
+                return
+        self._hand(reg, batch)
 
     async def wait_beyond(self, pos: int) -> None:
         """Return once the hub has read past `pos` (or closed): for long-polling readers."""

@@ -8,13 +8,15 @@ fan-out, overflow and catch-up paths much harder.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import anyio
 import pytest
 
 from backend.core.errors import CursorExpired
+from backend.core.names import Pattern
 from backend.entities.event import Event, format_id
+from backend.services import hub as hub_module
 from backend.services.hub import Hub
 from backend.services.subscribe import EARLIEST, Subscription, open_subscription
 from backend.testing.memory_log import MemoryLog
@@ -207,3 +209,39 @@ async def test_a_stopped_subscription_refuses_direct_writes() -> None:
         subscription.stop()
         assert not subscription._write_through(publish(log, hub, "x", 1))
     assert wire.got == []
+
+
+async def test_a_subscriber_joining_during_a_sliced_fan_out_misses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "DISPATCH_SLICE", 1)  # yield after every subscriber
+    log = MemoryLog()
+    first, second = Wire(), Wire()
+    started = anyio.Event()
+
+    def first_write(events: list[Event]) -> bool:
+        started.set()
+        return first.write(events)
+
+    async with running_hub(log) as hub:
+        before = hub.position
+        async with (
+            open_subscription(hub, "j") as (a, a_stream),
+            open_subscription(hub, "j") as (b, b_stream),
+            anyio.create_task_group() as tg,
+        ):
+            a.sink, b.sink = first_write, second.write
+            tg.start_soon(follow, a_stream, first)
+            tg.start_soon(follow, b_stream, second)
+            await anyio.wait_all_tasks_blocked()
+            sent = publish(log, hub, "j", 1)
+            await started.wait()  # the hub is between two subscribers of this read
+            joining = Subscription(hub, (Pattern.parse("j"),), None, before)
+            joining.join_if_near()  # now, while the fan-out of `sent` is half done
+            async with aclosing(joining.events()) as joined:
+                sent += publish(log, hub, "j", 1)
+                assert [e.pos for e in await take(joined, 2)] == [e.pos for e in sent]
+            await first.until(2)
+            await second.until(2)
+            tg.cancel_scope.cancel()
+    assert first.got == second.got == [e.pos for e in sent]
