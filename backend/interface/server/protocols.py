@@ -41,7 +41,6 @@ from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallab
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
 
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
 from backend.interface.stream.handoff import serve_with_handoff
@@ -172,12 +171,8 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     writable = protocol.writable
 
     def write_frames(frames: bytes) -> bool:
-        if (
-            protocol.close_sent
-            or protocol.disconnected
-            or conn.state is not State.OPEN
-            or not writable.is_set()
-        ):
+        # A close received or sent, or a lost connection, leaves the transport closing.
+        if protocol.close_sent or transport.is_closing() or not writable.is_set():
             return False
         transport.write(frames)
         return True

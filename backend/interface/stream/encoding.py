@@ -66,15 +66,23 @@ def ws_event_frame(sub_text: str, event: Event) -> str:
     return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
 
 
-def ws_event_wire(sub_text: str, event: Event) -> bytes:
-    """The `event` frame for subscription `sub_text` as an unmasked WebSocket text frame,
-    built once per event and subscription id (clients mostly use the same few ids)."""
-    key = "ws " + sub_text
-    wire = event.encoded.get(key)
-    if wire is None:
-        head = b'{"op":"event","sub":' + sub_text.encode() + b","
-        wire = event.encoded[key] = ws_text_frame(head + event.envelope_json()[1:])
-    return wire
+class WsEventWire:
+    """The `event` frames of one subscription id as unmasked WebSocket text frames, each
+    built once per event and id and kept with the event (clients mostly use the same
+    few ids, so one build serves many subscribers)."""
+
+    __slots__ = ("head", "key")
+
+    def __init__(self, sub_text: str) -> None:
+        self.key = "ws " + sub_text
+        self.head = b'{"op":"event","sub":' + sub_text.encode() + b","
+
+    def __call__(self, event: Event) -> bytes:
+        wire = event.encoded.get(self.key)
+        if wire is None:
+            wire = ws_text_frame(self.head + event.envelope_json()[1:])
+            event.encoded[self.key] = wire
+        return wire
 
 
 def ws_text_frame(payload: bytes) -> bytes:

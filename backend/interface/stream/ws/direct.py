@@ -17,7 +17,7 @@ import anyio
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import frame_writer
-from backend.interface.stream.encoding import ws_event_wire
+from backend.interface.stream.encoding import WsEventWire
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.frames import SubId
 from backend.services.hub import DirectWriter
@@ -26,7 +26,7 @@ from backend.services.hub import DirectWriter
 class DirectFrames:
     """The direct writer of one subscription on one socket."""
 
-    __slots__ = ("scope", "sub_text", "tally", "write")
+    __slots__ = ("scope", "tally", "wire", "write")
 
     def __init__(
         self,
@@ -37,17 +37,14 @@ class DirectFrames:
     ) -> None:
         self.write = write
         self.scope = scope
-        self.sub_text = sub_text
+        self.wire = WsEventWire(sub_text)
         self.tally = tally
 
     def __call__(self, events: list[Event]) -> bool:
         if self.scope.cancel_called:
             return False
-        sub_text = self.sub_text
-        if len(events) == 1:
-            frames = ws_event_wire(sub_text, events[0])
-        else:
-            frames = b"".join([ws_event_wire(sub_text, event) for event in events])
+        wire = self.wire
+        frames = wire(events[0]) if len(events) == 1 else b"".join(map(wire, events))
         if not self.write(frames):
             return False
         tally = self.tally
