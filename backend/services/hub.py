@@ -91,6 +91,9 @@ class Hub:
     """Run once after each read's events are handed out (metrics flush their tallies)."""
     closed: bool = False
     catching_up: int = 0
+    _target: int = 0
+    """The highest position a wake-up announced; a wake-up already read past needs no read."""
+    _must_read: bool = False
     _live: set[Registration] = field(default_factory=set)
     _subjects: SubjectTrie[Registration] = field(default_factory=SubjectTrie)
     _overflowed: set[Registration] = field(default_factory=set)
@@ -135,7 +138,11 @@ class Hub:
 
     def wake(self, head: int | None = None) -> None:
         """A hint that the log may have grown (to `head`, when known)."""
-        if head is None or head > self.position:
+        if head is None:
+            self._must_read = True
+            self._wake.set()
+        elif head > self.position:
+            self._target = max(self._target, head)
             self._wake.set()
 
     async def wait_started(self) -> None:
@@ -158,16 +165,18 @@ class Hub:
         while True:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
+            must_read = self._must_read or not self._wake.is_set()  # told to, or a poll
             self._wake = anyio.Event()
+            self._must_read = False
             try:
-                await self._drain()
+                await self._drain(must_read)
                 backoff = 0.05
                 outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
                 report_failure(logger, "hub read", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
-                self._wake.set()
+                self.wake()
 
     async def _initial_position(self) -> int:
         backoff = 0.05
@@ -180,7 +189,12 @@ class Hub:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
-    async def _drain(self) -> None:
+    async def _drain(self, must_read: bool) -> None:
+        """Read until the log is drained; nothing when every wake-up since the last read
+        announced a head already passed (a publish's own NOTIFY coming back after the
+        hub read its events, say), unless `must_read`."""
+        if not must_read and self._target <= self.position:
+            return
         while True:
             events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from backend.core.errors import CursorExpired
@@ -245,3 +246,19 @@ async def test_a_subscriber_joining_during_a_sliced_fan_out_misses_nothing(
             await second.until(2)
             tg.cancel_scope.cancel()
     assert first.got == second.got == [e.pos for e in sent]
+
+
+async def test_a_wake_up_for_events_already_read_costs_no_read() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub:
+        await anyio.wait_all_tasks_blocked()
+        reads = log.reads
+        sent = publish(log, hub, "n", 3)  # the local publish's wake-up
+        await anyio.lowlevel.checkpoint()  # the hub is now inside its read
+        hub.wake(sent[-1].pos)  # the same commit's NOTIFY, arriving during that read
+        await hub.wait_beyond(sent[-1].pos - 1)
+        await anyio.wait_all_tasks_blocked()
+        assert log.reads - reads == 1
+        hub.wake()  # a wake-up with no head always reads
+        await anyio.wait_all_tasks_blocked()
+        assert log.reads - reads == 2
