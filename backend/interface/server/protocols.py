@@ -15,6 +15,9 @@ response"). The app has already logged why; here the connection is just closed.
 Stream handoff. A stream response parks its body (`stream.handoff`), and the body runs
 here, after the whole app has returned: no framework frame stays alive while it is open.
 
+Lost clients. A stream response may ask to hear at once when its client's connection
+closes (`on_connection_lost`); uvicorn only tells a response that is waiting to receive.
+
 Direct writes. A live stream's events may be written by the hub straight into the
 connection, without a hop through the stream's task, whenever uvicorn's `send` would have
 written them at once: an SSE response that is chunked and open (`chunk_writer`), a
@@ -48,6 +51,7 @@ from backend.interface.stream.handoff import serve_with_handoff
 logger = logging.getLogger(__name__)
 
 CYCLE = "pgcast.cycle"  # the request's uvicorn cycle, in its scope while the app runs
+LOST = "pgcast.lost"  # a response's callback for the client's connection closing
 WS_PROTOCOL = "pgcast.ws"  # the socket's uvicorn protocol, in its scope while the app runs
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
@@ -93,7 +97,12 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            lost = cycle.scope.get(LOST)
+            if callable(lost):
+                lost()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         message_event = WaitersOnDemand()
@@ -154,6 +163,15 @@ def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
         return True
 
     return write_chunks
+
+
+def on_connection_lost(scope: AppScope, callback: Callable[[], None]) -> bool:
+    """Have `callback` run when the client's connection closes before the response ends;
+    False under any other server (nothing will call it)."""
+    if CYCLE not in scope:
+        return False
+    scope[LOST] = callback
+    return True
 
 
 def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:

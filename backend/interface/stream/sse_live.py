@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
-from backend.interface.server.protocols import chunk_writer
+from backend.interface.server.protocols import chunk_writer, on_connection_lost
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
 from backend.interface.stream.handoff import park
@@ -91,6 +91,7 @@ class LiveEventStream(Response):
         self.session = session
         self.expires_at = expires_at
         self.write: Callable[[bytes], bool] | None = None
+        self.scope: Scope | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the headers, then write the stream after the framework has unwound."""
@@ -101,6 +102,7 @@ class LiveEventStream(Response):
                 await send(END)
                 return
             self.write = chunk_writer(scope)
+            self.scope = scope
             parked = park(scope, self._run)
             if not parked:
                 parked = True
@@ -118,6 +120,8 @@ class LiveEventStream(Response):
             stream = LiveStream(session, self.expires_at, write, tally)
             if write is not None:
                 session.sink = stream.deliver
+            if self.scope is not None:
+                on_connection_lost(self.scope, stream.lost)
             gauge = state.metrics.connections.labels("sse")
             gauge.inc()
             state.sse.add(stream)

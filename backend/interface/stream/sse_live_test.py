@@ -68,3 +68,16 @@ async def test_a_slot_left_by_a_gone_client_is_reclaimed_when_needed(database_ur
                 with anyio.fail_after(5):
                     while await anext(lines) != f"id: {sent[0]['id']}":
                         pass
+
+
+async def test_a_client_that_leaves_ends_its_stream_at_once(database_url: str) -> None:
+    env = {"HEARTBEAT_SECONDS": "60"}  # no heartbeat would notice it for a minute
+    gauge = 'pgcast_connections{transport="sse"}'
+    with start_server(database_url, extra_env=env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("GET", "/topics/gone/events", headers=SSE) as response:
+                assert (await anext(response.aiter_lines())).startswith("retry:")
+                assert metric((await client.get("/metrics")).text, gauge) == 1
+            with anyio.fail_after(2):
+                while metric((await client.get("/metrics")).text, gauge) != 0:
+                    await anyio.sleep(0.05)

@@ -68,6 +68,11 @@ class LiveStream:
         self.writing = False
         self.written_at = self.probed_at = time.monotonic()
 
+    def lost(self) -> None:
+        """The server saw the client's connection close: end the stream now, which frees
+        its slot, rather than at its next heartbeat."""
+        self.cancel.cancel()
+
     def deliver(self, events: list[Event]) -> bool:
         """Write `events` now, unless the stream's own task is mid-write or the socket is
         backed up (False: the hub then buffers them for the task)."""
@@ -95,6 +100,7 @@ class SseSweep:
     _streams: set[LiveStream] = field(default_factory=set)
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _reaping: anyio.Event | None = None
 
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
@@ -116,10 +122,20 @@ class SseSweep:
         """Have every idle stream check its client now, and give them a moment to end.
 
         Run when the streaming slots are all taken: a client that left is otherwise
-        noticed at its next heartbeat, and its slot should not wait that long.
+        noticed at its next heartbeat (under pgcast's own server, at once: see
+        `LiveStream.lost`), and its slot should not wait that long. One reap at a time:
+        callers that come during a reap wait for it rather than start another.
         """
-        await self._poke([stream for stream in self._streams if not stream.writing])
-        await anyio.sleep(REAP_WAIT_SECONDS)
+        if self._reaping is not None:
+            await self._reaping.wait()
+            return
+        self._reaping = reaping = anyio.Event()
+        try:
+            await self._poke([stream for stream in self._streams if not stream.writing])
+            await anyio.sleep(REAP_WAIT_SECONDS)
+        finally:
+            self._reaping = None
+            reaping.set()
 
     async def run(self) -> None:
         """Sweep every fraction of the shorter interval, at each expiry and at shutdown."""
