@@ -9,8 +9,10 @@ asyncpg LISTEN connection.
 
 from __future__ import annotations
 
+from itertools import zip_longest
 from typing import Any
 
+from backend.testing.server import ServerProcess
 from bench.fleet import listen_fleet, stream_fleet
 from bench.loadgen import RAW_CHANNEL, http_publishers, sql_publishers
 from bench.model import Row, ScenarioResult, cdf_points, latencies_from, latency_summary
@@ -48,49 +50,65 @@ def _delivery(reports: list[Payload], kind: str, published: int) -> dict[str, An
     }
 
 
+def _paced(
+    ctx: Context,
+    server: ServerProcess,
+    label: str,
+    shares: list[tuple[int, int]],
+    rate: float,
+    sample: bool,
+) -> tuple[Payload, dict[str, float], list[Payload], list[Payload]]:
+    """Subscribers (`shares`: SSE and WebSocket counts per process) follow the topic while
+    a paced publisher sends single events at `rate`; the publisher's result, the server's
+    CPU, the fleets' ready reports and their results."""
+    sizes = ctx.sizes
+    after = head(server, TOPIC)
+    fleets = [
+        Child(
+            stream_fleet,
+            f"{label}-subscribers-{i}",
+            port=server.port,
+            topic=TOPIC,
+            after=after,
+            sse=sse,
+            ws=ws,
+            sample=sample,
+        )
+        for i, (sse, ws) in enumerate(shares)
+        if sse or ws
+    ]
+    publisher = Child(
+        http_publishers,
+        f"{label}-publisher",
+        port=server.port,
+        topic=TOPIC,
+        connections=sizes.latency_publishers,
+        batch=0,
+        seconds=sizes.latency_seconds,
+        rate=rate,
+        padding=ctx.padding,
+    )
+    try:
+        ready = expect_all(fleets, "ready", timeout=180)
+        (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
+        for fleet in fleets:
+            fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
+        reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
+    finally:
+        stop_all([publisher, *fleets])
+    return sent, cpu, ready, reports
+
+
 def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
     sizes = ctx.sizes
     processes = sizes.client_processes
-    with ctx.stack.server(workers) as server:
-        after = head(server, TOPIC)
-        fleets = [
-            Child(
-                stream_fleet,
-                f"latency-subscribers-{i}",
-                port=server.port,
-                topic=TOPIC,
-                after=after,
-                sse=sse,
-                ws=ws,
-                sample=True,
-            )
-            for i, (sse, ws) in enumerate(
-                zip(
-                    split(sizes.latency_sse, processes),
-                    split(sizes.latency_ws, processes),
-                    strict=False,
-                )
-            )
-        ]
-        publisher = Child(
-            http_publishers,
-            "latency-publisher",
-            port=server.port,
-            topic=TOPIC,
-            connections=sizes.latency_publishers,
-            batch=0,
-            seconds=sizes.latency_seconds,
-            rate=rate,
-            padding=ctx.padding,
+    shares = list(
+        zip_longest(
+            split(sizes.latency_sse, processes), split(sizes.latency_ws, processes), fillvalue=0
         )
-        try:
-            ready = expect_all(fleets, "ready", timeout=180)
-            (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
-            for fleet in fleets:
-                fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
-            reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
-        finally:
-            stop_all([publisher, *fleets])
+    )
+    with ctx.stack.server(workers) as server:
+        sent, cpu, ready, reports = _paced(ctx, server, "latency", shares, rate, sample=True)
     published = int(sent["events"])
     return {
         "published": published,
@@ -108,41 +126,11 @@ def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
 def _round_trips(ctx: Context, subscribers: int) -> dict[str, Any]:
     """The publisher's round trips at `fairness_rate` with `subscribers` SSE followers."""
     sizes = ctx.sizes
+    shares = [(share, 0) for share in split(subscribers, sizes.client_processes)]
     with ctx.stack.server() as server:
-        after = head(server, TOPIC)
-        fleets = [
-            Child(
-                stream_fleet,
-                f"fairness-subscribers-{i}",
-                port=server.port,
-                topic=TOPIC,
-                after=after,
-                sse=share,
-                ws=0,
-                sample=False,
-            )
-            for i, share in enumerate(split(subscribers, sizes.client_processes))
-            if share
-        ]
-        publisher = Child(
-            http_publishers,
-            "fairness-publisher",
-            port=server.port,
-            topic=TOPIC,
-            connections=sizes.latency_publishers,
-            batch=0,
-            seconds=sizes.latency_seconds,
-            rate=sizes.fairness_rate,
-            padding=ctx.padding,
+        sent, cpu, _, reports = _paced(
+            ctx, server, "fairness", shares, sizes.fairness_rate, sample=False
         )
-        try:
-            expect_all(fleets, "ready", timeout=180)
-            (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
-            for fleet in fleets:
-                fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
-            reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
-        finally:
-            stop_all([publisher, *fleets])
     delivered = sum(int(r["sse"]["events"]) for r in reports)
     return {
         "subscribers": subscribers,
