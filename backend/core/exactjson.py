@@ -42,6 +42,9 @@ _STRING_OR_NUMBER = re.compile(
     r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
 )
 _NUL = "\x00"
+# Drawn once per process: the tag never leaves it, and a fresh draw per parse cost a
+# system call on every input holding a long number.
+_NONCE = secrets.token_hex(16)
 
 
 def loads(text: bytes | str, what: str = "the body", *, allow_nul: bool = False) -> Any:
@@ -115,7 +118,7 @@ def _parse_exactly(text: bytes | str, what: str) -> Any:
     """Numbers orjson would change travel through it as strings starting with a tag no
     client can guess (a NUL and a random nonce), then become `int` or `Decimal`."""
     source = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
-    nonce = secrets.token_hex(16)
+    nonce = _NONCE
 
     def tag(match: re.Match[str]) -> str:
         token = match.group()
