@@ -34,7 +34,13 @@ from backend.services.publish import new_event, publish_idempotent
 from backend.services.queues import QUEUES_CHANNEL, Queues
 from backend.services.retention import Retention
 from backend.services.sequencer import Sequencer
-from backend.services.subscribe import LATEST, PatternsLike, Subscription, open_subscription
+from backend.services.subscribe import (
+    LATEST,
+    PatternsLike,
+    Subscription,
+    open_subscription,
+    start_subscription,
+)
 from backend.services.topics import list_topics
 
 EVENTS_CHANNEL = "pgcast_events"
@@ -219,13 +225,12 @@ class Engine:
         (stored,) = await self.queues.enqueue([message])
         return stored
 
-    @asynccontextmanager
-    async def subscription(
+    async def start_subscription(
         self,
         patterns: PatternsLike,
         after: str | int = LATEST,
         filter: str | Filter | None = None,
-    ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
-        """Like `subscribe`, also exposing the subscription's position (for transports)."""
-        async with open_subscription(self.hub, patterns, after, filter) as pair:
-            yield pair
+    ) -> Subscription:
+        """Like `subscribe`, as the subscription itself, for transports: iterate its
+        `batches` and `close` it when done."""
+        return await start_subscription(self.hub, patterns, after, filter)

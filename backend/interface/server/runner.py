@@ -20,6 +20,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
@@ -113,6 +114,18 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def protocol_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options that every way of serving shares."""
+    return {
+        "log_level": settings.log_level.lower(),
+        "ws": WebSocketProtocol,
+        "ws_max_size": settings.ws_max_frame_bytes,
+        "ws_ping_interval": settings.ws_ping_interval_seconds,
+        "ws_ping_timeout": settings.ws_ping_interval_seconds,
+        "ws_per_message_deflate": settings.ws_compression,
+    }
+
+
 def serve(
     settings: Settings,
     *,
@@ -127,16 +140,11 @@ def serve(
         report_startup_errors(create_app(settings, lifecycle=lifecycle), lifecycle),
         host=host,
         port=port,
-        log_level=settings.log_level.lower(),
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
-        ws_per_message_deflate=settings.ws_compression,
         http=with_header_timeout(settings.headers_timeout_seconds),
-        ws=WebSocketProtocol,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,
+        **protocol_options(settings),
     )
     quiet = QuietStartupFailure(lifecycle)
     uvicorn_errors = logging.getLogger("uvicorn.error")
@@ -158,13 +166,8 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             port=port,
             reload=True,
             reload_dirs=["backend"],
-            log_level=settings.log_level.lower(),
-            ws_max_size=settings.ws_max_frame_bytes,
-            ws_ping_interval=settings.ws_ping_interval_seconds,
-            ws_ping_timeout=settings.ws_ping_interval_seconds,
-            ws_per_message_deflate=settings.ws_compression,
             http=HttpProtocol,  # reloaded workers get a copy: no per-run class
-            ws=WebSocketProtocol,
+            **protocol_options(settings),
         )
         return
     if settings.workers > 1:

@@ -174,6 +174,45 @@ async def test_unsubscribe_stops_delivery(shared: ServerProcess) -> None:
     assert after - delivered == 2
 
 
+async def test_live_events_are_written_directly_while_the_subscription_waits(
+    shared: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient() as client, connect(shared.url) as ws:
+        before = await hub_direct(client, shared.url)
+        await subscribe(ws, 7, "direct")
+        sent = await publish(client, shared.url, "direct", 1, 2, 3)
+        assert await receive_many(ws, 3) == [event_frame(7, e) for e in sent]
+        assert await hub_direct(client, shared.url) - before == 3
+
+
+async def test_no_event_follows_unsubscribed_while_events_keep_coming(
+    shared: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient() as client, connect(shared.url) as ws:
+        await subscribe(ws, "busy", "flood")
+        async with anyio.create_task_group() as tg:
+
+            async def flood() -> None:
+                while True:
+                    await publish(client, shared.url, "flood", *range(5))
+
+            tg.start_soon(flood)
+            assert (await receive(ws))["sub"] == "busy"
+            await send(ws, op="unsubscribe", id="busy")
+            while (frame := await receive(ws))["op"] != "unsubscribed":
+                assert frame["sub"] == "busy"
+            await anyio.sleep(0.3)  # events keep being published meanwhile
+            await assert_alive(ws)
+            tg.cancel_scope.cancel()
+
+
+async def hub_direct(client: httpx.AsyncClient, url: str) -> float:
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r"^pgcast_hub_direct_deliveries_total (\S+)$", text, re.M)
+    assert found, "no pgcast_hub_direct_deliveries_total in /metrics"
+    return float(found.group(1))
+
+
 async def test_resume_after_last_id_gets_exactly_the_rest(shared: ServerProcess) -> None:
     async with httpx.AsyncClient() as client:
         published = await publish(client, shared.url, "r", *range(5))
