@@ -48,6 +48,23 @@ def test_numbers_orjson_would_change_become_int_or_decimal(text: str, expected: 
     assert same_digits(value, expected)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"ts":1796011917.5834508}', "[0.30000000000000004,-1796011917.5834508]"],
+)
+def test_a_long_fraction_that_is_a_doubles_shortest_form_stays_a_float(text: str) -> None:
+    value = exactjson.loads(text)
+    assert value == orjson.loads(text)
+    assert exactjson.dumps(value) == text.encode()
+
+
+def test_a_long_fraction_a_double_would_round_is_still_exact() -> None:
+    (kept, rounded) = exactjson.loads("[1.2345678901234567, 1.23456789012345678]")
+    assert kept == 1.2345678901234567
+    assert type(kept) is float
+    assert rounded == Decimal("1.23456789012345678")
+
+
 def test_common_documents_parse_like_orjson() -> None:
     text = b'{"a":[1,2.5,-3e10,"x"],"b":{"c":null,"d":true}}'
     assert exactjson.loads(text) == orjson.loads(text)

@@ -90,7 +90,7 @@ async def publish_events(
         return []
     committed = False
     try:
-        async with pool.acquire(live=live) as conn:
+        async with pool.acquire(live=live, stateless=True) as conn:
             # One INSERT statement commits atomically on its own: no BEGIN/COMMIT round trips.
             seqs = await log_queries.insert_events(conn, events)
             committed = True
@@ -123,7 +123,7 @@ async def publish_idempotent(
         return await log_queries.insert_events(conn, events)
 
     seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
-    async with pool.acquire() as conn:
+    async with pool.acquire(stateless=True) as conn:
         return await _sequenced(conn, seqs, on_sequenced), replayed
 
 
@@ -131,7 +131,8 @@ async def _sequenced(
     conn: Connection, seqs: Sequence[int], on_sequenced: Callable[[int], None] | None
 ) -> list[Event]:
     """Run the sequencer (our rows are committed) and read the rows back as delivered,
-    in one round trip: with the INSERT, a publish costs two."""
+    in one round trip: with the INSERT, a publish costs two (the connection goes back to
+    the pool without a reset, as neither leaves session state)."""
     published = await log_queries.sequence_and_read(conn, seqs)
     if on_sequenced is not None and published:
         on_sequenced(published[-1].pos)
