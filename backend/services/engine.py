@@ -114,7 +114,7 @@ class Engine:
             )
             committer = GroupCommitter(
                 pool,
-                hub.wake,
+                hub.hand_over,
                 max_requests=settings.group_commit_max_requests,
                 max_wait=settings.group_commit_wait_ms / 1000,
             )
@@ -165,7 +165,7 @@ class Engine:
     ) -> tuple[list[Event], bool]:
         """Idempotent publish: (events, replayed). Raises Conflict on a reused key."""
         return await publish_idempotent(
-            self.pool, topic, key, digest, events, on_sequenced=self.hub.wake
+            self.pool, topic, key, digest, events, on_published=self.hub.hand_over
         )
 
     async def read_page(

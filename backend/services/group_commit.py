@@ -69,7 +69,7 @@ class GroupCommitStats:
 @dataclass(eq=False)
 class GroupCommitter:
     pool: Pool
-    on_sequenced: Callable[[int], None]
+    on_published: Callable[[list[Event]], None]
     max_requests: int = 256
     max_wait: float = 0.002
     workers: int = 2
@@ -177,7 +177,7 @@ class GroupCommitter:
             published = await publish_events(
                 self.pool,
                 [event for request in batch for event in request.events],
-                on_sequenced=self.on_sequenced,
+                on_published=self.on_published,
                 live=True,
             )
         except InvalidEvent as exc:

@@ -70,7 +70,7 @@ async def _wait_for_a_lock_wait(conn: Connection) -> None:
 
 async def test_stopping_answers_every_request_it_did_not_commit(database_url: str) -> None:
     async with open_pool(database_url, size=2) as pool:
-        committer = GroupCommitter(pool, lambda _pos: None, workers=1, max_requests=1)
+        committer = GroupCommitter(pool, lambda _events: None, workers=1, max_requests=1)
         outcome: dict[str, list[Event] | ShuttingDown] = {}
 
         async def publish(name: str) -> None:
@@ -122,7 +122,9 @@ async def test_a_full_queue_holds_publishers_back_until_a_batch_leaves_it(
     database_url: str,
 ) -> None:
     async with open_pool(database_url, size=2) as pool:
-        committer = GroupCommitter(pool, lambda _pos: None, workers=1, max_requests=1, queue_size=1)
+        committer = GroupCommitter(
+            pool, lambda _events: None, workers=1, max_requests=1, queue_size=1
+        )
         published: list[str] = []
 
         async def publish(name: str) -> None:

@@ -39,6 +39,7 @@ from backend.services.log_reader import LogReader
 logger = logging.getLogger(__name__)
 
 DISPATCH_SLICE = 256  # subscribers served between two yields to the loop
+MAX_HANDED = 64  # published batches kept for the hub; beyond that it reads them back
 
 DirectWriter = Callable[[list[Event]], bool]
 """Writes a batch to the subscriber's client now and returns True, or does nothing and
@@ -74,6 +75,8 @@ class HubStats:
     deliveries: int = 0
     direct: int = 0
     """Of the deliveries, those written straight to the client by the hub."""
+    handed: int = 0
+    """Events handed out as their publisher in this process gave them, without a read."""
     overflows: int = 0
 
 
@@ -94,6 +97,8 @@ class Hub:
     _target: int = 0
     """The highest position a wake-up announced; a wake-up already read past needs no read."""
     _must_read: bool = False
+    _handed: dict[int, list[Event]] = field(default_factory=dict)
+    """Events this process published, by first position, not yet handed out."""
     _live: set[Registration] = field(default_factory=set)
     _subjects: SubjectTrie[Registration] = field(default_factory=SubjectTrie)
     _overflowed: set[Registration] = field(default_factory=set)
@@ -145,6 +150,15 @@ class Hub:
             self._target = max(self._target, head)
             self._wake.set()
 
+    def hand_over(self, events: list[Event]) -> None:
+        """Events this process has just committed and positioned, in order: when they are
+        the next ones in the log, the hub hands them out without reading them back."""
+        if not events:
+            return
+        if len(self._handed) < MAX_HANDED:
+            self._handed[events[0].pos] = events
+        self.wake(events[-1].pos)
+
     async def wait_started(self) -> None:
         await self._started.wait()
 
@@ -190,18 +204,40 @@ class Hub:
                 backoff = min(backoff * 2, self.poll_interval)
 
     async def _drain(self, must_read: bool) -> None:
-        """Read until the log is drained; nothing when every wake-up since the last read
-        announced a head already passed (a publish's own NOTIFY coming back after the
-        hub read its events, say), unless `must_read`."""
-        if not must_read and self._target <= self.position:
-            return
+        """Hand out what this process published, then read until the log is drained.
+
+        No read when every wake-up since the last one announced a head already passed (a
+        publish handed over, or its own NOTIFY coming back after the hub read its events),
+        unless `must_read`.
+        """
         while True:
+            handed = self._next_handed()
+            if handed is not None:
+                await self._dispatch(handed)
+                continue
+            if not must_read and self._target <= self.position:
+                return
+            must_read = False
             events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1
             if events:
                 await self._dispatch(events)
             if len(events) < self.read_batch:
                 return
+
+    def _next_handed(self) -> list[Event] | None:
+        """The handed-over events that come next in the log, if some do and nothing else
+        lies between them (positions are dense); forgets those already read past."""
+        handed = self._handed
+        if not handed:
+            return None
+        events = handed.pop(self.position + 1, None)
+        for first in [first for first, later in handed.items() if later[-1].pos <= self.position]:
+            del handed[first]
+        if events is None or events[-1].pos - events[0].pos != len(events) - 1:
+            return None
+        self.stats.handed += len(events)
+        return events
 
     async def _dispatch(self, events: list[Event]) -> None:
         """Hand a read's events out, yielding to the loop every DISPATCH_SLICE subscribers

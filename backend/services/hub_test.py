@@ -262,3 +262,32 @@ async def test_a_wake_up_for_events_already_read_costs_no_read() -> None:
         hub.wake()  # a wake-up with no head always reads
         await anyio.wait_all_tasks_blocked()
         assert log.reads - reads == 2
+
+
+async def test_events_handed_over_by_their_publisher_go_out_without_a_read() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "h") as (_, stream):
+        await anyio.wait_all_tasks_blocked()
+        reads = log.reads
+        sent = [log.append("h", n) for n in range(3)]
+        hub.hand_over(sent)
+        assert [e.pos for e in await take(stream, 3)] == [e.pos for e in sent]
+        assert log.reads == reads
+        assert hub.stats.handed == 3
+
+
+async def test_handed_over_events_that_are_not_next_are_read_from_the_log_once() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "h") as (_, stream):
+        await anyio.wait_all_tasks_blocked()
+        reads = log.reads
+        other = log.append("h", "committed elsewhere first")  # its wake-up is still on the way
+        mine = [log.append("h", n) for n in range(2)]
+        hub.hand_over(mine)
+        got = await take(stream, 3)
+        hub.hand_over(mine)  # late, and already read: nothing happens
+        await anyio.wait_all_tasks_blocked()
+        assert [e.pos for e in got] == [other.pos] + [e.pos for e in mine]
+        assert log.reads - reads == 1
+        assert hub.stats.handed == 0
+        assert hub.stats.deliveries == 3
