@@ -27,6 +27,7 @@ from backend.services.queues import (
     number,
     validate_queue,
 )
+from backend.services.settle import Retry, Settle
 
 
 @dataclass(eq=False)
@@ -65,6 +66,10 @@ class Delivery:
         )
         self.consumer.settled(self.lease)
         return moved
+
+    def settle(self, retry: Retry | None = None) -> Settle:
+        """This delivery's ack (no `retry`) or nack, for `Queues.settle`."""
+        return Settle(self.message.queue, self.id, self.lease, retry)
 
     async def extend(self, seconds: float) -> datetime:
         return await self.consumer.queues.extend(self.message.queue, self.id, self.lease, seconds)
