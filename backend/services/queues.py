@@ -216,15 +216,15 @@ class Queues:
         answer lost; one that lands while the connection goes back to the pool gives the
         claim back (attempts restored) before it propagates.
         """
-        leases = [str(uuid4()) for _ in range(limit)]
+        base = f"{uuid4()}."
         try:
             async with self._conn() as conn:
                 with anyio.CancelScope(shield=True):
-                    claimed = await q.claim(conn, queue, lease_seconds, leases)
+                    claimed = await q.claim(conn, queue, lease_seconds, base, limit)
         except BaseException:
             # Whether or not the claim committed, its messages carry only these tokens:
             # giving all of them back also covers a commit whose answer was lost.
-            await self.give_back(leases)
+            await self.give_back(q.lease_tokens(base, limit))
             raise
         return claimed
 

@@ -70,14 +70,20 @@ async def insert_messages(conn: Connection, messages: Sequence[NewMessage]) -> l
     return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
 
-async def claim(
-    conn: Connection, queue: str, lease_seconds: float, leases: Sequence[str]
-) -> list[Message]:
-    """Lease up to `len(leases)` available messages under the given lease tokens, in order.
+def lease_tokens(base: str, limit: int) -> list[str]:
+    """Every token a claim of up to `limit` messages under `base` may have handed out."""
+    return [f"{base}{n}" for n in range(1, limit + 1)]
 
-    The caller picks the tokens before the statement runs, so it can always give back
-    whatever this claimed, even when it never saw the answer. SKIP LOCKED lets consumers
-    never collide. The claim commits without waiting for its WAL flush: a claim lost in a
+
+async def claim(
+    conn: Connection, queue: str, lease_seconds: float, base: str, limit: int
+) -> list[Message]:
+    """Lease up to `limit` available messages, in order, under the tokens `base` + 1, 2, ...
+
+    The caller picks the base before the statement runs, so it can always give back
+    whatever this claimed (`lease_tokens`), even when it never saw the answer; an idle
+    claim sends one short string whatever the limit. SKIP LOCKED lets consumers never
+    collide. The claim commits without waiting for its WAL flush: a claim lost in a
     Postgres crash leaves its messages ready with the attempt unused (the lease is
     refused), and the fenced ack, which does wait, flushes the claim before it.
     """
@@ -89,21 +95,22 @@ async def claim(
             SELECT id, available_at FROM pgcast.queue_messages
              WHERE queue = $1 AND state = 'ready' AND available_at <= now()
              ORDER BY available_at, id
-             LIMIT cardinality($3::text[])
+             LIMIT $4
              FOR UPDATE SKIP LOCKED
         ), numbered AS (
             SELECT id, row_number() OVER (ORDER BY available_at, id) AS n FROM picked
         )
         UPDATE pgcast.queue_messages AS m
            SET state = 'leased', attempt = m.attempt + 1,
-               lease_token = ($3::text[])[numbered.n],
+               lease_token = $3::text || numbered.n,
                lease_until = now() + make_interval(secs => $2)
           FROM numbered, no_flush_wait WHERE m.id = numbered.id
         RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
         """,
         queue,
         lease_seconds,
-        list(leases),
+        base,
+        limit,
     )
     return sorted((to_message(r) for r in rows), key=lambda m: (m.available_at, m.id))
 

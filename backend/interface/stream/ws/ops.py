@@ -80,7 +80,7 @@ async def dispatch(connection: Connection, text: str | None) -> None:
         if unknown:
             raise FrameError("invalid_frame", f"{name} has unknown field(s): {', '.join(unknown)}")
         if op.settle is not None:
-            hand_in(connection, Pending(echo, op.settle(connection, frame)))
+            hand_in(connection, Pending(echo, *op.settle(connection, frame)))
             return
         assert op.handle is not None
         await until_settled(connection)
@@ -178,14 +178,14 @@ async def consume(connection: Connection, frame: Frame) -> None:
     connection.tasks.start_soon(run_consumer, connection, sub, scope, queue, prefetch, lease)
 
 
-def ack(connection: Connection, frame: Frame) -> Settle:
+def ack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:
     """The ack of a held message; answered with `acked` once committed (`settling.py`)."""
     delivery = _held_delivery(connection, frame)
     del connection.held[str(delivery.id)]
-    return delivery.settle()
+    return delivery, delivery.settling()
 
 
-def nack(connection: Connection, frame: Frame) -> Settle:
+def nack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:
     """The nack of a held message; answered with `nacked` and the state it moved to."""
     delivery = _held_delivery(connection, frame)
     delay = _nack_delay(frame)
@@ -193,7 +193,7 @@ def nack(connection: Connection, frame: Frame) -> Settle:
     if error is not None and not isinstance(error, str):
         raise FrameError("invalid_frame", "error must be a string")
     del connection.held[str(delivery.id)]
-    return delivery.settle(Retry(delay, error and error[:4000]))
+    return delivery, delivery.settling(Retry(delay, error and error[:4000]))
 
 
 def _nack_delay(frame: Frame) -> float | None:
@@ -247,7 +247,7 @@ def _wall_time(timestamp: float) -> str:
 
 
 Handler = Callable[[Connection, Frame], Awaitable[None]]
-Settler = Callable[[Connection, Frame], Settle]
+Settler = Callable[[Connection, Frame], tuple[Delivery, Settle]]
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,16 @@ from backend.connectors.store.queues import Moved
 from backend.core import exactjson
 from backend.interface.stream.ws.connection import REPORTED, Connection
 from backend.interface.stream.ws.frames import Frame
+from backend.services.consume import Delivery
 from backend.services.settle import Settle
 
 
 @dataclass(eq=False, slots=True)
 class Pending:
-    """One settling frame: the settlement to commit, or the error that refused it."""
+    """One settling frame: the delivery and its settlement, or the error that refused it."""
 
     echo: Frame
+    delivery: Delivery | None = None
     settle: Settle | None = None
     error: BaseException | None = None
 
@@ -89,6 +91,8 @@ async def _answer(
         if pending.settle is not None:
             outcome = next(outcomes)
             if isinstance(outcome, BaseException):
+                assert pending.delivery is not None
+                pending.delivery.not_settled()
                 problem = outcome
             else:
                 answers.append(_settled_frame(pending.settle.message_id, outcome))
