@@ -45,6 +45,7 @@ from backend.core.errors import (
 from backend.core.names import validate_name
 from backend.entities.event import NewEvent, format_time
 from backend.entities.message import Message, NewMessage, QueueStats
+from backend.services.claiming import ClaimBatcher
 from backend.services.settle import Retry, Settle, SettleBatcher, Settled
 
 logger = logging.getLogger(__name__)
@@ -153,11 +154,13 @@ class Queues:
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
     settlements: SettleBatcher = field(init=False)
+    claims: ClaimBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
         self.settlements = SettleBatcher(self._commit_settles)
+        self.claims = ClaimBatcher(self._claim_now, self.give_back)
 
     @property
     def backoff(self) -> tuple[float, float]:
@@ -212,21 +215,21 @@ class Queues:
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
         """Lease up to `limit` messages; the caller gets them all, or the queue gets them back.
 
-        The statement runs shielded, so a cancellation cannot leave it committed with its
-        answer lost; one that lands while the connection goes back to the pool gives the
-        claim back (attempts restored) before it propagates.
+        Claims of one queue made at the same time share one statement (`ClaimBatcher`),
+        which runs shielded: a cancellation cannot leave it committed with its answer lost.
         """
+        return await self.claims.claim(queue, limit, lease_seconds)
+
+    async def _claim_now(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
         base = f"{uuid4()}."
         try:
             async with self._conn() as conn:
-                with anyio.CancelScope(shield=True):
-                    claimed = await q.claim(conn, queue, lease_seconds, base, limit)
+                return await q.claim(conn, queue, lease_seconds, base, limit)
         except BaseException:
             # Whether or not the claim committed, its messages carry only these tokens:
             # giving all of them back also covers a commit whose answer was lost.
             await self.give_back(q.lease_tokens(base, limit))
             raise
-        return claimed
 
     async def next_available(self, queue: str) -> datetime | None:
         async with self._conn() as conn:
