@@ -152,7 +152,7 @@ class Consumer:
                 yield delivery
             if claimed:
                 continue
-            with anyio.move_on_after(await self._idle_wait(room)) as waited:
+            with anyio.move_on_after(await self._idle_wait(room, woken)) as waited:
                 await woken.wait()
             quiet = waited.cancelled_caught
 
@@ -162,9 +162,11 @@ class Consumer:
         self.queues.holders[delivery.lease] = self.settled
         return delivery
 
-    async def _idle_wait(self, room: int) -> float:
+    async def _idle_wait(self, room: int, woken: anyio.Event) -> float:
         """Sleep until woken, the next delayed message is due, or the safety poll."""
-        return await due_wait(self.queues, self.queue, self.queues.poll_interval, room > 0)
+        if room <= 0:
+            return self.queues.poll_interval
+        return await due_wait(self.queues, self.queue, self.queues.poll_interval, woken)
 
     async def _forget_settled_elsewhere(self) -> None:
         """Messages settled in another process, or reaped after their lease, free room too."""
@@ -185,12 +187,12 @@ class Consumer:
             )
 
 
-async def due_wait(queues: Queues, queue: str, longest: float, check_due: bool = True) -> float:
-    """How long to sleep at most: until the next delayed message is due, or `longest`."""
-    if check_due:
-        due = await queues.next_available(queue)
-        if due is not None:
-            return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
+async def due_wait(queues: Queues, queue: str, longest: float, woken: anyio.Event) -> float:
+    """How long to sleep at most: until the next delayed message is due, or `longest`.
+    `woken` is the wake-up the caller waits for (callers woken together ask once)."""
+    due = await queues.next_available(queue, woken)
+    if due is not None:
+        return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
     return longest
 
 
@@ -210,7 +212,7 @@ async def claim_within(
         if claimed or left <= 0:
             return claimed
         longest = min(left, queues.poll_interval)
-        with anyio.move_on_after(await due_wait(queues, queue, longest)):
+        with anyio.move_on_after(await due_wait(queues, queue, longest, woken)):
             await woken.wait()
 
 

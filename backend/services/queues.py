@@ -138,6 +138,15 @@ class QueueWaker:
 
 
 @dataclass(eq=False)
+class _Asking:
+    """One `next_available` query that consumers woken together wait for."""
+
+    due: datetime | None = None
+    known: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
 class Queues:
     """The queue service of one process."""
 
@@ -156,6 +165,7 @@ class Queues:
     settlements: SettleBatcher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)
+    _asking: dict[anyio.Event, _Asking] = field(default_factory=dict)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
@@ -231,7 +241,30 @@ class Queues:
             await self.give_back(q.lease_tokens(base, limit))
             raise
 
-    async def next_available(self, queue: str) -> datetime | None:
+    async def next_available(self, queue: str, woken: anyio.Event | None = None) -> datetime | None:
+        """When the queue's next ready message is due (None: none is ready or delayed).
+
+        Idle consumers of a queue woken by the same wake-up (the same `woken`) share one
+        query: a change made after that query started wakes them all again anyway.
+        """
+        if woken is None or woken.is_set():
+            return await self._next_available(queue)
+        asking = self._asking.get(woken)
+        if asking is None:
+            asking = self._asking[woken] = _Asking()
+            try:
+                asking.due = await self._next_available(queue)
+                asking.known = True
+            finally:
+                del self._asking[woken]
+                asking.done.set()
+        else:
+            await asking.done.wait()
+            if not asking.known:  # the query failed: ask again
+                return await self._next_available(queue)
+        return asking.due
+
+    async def _next_available(self, queue: str) -> datetime | None:
         async with self._conn() as conn:
             return await q.next_available(conn, queue)
 

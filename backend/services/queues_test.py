@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import aclosing
+from datetime import datetime
 
 import anyio
 import pytest
@@ -238,3 +239,35 @@ async def test_a_settlement_on_its_way_frees_room_and_a_failed_one_takes_it_back
         (stats,) = await queues.stats("room")
         assert await queues.still_leased([first.lease, second.lease]) == set()
     assert (stats.ready, stats.leased) == (2, 0)
+
+
+async def test_consumers_woken_together_ask_once_when_the_next_message_is_due(
+    database_url: str,
+) -> None:
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue([queues.message("due", 1, delay_seconds=60)])
+        asked: list[str] = []
+        real = queues._next_available
+
+        async def counted(queue: str) -> datetime | None:
+            asked.append(queue)
+            return await real(queue)
+
+        queues._next_available = counted  # type: ignore[method-assign]
+        woken = queues.waker.event("due")
+        answers: list[datetime | None] = []
+
+        async def ask() -> None:
+            answers.append(await queues.next_available("due", woken))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(ask)
+            queues.changed("due")
+            after_wake = await queues.next_available("due", woken)
+    assert asked == ["due", "due"]
+    assert len(answers) == 5
+    assert answers[0] is not None
+    assert set(answers) == {answers[0]} == {after_wake}
