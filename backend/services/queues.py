@@ -299,17 +299,18 @@ class Queues:
         holding the lease: here directly, in another process through a NOTIFY.
         """
         settled = await self.settlements.settle(settles)
-        outcomes: list[q.Moved | PgcastError | None] = []
-        for settle in settles:
-            outcome = settled.outcome(settle)
-            if outcome is False:
-                outcomes.append(await self._refusal(settle.queue, settle.message_id))
-                continue
-            here = self._settled(settle.lease)
-            if settle.retry is not None or not here:
-                self.changed(settle.queue)
-            outcomes.append(None if outcome is True else outcome)
-        return outcomes
+        outcomes = [settled.outcome(settle) for settle in settles]
+        for settle, outcome in zip(settles, outcomes, strict=True):
+            if outcome is not False:  # every consumer hears first, before any await
+                here = self._settled(settle.lease)
+                if settle.retry is not None or not here:
+                    self.changed(settle.queue)
+        return [
+            await self._refusal(settle.queue, settle.message_id)
+            if outcome is False
+            else (None if outcome is True else outcome)
+            for settle, outcome in zip(settles, outcomes, strict=True)
+        ]
 
     async def _commit_settles(self, settles: Sequence[Settle]) -> Settled:
         acks = [(s.queue, s.message_id, s.lease) for s in settles if s.retry is None]
@@ -340,7 +341,6 @@ class Queues:
             until = await q.extend(conn, queue, message_id, lease, seconds)
             if until is None:
                 raise await self._refusal_on(conn, queue, message_id)
-            assert until is not None
             return until
 
     async def release(self, delivered: Sequence[str], undelivered: Sequence[str] = ()) -> None:
