@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,6 +29,9 @@ from backend.interface.server.state import AppState
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.ws.frames import Frame, SubId
 from backend.services.consume import Delivery
+
+if TYPE_CHECKING:
+    from backend.interface.stream.ws.settling import Settling
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ class Connection:
     """Who the socket acts for; None until an `auth` frame when the handshake had no token."""
     subscriptions: dict[SubId, anyio.CancelScope] = field(default_factory=dict)
     held: dict[str, tuple[SubId, Delivery]] = field(default_factory=dict)
+    settling: Settling | None = None
+    """Acks and nacks handed in and not yet answered (`settling.py`); None when there are none."""
     close_code: int | None = None
     close_reason: str = ""
     authenticated: anyio.Event = field(default_factory=anyio.Event)

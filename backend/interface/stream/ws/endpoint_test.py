@@ -429,6 +429,38 @@ async def test_nack_takes_delay_seconds_or_its_deprecated_alias_delay(
     assert (stats["ready"], stats["delayed"]) == (0, 3)
 
 
+async def test_settlements_sent_back_to_back_are_answered_in_order(
+    shared: ServerProcess,
+) -> None:
+    """Acks and nacks sent without waiting commit while the socket reads on; the answers,
+    errors included, come in frame order, and a later frame waits for them all."""
+    async with httpx.AsyncClient(base_url=shared.url) as client, connect(shared.url) as ws:
+        await client.post("/queues/wspipe/messages", json=[{"data": n} for n in range(20)])
+        await send(ws, op="consume", id="p", queue="wspipe", prefetch=20)
+        assert await receive(ws) == {"op": "subscribed", "id": "p"}
+        ids = [m["id"] for m in await receive_many(ws, 20)]
+        for message_id in ids[:10]:
+            await send(ws, op="ack", message=message_id)
+        await send(ws, op="ack", message=ids[0])  # settled just before: not held any more
+        await send(ws, op="nack", message=ids[10], delay_seconds=60, error="later")
+        await send(ws, op="ack", message="no such")
+        for message_id in ids[11:]:
+            await send(ws, op="ack", message=message_id)
+        await send(ws, op="ping")
+        answers = await receive_many(ws, 23)
+        stats = (await client.get("/queues/wspipe")).json()
+    assert answers[:10] == [{"op": "acked", "message": m} for m in ids[:10]]
+    assert [(a["op"], a.get("code"), a.get("message_id")) for a in answers[10:13]] == [
+        ("error", "unknown_message", ids[0]),
+        ("nacked", None, None),
+        ("error", "unknown_message", "no such"),
+    ]
+    assert answers[11] == {"op": "nacked", "message": ids[10], "state": "ready"}
+    assert answers[13:22] == [{"op": "acked", "message": m} for m in ids[11:]]
+    assert answers[22] == {"op": "pong"}
+    assert (stats["ready"], stats["delayed"], stats["leased"]) == (0, 1, 0)
+
+
 async def test_unsubscribe_right_after_consume_strands_nothing(shared: ServerProcess) -> None:
     """Unsubscribing while a claim is under way: every message the socket got is returned as
     a disconnect (dead here, at max_attempts 1), every other one is ready with no attempt
