@@ -285,18 +285,22 @@ async def dead(conn: Connection, queue: str, after_id: int, limit: int) -> list[
 
 
 async def stats(conn: Connection, queue: str | None) -> list[QueueStats]:
+    """Figures per queue, "due" judged against the time the rows are read: `now()` is when
+    the statement arrived, which on a busy server can be before a message that the read
+    already sees was given back (its `available_at` is that transaction's start)."""
     rows = await conn.fetch(
         """
+        WITH at AS (SELECT clock_timestamp() AS t)
         SELECT queue,
-               count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
-               count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
+               count(*) FILTER (WHERE state = 'ready' AND available_at <= at.t) AS ready,
+               count(*) FILTER (WHERE state = 'ready' AND available_at > at.t) AS delayed,
                count(*) FILTER (WHERE state = 'leased') AS leased,
                count(*) FILTER (WHERE state = 'dead') AS dead,
-               extract(epoch FROM now() - min(available_at)
-                   FILTER (WHERE state = 'ready' AND available_at <= now()))::float8 AS oldest
-          FROM pgcast.queue_messages
+               extract(epoch FROM at.t - min(available_at)
+                   FILTER (WHERE state = 'ready' AND available_at <= at.t))::float8 AS oldest
+          FROM pgcast.queue_messages, at
          WHERE state <> 'acked' AND ($1::text IS NULL OR queue = $1)
-         GROUP BY queue ORDER BY queue
+         GROUP BY queue, at.t ORDER BY queue
         """,
         queue,
     )

@@ -134,7 +134,7 @@ async def test_sse_consumer_disconnect_requeues_at_once(queue_server: ServerProc
         with anyio.fail_after(5):
             while (stats := (await client.get("/queues/sse")).json())["leased"]:
                 await anyio.sleep(0.05)
-        assert stats["ready"] == 1
+        assert stats["ready"] == 1, stats
         (back,) = (await client.get("/queues/sse/messages")).json()["messages"]
         assert back["id"] == got[1]["id"]
 
