@@ -139,6 +139,7 @@ def _round_trips(ctx: Context, subscribers: int) -> dict[str, Any]:
             round(delivered / (subscribers * int(sent["events"])), 4) if subscribers else None
         ),
         "round_trip": sent["round_trip"],
+        "subscriber_cpu_pct": client_cpu_pct(reports, float(sent["elapsed"])),
         **cpu,
     }
 
@@ -161,7 +162,8 @@ def _fairness(ctx: Context, result: ScenarioResult) -> None:
                 better="lower",
                 note=(
                     f"delivered {loaded['delivered_ratio']:.1%},"
-                    f" server {loaded['server_cpu_pct']:.0f}% CPU"
+                    f" server {loaded['server_cpu_pct']:.0f}% CPU,"
+                    f" subscriber processes {loaded['subscriber_cpu_pct']:.0f}%"
                     if name == "p99"
                     else ""
                 ),
