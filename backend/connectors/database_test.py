@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 from contextlib import AsyncExitStack
-from typing import Any
 
 import anyio
 import asyncpg
@@ -14,6 +13,7 @@ import pytest
 from backend.connectors.database import Connection, Pool, connect, open_pool
 from backend.core.concurrency import unwrap_single_error
 from backend.core.errors import DatabaseUnavailable
+from backend.testing.statements import logged_pool
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 
@@ -132,16 +132,7 @@ async def test_a_refused_connection_is_database_unavailable() -> None:
 async def test_a_stateless_block_skips_the_reset_and_any_other_block_gets_it(
     database_url: str,
 ) -> None:
-    statements: list[str] = []
-
-    def log(query: Any) -> None:  # asyncpg's LoggedQuery
-        statements.append(query.query)
-
-    async with open_pool(database_url, size=1, live_reserve=0) as pool:
-        async with pool.acquire() as conn:
-            conn.add_query_logger(log)
-            reset = conn.get_reset_query()
-        statements.clear()
+    async with logged_pool(database_url) as (pool, statements, reset):
         async with pool.acquire(stateless=True) as conn:
             await conn.fetchval("SELECT 1")
         assert statements == ["SELECT 1"]

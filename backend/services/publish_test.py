@@ -3,14 +3,13 @@ queued behind a long backlog still come back with their positions."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from backend.connectors.database import connect, open_pool
+from backend.connectors.database import connect
 from backend.connectors.store import log as log_queries
 from backend.entities.event import NewEvent
 from backend.services.publish import publish_events
+from backend.testing.statements import logged_pool
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 
@@ -18,14 +17,7 @@ pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 async def test_a_publish_is_two_statements_insert_then_sequence_and_read(
     database_url: str,
 ) -> None:
-    statements: list[str] = []
-
-    def log(query: Any) -> None:  # asyncpg's LoggedQuery
-        statements.append(query.query)
-
-    async with open_pool(database_url, size=1, live_reserve=0) as pool:
-        async with pool.acquire() as conn:
-            conn.add_query_logger(log)
+    async with logged_pool(database_url) as (pool, statements, _):
         await publish_events(pool, [NewEvent("warm.up", b"0")])  # statements get prepared
         statements.clear()
         published = await publish_events(
