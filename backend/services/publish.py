@@ -88,20 +88,22 @@ async def publish_events(
     """
     if not events:
         return []
-    committed = False
+    sent = False
     try:
         async with pool.acquire(live=live, stateless=True) as conn:
-            # One INSERT statement commits atomically on its own: no BEGIN/COMMIT round trips.
-            seqs = await log_queries.insert_events(conn, events)
-            committed = True
-            return await _sequenced(conn, seqs, on_published)
+            # One statement, its own transaction: positions taken, events written, committed.
+            sent = True
+            published = await log_queries.append_positioned(conn, events)
     except DatabaseUnavailable as exc:
-        if committed:
+        if sent:
             raise DatabaseUnavailable(
-                "the events were committed and will be delivered, but the database went away"
-                " before their ids were known; retry with an Idempotency-Key to avoid copies"
+                "the database went away during the publish, so whether it was stored is not"
+                " known; retry with an Idempotency-Key to avoid copies"
             ) from exc
         raise DatabaseUnavailable(f"nothing was published: {exc.message}") from exc
+    if on_published is not None:
+        on_published(published)
+    return published
 
 
 async def publish_idempotent(
@@ -130,9 +132,9 @@ async def publish_idempotent(
 async def _sequenced(
     conn: Connection, seqs: Sequence[int], on_published: Callable[[list[Event]], None] | None
 ) -> list[Event]:
-    """Run the sequencer (our rows are committed) and read the rows back as delivered,
-    in one round trip: with the INSERT, a publish costs two (the connection goes back to
-    the pool without a reset, as neither leaves session state)."""
+    """Run the sequencer (our rows are committed, in the idempotency key's transaction)
+    and read the rows back as delivered, in one round trip (the connection goes back to
+    the pool without a reset, as it leaves no session state)."""
     published = await log_queries.sequence_and_read(conn, seqs)
     if on_published is not None and published:
         on_published(published)

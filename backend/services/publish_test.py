@@ -14,7 +14,7 @@ from backend.testing.statements import logged_pool
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 
 
-async def test_a_publish_is_two_statements_insert_then_sequence_and_read(
+async def test_a_publish_is_one_statement_that_writes_positioned_events(
     database_url: str,
 ) -> None:
     async with logged_pool(database_url) as (pool, statements, _):
@@ -24,13 +24,16 @@ async def test_a_publish_is_two_statements_insert_then_sequence_and_read(
             pool, [NewEvent("orders", b'{"n": 1}'), NewEvent("orders", b'{"n": 2}', "created")]
         )
     # Nothing else: the connection goes back to the pool without asyncpg's reset query.
-    insert, sequence_and_read = statements
-    assert "INSERT INTO pgcast.events" in insert
-    assert "pgcast.sequence_and_read" in sequence_and_read
+    (append,) = statements
+    assert "pgcast.append_positioned" in append
     assert [(e.pos, e.type, e.data_json) for e in published] == [
         (2, None, b'{"n": 1}'),
         (3, "created", b'{"n": 2}'),
     ]
+    async with logged_pool(database_url) as (pool, _, _), pool.acquire() as conn:
+        pending = await conn.fetchval("SELECT count(*) FROM pgcast.events WHERE pos IS NULL")
+        head = await conn.fetchval("SELECT last_pos FROM pgcast.log_state WHERE id = 1")
+    assert (pending, head) == (0, 3)  # written with their positions; the head moved with them
 
 
 async def test_events_behind_more_than_one_batch_of_backlog_get_their_positions(

@@ -170,6 +170,26 @@ async def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[in
     return sorted(r["seq"] for r in rows)
 
 
+async def append_positioned(conn: Connection, events: Sequence[NewEvent]) -> list[Event]:
+    """Append `events` with their positions in one statement and its own transaction; the
+    positioned events, in order, once committed (see migration 0007).
+
+    Events the database refuses raise InvalidEvent and nothing of the call is stored.
+    """
+    try:
+        rows = await conn.fetch(
+            "SELECT * FROM pgcast.append_positioned($1, $2, $3, $4)",
+            [e.topic for e in events],
+            [e.type for e in events],
+            [e.key for e in events],
+            [e.data_json.decode() for e in events],
+        )
+    except _REJECTED as exc:
+        reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
+        raise InvalidEvent(f"the database rejected the event: {reason}") from None
+    return sorted((_event(r) for r in rows), key=lambda event: event.pos)
+
+
 async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
     """Stamp positions on committed, unpositioned events until none are left."""
     total = 0
