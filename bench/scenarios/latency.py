@@ -114,6 +114,7 @@ def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
         "published": published,
         "rate": round(published / float(sent["elapsed"]), 1),
         "publish_errors": sent["errors"],
+        "publish_round_trip": sent["round_trip"],
         "connect_errors": [e for r in ready for e in r["errors"]],
         "sse": _delivery(reports, "sse", published),
         "ws": _delivery(reports, "ws", published),
