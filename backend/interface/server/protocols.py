@@ -16,12 +16,17 @@ Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSO
 as an ERROR ("returned without completing handshake"), so anyone could fill the error log
 with bad tokens. Here a refusal is complete once its body is sent, and it is logged as one
 INFO line with the reason the app gave.
+
+Idle WebSockets. uvicorn keeps an asyncio.Queue, an asyncio.Event and the handshake's
+request and response for the life of every socket; here the first two are the lean ones
+of `waits` and the handshake is let go once it is done (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
 from starlette.types import Message
@@ -29,6 +34,8 @@ from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallab
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from backend.interface.server.waits import Gate, Inbox
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +119,17 @@ def with_header_timeout(seconds: float) -> type[HttpProtocol]:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol that logs a refused handshake as one INFO line."""
+    """uvicorn's WebSocket protocol, leaner per socket, that logs a refused handshake as
+    one INFO line."""
 
     _refusal_status: int | None = None
     _refusal_body: bytes = b""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Gate()  # type: ignore[assignment]
+        self.writable.set()
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
         refusing = not self.handshake_complete
@@ -123,7 +137,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not refusing:
             return
         kind = message["type"]
-        if kind == "websocket.close":
+        if kind == "websocket.accept" and self.handshake_complete:
+            del self.request, self.response  # read only during the handshake
+        elif kind == "websocket.close":
             self._log_refusal(403, message.get("reason") or "closed before the handshake")
         elif kind == "websocket.http.response.start":
             self._refusal_status = message["status"]

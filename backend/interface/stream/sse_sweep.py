@@ -23,6 +23,7 @@ import anyio.lowlevel
 from sse_starlette.sse import AppStatus
 
 from backend.interface.stream.session import Farewell, Session
+from backend.interface.stream.trim import Trimmer
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class SseSweep:
     _streams: set[LiveStream] = field(default_factory=set)
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _trim: Trimmer = field(default_factory=Trimmer)
 
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
@@ -112,6 +114,7 @@ class SseSweep:
                     stream.cancel.cancel()
             elif now - stream.written_at >= self.heartbeat:
                 due.append(stream)
+        self._trim.note(len(self._streams))
         await self._poke(due)
 
     @staticmethod

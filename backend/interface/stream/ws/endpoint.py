@@ -9,6 +9,9 @@ one carrying a bad token (header or `?token=`) with HTTP 401. Without any token,
 first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS, or the
 token expiring closes the socket with 1008. A full server (MAX_CONNECTIONS) accepts and
 closes at once with 1013.
+
+A connection runs on uvicorn's task, plus one task per subscription; the deadlines, the
+stall watchdog and the shutdown close are the process's `WsSweep`'s (ws/sweep.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from backend.interface.http.errors import error_response
 from backend.interface.security.access import principal_of
 from backend.interface.security.auth import Principal
 from backend.interface.server.state import AppState
-from backend.interface.stream.session import until_farewell
 from backend.interface.stream.slots import acquire_slot
 from backend.interface.stream.ws.connection import (
     INTERNAL_ERROR,
@@ -39,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "pgcast.v1"
 CLOSE_TIMEOUT = 1.0
-AUTH_TIMEOUT_SECONDS = 10.0
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -97,9 +98,11 @@ async def _serve(
     with unwrap_single_error():
         async with anyio.create_task_group() as tasks:
             connection = Connection(websocket, state, tasks, principal)
-            tasks.start_soon(connection.watch)
-            tasks.start_soon(_watch_credentials, connection)
-            await _receive(connection)
+            state.ws.add(connection)
+            try:
+                await _receive(connection)
+            finally:
+                state.ws.discard(connection)
             connection.end(None)
     return connection.close_code, connection.close_reason
 
@@ -111,17 +114,3 @@ async def _receive(connection: Connection) -> None:
         if message["type"] == "websocket.disconnect":
             return
         await dispatch(connection, message.get("text"))
-
-
-async def _watch_credentials(connection: Connection) -> None:
-    """Close with 1008 when no `auth` arrives in time, and when the token expires."""
-    if connection.principal is None:
-        with anyio.move_on_after(AUTH_TIMEOUT_SECONDS):
-            await connection.authenticated.wait()
-    if connection.principal is None:
-        connection.end(POLICY_VIOLATION, "no auth frame in time")
-        return
-    expires_at = connection.principal.expires_at
-    if expires_at is not None:
-        stopping = connection.state.lifecycle.shutting_down
-        connection.say_farewell(await until_farewell(stopping, expires_at))

@@ -143,7 +143,6 @@ async def auth(connection: Connection, frame: Frame) -> None:
         raise FrameError("invalid_frame", "this connection is already authenticated")
     principal = guard.verify(token)
     connection.principal = principal
-    connection.authenticated.set()
     expires = principal.expires_at or time.time()
     await connection.send(
         {"op": "authed", "sub": principal.subject, "expires": _wall_time(expires)}
