@@ -41,7 +41,6 @@ class WsSweep:
 
     send_timeout: float
     stopping: anyio.Event
-    auth_timeout: float = AUTH_TIMEOUT_SECONDS
     _sockets: set[Connection] = field(default_factory=set)
     _next_due: float = math.inf
     """Monotonic time of the earliest auth deadline or token expiry among the sockets."""
@@ -103,7 +102,7 @@ class WsSweep:
         """Monotonic time by which the socket must be authenticated, or its token expires."""
         principal = connection.principal
         if principal is None:
-            return connection.opened_at + self.auth_timeout
+            return connection.opened_at + AUTH_TIMEOUT_SECONDS
         if principal.expires_at is None:
             return math.inf
         return now + principal.expires_at - wall
