@@ -138,7 +138,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return
         kind = message["type"]
         if kind == "websocket.accept" and self.handshake_complete:
-            del self.request, self.response  # read only during the handshake
+            # Read only during the handshake; the request also stays referenced by the
+            # frame parser, so its headers (the scope has a copy) are emptied too.
+            self.request.headers.clear()
+            del self.request, self.response
         elif kind == "websocket.close":
             self._log_refusal(403, message.get("reason") or "closed before the handshake")
         elif kind == "websocket.http.response.start":

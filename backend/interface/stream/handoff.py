@@ -1,4 +1,5 @@
-"""Long-lived streams run outside the framework's call chain once their headers are out.
+"""Long-lived streams run outside the framework's call chain once their headers are out
+(or, for a WebSocket, once it is accepted).
 
 A streaming response that stays inside Starlette keeps every middleware's and the router's
 coroutine frame alive for as long as it is open, and every body message passes through
@@ -27,7 +28,7 @@ class StreamHandoff:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         parked: list[Body] = []
