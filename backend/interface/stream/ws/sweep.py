@@ -8,8 +8,8 @@ shutdown. It drops a client whose socket accepted nothing for SEND_TIMEOUT durin
 (no close frame: it could not get through either), closes with 1008 a socket that sent no
 `auth` within AUTH_TIMEOUT_SECONDS or whose token expired, and with 1001 every socket when
 the server shuts down. Ending a connection only cancels its scope; the connection's own
-task then sends the close frame. Each socket that opens or closes is counted for `Trimmer`,
-so memory freed by a crowd that left goes back to the OS as soon as it has left.
+task then sends the close frame. Each round counts the open sockets for `Trimmer`: by
+then the memory of sockets that closed since the last round has been freed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class WsSweep:
 
     def add(self, connection: Connection) -> None:
         self._sockets.add(connection)
-        self._trim.note(len(self._sockets))
         if self.stopping.is_set():
             connection.say_farewell(Farewell.SHUTDOWN)
         else:
@@ -58,7 +57,6 @@ class WsSweep:
 
     def discard(self, connection: Connection) -> None:
         self._sockets.discard(connection)
-        self._trim.note(len(self._sockets))
 
     def reschedule(self, connection: Connection) -> None:
         """Wake earlier if this socket's auth deadline or token expiry comes first."""
@@ -99,6 +97,7 @@ class WsSweep:
                 connection.end(POLICY_VIOLATION, NO_AUTH)
             else:
                 connection.say_farewell(Farewell.EXPIRED)
+        self._trim.note(len(self._sockets))
 
     def _due(self, connection: Connection, now: float, wall: float) -> float:
         """Monotonic time by which the socket must be authenticated, or its token expires."""
