@@ -4,7 +4,10 @@ When thousands of streams close, Python frees their objects but glibc's allocato
 the pages, so the process's RSS stays near its peak (5.9x the start after 19,000 SSE
 clients left). `malloc_trim(0)` returns free pages from every arena. It walks the whole
 heap, so the sweeps call it only after the number of open connections has fallen by at
-least TRIM_MIN_CLOSED and by half since its last high point. Other C libraries: no-op.
+least TRIM_MIN_CLOSED and by half since its last high point (and once more a round
+later). Only memory glibc holds comes back: pymalloc's arenas (Python objects up to 512
+bytes) are returned only when wholly empty, so a server run with PYTHONMALLOC=malloc gets
+much more back (docs/performance.md). Other C libraries: no-op.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ MALLOC_TRIM = _malloc_trim()
 
 
 class Trimmer:
-    """Watches one count of open connections and trims after a large drop."""
+    """Watches one count of open connections (noted once per sweep round) and trims
+    after a large drop, and once more at the next round: a crowd that is still closing
+    when the drop is seen frees most of its memory after that first trim."""
 
-    __slots__ = ("high", "trims")
+    __slots__ = ("again", "high", "trims")
 
     def __init__(self) -> None:
         self.high = 0
         self.trims = 0
+        self.again = False
 
     def note(self, open_now: int) -> None:
         """Record the current count; trim when it has fallen enough since the high point."""
@@ -52,7 +58,14 @@ class Trimmer:
             self.high = open_now
         elif self.high - open_now >= max(TRIM_MIN_CLOSED, self.high // 2):
             self.high = open_now
-            self.trims += 1
-            if MALLOC_TRIM is not None:
-                MALLOC_TRIM()
-                logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})
+            self.again = True
+            self._trim()
+        elif self.again:
+            self.again = False
+            self._trim()
+
+    def _trim(self) -> None:
+        self.trims += 1
+        if MALLOC_TRIM is not None:
+            MALLOC_TRIM()
+            logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})
