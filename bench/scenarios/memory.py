@@ -33,14 +33,14 @@ METHOD = (
     "fresh server with WebSockets subscribed to one topic. Per connection = (RSS - RSS at "
     "0) / connections. Baseline: the raw asyncio server holding the same number of SSE "
     "connections. WebSockets: RSS once the clients have closed and the server has ended "
-    "every socket, plus 10 s. Crowd check (--full): /healthz round trip (worst of 10), one "
-    "publish delivered to every subscriber, RSS 10 s after the server has ended every stream."
+    "every socket, plus 16 s. Crowd check (--full): /healthz round trip (worst of 10), one "
+    "publish delivered to every subscriber, RSS 16 s after the server has ended every stream."
 )
 TOPIC = "bench.idle"
 HEALTHZ_TRIES = 10
 DELIVERY_WAIT_SECONDS = 3.0
 DRAIN_WAIT_SECONDS = 60.0
-SWEEP_WAIT_SECONDS = 10.0  # past a sweep round (SSE 3.75 s, WebSocket 7.5 s by default)
+SWEEP_WAIT_SECONDS = 16.0  # two sweep rounds (SSE 3.75 s, WebSocket 7.5 s by default)
 
 
 def _wait_for_no_streams(url: str, transport: str) -> bool:

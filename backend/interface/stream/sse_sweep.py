@@ -64,6 +64,7 @@ class SseSweep:
 
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)
+        self._trim.opened(len(self._streams))
         if self.shutting_down():
             stream.session.end(Farewell.SHUTDOWN)
         elif stream.expires_at is not None and stream.expires_at < self._next_expiry:

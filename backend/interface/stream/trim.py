@@ -1,19 +1,22 @@
 """Hand freed heap pages back to the OS once many connections have closed.
 
-When thousands of streams close, Python frees their objects but glibc's allocator keeps
-the pages, so the process's RSS stays near its peak (5.9x the start after 19,000 SSE
-clients left). `malloc_trim(0)` returns free pages from every arena. It walks the whole
-heap, so the sweeps call it only after the number of open connections has fallen by at
-least TRIM_MIN_CLOSED and by half since its last high point (and once more a round
-later). Only memory glibc holds comes back: pymalloc's arenas (Python objects up to 512
-bytes) are returned only when wholly empty, so a server run with PYTHONMALLOC=malloc gets
-much more back (docs/performance.md). Other C libraries: no-op.
+When thousands of streams close, much of what they held sits in reference cycles that an
+idle server's garbage collector does not get round to, and what Python frees glibc's
+allocator keeps, so the process's RSS stays near its peak (5.9x the start after 19,000
+SSE clients left). A full collection and then `malloc_trim(0)`, which returns free pages
+from every arena, give it back. Both walk the whole heap, so the sweeps call them only
+after the number of open connections has fallen by at least TRIM_MIN_CLOSED and by half
+since its last high point (and once more a round later). pymalloc's arenas (Python
+objects up to 512 bytes) go back only when wholly empty, so a server run with
+PYTHONMALLOC=malloc gets much more back (docs/performance.md). Other C libraries: the
+collection only.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import platform
 from collections.abc import Callable
@@ -52,6 +55,11 @@ class Trimmer:
         self.trims = 0
         self.again = False
 
+    def opened(self, open_now: int) -> None:
+        """Raise the high point as streams open: a crowd may come and go between rounds."""
+        if open_now > self.high:
+            self.high = open_now
+
     def note(self, open_now: int) -> None:
         """Record the current count; trim when it has fallen enough since the high point."""
         if open_now > self.high:
@@ -66,6 +74,7 @@ class Trimmer:
 
     def _trim(self) -> None:
         self.trims += 1
+        gc.collect()  # a closed stream's objects hold cycles, and an idle server collects none
         if MALLOC_TRIM is not None:
             MALLOC_TRIM()
             logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})

@@ -32,3 +32,12 @@ def test_small_servers_never_trim() -> None:
 
 def test_glibc_is_found_where_it_is_the_c_library() -> None:
     assert (trim.MALLOC_TRIM is not None) == (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_crowd_that_came_and_went_between_two_rounds_is_trimmed_after() -> None:
+    trimmer = Trimmer()
+    trimmer.note(0)
+    for count in range(1, 5001):
+        trimmer.opened(count)
+    trimmer.note(0)
+    assert trimmer.trims == 1

@@ -50,6 +50,7 @@ class WsSweep:
 
     def add(self, connection: Connection) -> None:
         self._sockets.add(connection)
+        self._trim.opened(len(self._sockets))
         if self.stopping.is_set():
             connection.say_farewell(Farewell.SHUTDOWN)
         else:
