@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bench.model import latency_summary
 from bench.procs import Control
 from bench.wire import HttpConn, HttpError
 
@@ -78,7 +79,8 @@ async def _run(
     rate: float | None,
     max_events: int,
 ) -> None:
-    """Shared driver: `send(worker_index)` does one request; counts and reports."""
+    """Shared driver: `send(worker_index)` does one request; counts and reports, with the
+    round trips of the requests that succeeded (p50/p99 ms)."""
     ctl.send("ready", workers=workers)
     go = await ctl.expect("go", within=600)
     start = float(go["at"])
@@ -87,6 +89,7 @@ async def _run(
     cpu = time.process_time()
     counts = Counts()
     pacer = Pacer(rate, start) if rate else None
+    round_trips: list[float] = []
 
     async def worker(index: int) -> None:
         while counts.events < max_events:
@@ -97,6 +100,7 @@ async def _run(
                 if slot >= deadline:
                     return
                 await sleep_until(slot)
+            sent_at = time.perf_counter()
             try:
                 await send(index)
             except HttpError as exc:
@@ -105,12 +109,15 @@ async def _run(
             except (OSError, asyncio.IncompleteReadError, asyncpg.PostgresError) as exc:
                 counts.failed(exc)
                 return
+            round_trips.append(time.perf_counter() - sent_at)
             counts.events += per_send
             counts.requests += 1
 
     await asyncio.gather(*(worker(i) for i in range(workers)))
+    round_trips.sort()
     ctl.send(
         "result",
+        round_trip=latency_summary(round_trips),
         events=counts.events,
         requests=counts.requests,
         errors=counts.errors,

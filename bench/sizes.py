@@ -17,11 +17,13 @@ class Sizes:
     batch_size: int = 100
     batch_concurrency: int = 16
     # 2. latency
-    latency_rates: tuple[float, ...] = (1000.0, 10.0)
+    latency_rates: tuple[float, ...] = (1000.0, 100.0)
     latency_seconds: float = 5.0
     latency_sse: int = 100
     latency_ws: int = 100
     latency_publishers: int = 16
+    fairness_subscribers: int = 1000  # publish round trips while the server fans out
+    fairness_rate: float = 100.0
     # 3. fan-out
     fanout_clients: int = 1000
     fanout_events: int = 50
@@ -58,6 +60,7 @@ QUICK = Sizes(
     latency_sse=3,
     latency_ws=3,
     latency_publishers=2,
+    fairness_subscribers=10,
     fanout_clients=10,
     fanout_events=10,
     naive_listeners=5,

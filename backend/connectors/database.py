@@ -13,7 +13,7 @@ from the driver or not, stays what it is.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -149,19 +149,27 @@ async def open_pool(
     live_reserve: int = LIVE_RESERVE,
 ) -> AsyncIterator[Pool]:
     """A pool for the lifetime of the block, closed within a bounded time."""
+    stateless: set[int] = set()
     try:
         driver: DriverPool = await asyncpg.create_pool(
             asyncpg_dsn(url),
             min_size=1,
             max_size=size,
             init=_init_connection,
+            reset=_reset_unless(stateless),
             command_timeout=60,
             server_settings={"application_name": APPLICATION_NAME},
         )
     except (*CANNOT_CONNECT, *REFUSED_ERRORS) as exc:
         raise connect_failure(exc) or exc from exc
     try:
-        yield Pool(driver, size, acquire_timeout=acquire_timeout, live_reserve=live_reserve)
+        yield Pool(
+            driver,
+            size,
+            acquire_timeout=acquire_timeout,
+            live_reserve=live_reserve,
+            stateless=stateless,
+        )
     finally:
         with anyio.move_on_after(5, shield=True) as scope:
             await driver.close()
@@ -178,23 +186,39 @@ class Pool:
     connection when one is free and otherwise waits only for the reserve, so any number of
     subscribers catching up at once cannot hold back publishing or live delivery. As the
     shares add up to the pool's size, nobody ever waits inside asyncpg's own queue.
+
+    asyncpg resets a connection on release with one more round trip (rollback, close
+    cursors, unlisten, advisory unlocks, `RESET ALL`). A block that only runs statements
+    which leave no session state behind (the publish path's INSERT and sequencing, the
+    hub's read) says `stateless=True`; when it ends without error its connection goes back
+    without that round trip. Any error in the block, or an open transaction, still resets.
     """
 
     def __init__(
-        self, driver: DriverPool, size: int, *, acquire_timeout: float, live_reserve: int
+        self,
+        driver: DriverPool,
+        size: int,
+        *,
+        acquire_timeout: float,
+        live_reserve: int,
+        stateless: set[int],
     ) -> None:
         self._driver = driver
+        self._stateless = stateless
         reserve = max(0, min(live_reserve, size - 1))
         self._general = anyio.Semaphore(size - reserve)
         self._reserve = anyio.Semaphore(reserve) if reserve else None
         self.acquire_timeout = acquire_timeout
 
     @asynccontextmanager
-    async def acquire(self, *, live: bool = False) -> AsyncIterator[Connection]:
+    async def acquire(
+        self, *, live: bool = False, stateless: bool = False
+    ) -> AsyncIterator[Connection]:
         """A connection for the block, within `acquire_timeout` or DatabaseUnavailable.
 
         A connection the server drops during the block is reported as DatabaseUnavailable
-        too; every other error in the block propagates unchanged.
+        too; every other error in the block propagates unchanged. `stateless`: the block
+        leaves no session state, so its connection needs no reset (see the class).
         """
         async with AsyncExitStack() as stack:
             try:
@@ -207,6 +231,8 @@ class Pool:
                 raise DatabaseUnavailable(_unavailable(exc)) from exc
             try:
                 yield conn
+                if stateless and not conn.is_in_transaction():
+                    self._stateless.add(conn.get_server_pid())
             except CONNECTION_LOST as exc:
                 raise DatabaseUnavailable(_unavailable(exc)) from exc
             except _CLIENT_ERRORS as exc:
@@ -229,11 +255,14 @@ class Pool:
         """Return `conn` to the driver, which resets it with one query. If the server drops
         the connection during that reset, the driver discards it; the block's outcome is
         already decided, so that is not an error of the block."""
+        pid = None if _closed(conn) else conn.get_server_pid()
         try:
             await self._driver.release(conn)
         except CANNOT_CONNECT:
             if not _closed(conn):
                 raise
+        finally:
+            self._stateless.discard(pid)  # a mark lives for this one release
 
     async def _share(self, live: bool) -> anyio.Semaphore:
         if live and self._reserve is not None:
@@ -245,6 +274,22 @@ class Pool:
             return self._general
         await self._general.acquire()
         return self._general
+
+
+def _reset_unless(stateless: set[int]) -> Callable[[Connection], Awaitable[None]]:
+    """The pool's reset: asyncpg's reset query, except for a connection (by its server
+    process id) that `Pool.acquire(stateless=True)` marked as left clean, just once."""
+
+    async def reset(conn: Connection) -> None:
+        pid = conn.get_server_pid()
+        if pid in stateless:
+            stateless.discard(pid)
+            return
+        query = conn.get_reset_query()
+        if query:
+            await conn.execute(query)
+
+    return reset
 
 
 def _closed(conn: Connection) -> bool:

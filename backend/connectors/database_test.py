@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import asyncpg
@@ -126,3 +127,42 @@ async def test_a_refused_connection_is_database_unavailable() -> None:
     with pytest.raises(DatabaseUnavailable, match="cannot connect"):
         async with open_pool(url, size=1):
             pass
+
+
+async def test_a_stateless_block_skips_the_reset_and_any_other_block_gets_it(
+    database_url: str,
+) -> None:
+    statements: list[str] = []
+
+    def log(query: Any) -> None:  # asyncpg's LoggedQuery
+        statements.append(query.query)
+
+    async with open_pool(database_url, size=1, live_reserve=0) as pool:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(log)
+            reset = conn.get_reset_query()
+        statements.clear()
+        async with pool.acquire(stateless=True) as conn:
+            await conn.fetchval("SELECT 1")
+        assert statements == ["SELECT 1"]
+        statements.clear()
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 2")
+        assert statements == ["SELECT 2", reset]
+        statements.clear()
+        with pytest.raises(asyncpg.exceptions.UndefinedTableError):
+            async with pool.acquire(stateless=True) as conn:
+                await conn.execute("SELECT * FROM no_such_table")
+        assert statements[-1] == reset  # a block that failed is reset all the same
+
+
+async def test_a_stateless_block_that_left_a_transaction_open_is_rolled_back(
+    database_url: str,
+) -> None:
+    async with open_pool(database_url, size=1, live_reserve=0) as pool:
+        async with pool.acquire(stateless=True) as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("SET LOCAL application_name = 'left-open'")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW application_name") == "pgcast"

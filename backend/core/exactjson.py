@@ -42,6 +42,9 @@ _STRING_OR_NUMBER = re.compile(
     r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
 )
 _NUL = "\x00"
+# Drawn once per process: the tag never leaves it, and a fresh draw per parse cost a
+# system call on every input holding a long number.
+_NONCE = secrets.token_hex(16)
 
 
 def loads(text: bytes | str, what: str = "the body", *, allow_nul: bool = False) -> Any:
@@ -113,17 +116,30 @@ def _parse(text: bytes | str, what: str) -> Any:
 
 def _parse_exactly(text: bytes | str, what: str) -> Any:
     """Numbers orjson would change travel through it as strings starting with a tag no
-    client can guess (a NUL and a random nonce), then become `int` or `Decimal`."""
+    client can guess (a NUL and a random nonce), then become `int` or `Decimal`. A long
+    fraction that is already a double's shortest form (a Unix time with microseconds, say)
+    comes back from orjson unchanged, so it stays a float."""
     source = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
-    nonce = secrets.token_hex(16)
+    nonce = _NONCE
+    tagged = False
 
     def tag(match: re.Match[str]) -> str:
+        nonlocal tagged
         token = match.group()
-        if token.startswith('"') or not _RISKY.search(token):
+        if token.startswith('"') or not _RISKY.search(token) or _double_keeps(token):
             return token
+        tagged = True
         return f'"\\u0000{nonce}{token}"'
 
-    return _untag(_parse(_STRING_OR_NUMBER.sub(tag, source), what), _NUL + nonce)
+    value = _parse(_STRING_OR_NUMBER.sub(tag, source), what)
+    return _untag(value, _NUL + nonce) if tagged else value
+
+
+def _double_keeps(token: str) -> bool:
+    """Whether orjson reads the number `token` as a double and writes it back the same."""
+    if not any(mark in token for mark in ".eE"):
+        return False  # an integer: orjson keeps it as one only up to 64 bits
+    return orjson.dumps(float(token)) == token.encode()
 
 
 def _exact_number(token: str) -> int | Decimal:

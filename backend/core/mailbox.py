@@ -3,24 +3,25 @@
 The hub hands each event to every matching subscriber without ever waiting, and each
 subscriber takes what has piled up in one go. anyio's memory object streams do more than
 that needs on every wait (they record the waiting task for their statistics), which on a
-busy fan-out was the largest single cost of a delivery. This buffer waits on one plain
-`anyio.Event`, created only when the reader finds it empty, and holds its deque only while
-there is something in it: most subscribers are idle, and an empty deque costs more than
-the rest of the mailbox.
+busy fan-out was the largest single cost of a delivery. This buffer waits on one bare
+future of the running asyncio loop (an `anyio.Event` would bring an asyncio Event and its
+waiters' deque, about 1 KiB, for every idle subscriber), created only when the reader
+finds it empty, and holds its deque only while there is something in it: most
+subscribers are idle, and an empty deque costs more than the rest of the mailbox. asyncio
+only, as the whole server is (asyncpg); cancellation works as for any other await.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Generic, TypeVar
-
-import anyio
 
 T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """Holds at most `capacity` items; `offer` never blocks, `take` waits only when empty."""
+    """Holds at most `capacity` items; `offer_all` never blocks, `take` waits only when empty."""
 
     __slots__ = ("_items", "_poked", "_waiter", "capacity", "closed")
 
@@ -30,22 +31,25 @@ class Mailbox(Generic[T]):
         self.capacity = capacity
         self.closed = False
         self._items: deque[T] | None = None
-        self._waiter: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._poked = False
 
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
-    def offer(self, item: T) -> bool:
-        """Add `item`; False (and nothing added) when the mailbox is full or closed."""
+    def offer_all(self, items: list[T]) -> bool:
+        """Add all of `items`, or none of them (False) when they do not fit or it is closed."""
         if self.closed:
             return False
-        items = self._items
-        if items is None:
-            items = self._items = deque()
-        elif len(items) >= self.capacity:
+        held = self._items
+        if held is None:
+            if len(items) > self.capacity:
+                return False
+            self._items = deque(items)
+        elif len(held) + len(items) > self.capacity:
             return False
-        items.append(item)
+        else:
+            held.extend(items)
         self._wake()
         return True
 
@@ -70,8 +74,12 @@ class Mailbox(Generic[T]):
             if self.closed or self._poked:
                 self._poked = False
                 return []
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
         items = self._items
         self._poked = False
         if len(items) <= limit:
@@ -85,4 +93,5 @@ class Mailbox(Generic[T]):
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set()
+            if not waiter.done():
+                waiter.set_result(None)

@@ -10,21 +10,24 @@ pytestmark = pytest.mark.anyio
 
 async def test_take_returns_everything_ready_in_order_up_to_the_limit() -> None:
     box: Mailbox[int] = Mailbox(10)
-    for n in range(5):
-        assert box.offer(n)
+    assert box.offer_all([0, 1, 2])
+    assert box.offer_all([3, 4])
     assert await box.take(3) == [0, 1, 2]
     assert await box.take(10) == [3, 4]
     assert len(box) == 0
 
 
-async def test_offer_refuses_beyond_capacity_and_after_close() -> None:
-    box: Mailbox[int] = Mailbox(2)
-    assert box.offer(1)
-    assert box.offer(2)
-    assert not box.offer(3)
+async def test_offer_all_takes_all_or_nothing_and_nothing_after_close() -> None:
+    box: Mailbox[int] = Mailbox(3)
+    assert not box.offer_all([1, 2, 3, 4])
+    assert len(box) == 0
+    assert box.offer_all([1, 2])
+    assert not box.offer_all([3, 4])
+    assert len(box) == 2
+    assert box.offer_all([3])
     box.close()
-    assert not box.offer(4)
-    assert await box.take(10) == [1, 2]
+    assert not box.offer_all([4])
+    assert await box.take(10) == [1, 2, 3]
     assert await box.take(10) == []
 
 
@@ -39,7 +42,7 @@ async def test_a_waiting_take_wakes_on_offer_and_on_close() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         await anyio.wait_all_tasks_blocked()
-        box.offer("a")
+        box.offer_all(["a"])
         await anyio.wait_all_tasks_blocked()
         box.close()
     assert got == [["a"], []]
@@ -49,7 +52,7 @@ async def test_a_cancelled_take_loses_nothing() -> None:
     box: Mailbox[int] = Mailbox(4)
     with anyio.move_on_after(0.01):
         await box.take(4)
-    assert box.offer(7)
+    assert box.offer_all([7])
     assert await box.take(4) == [7]
 
 

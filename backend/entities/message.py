@@ -25,7 +25,10 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message as a consumer holds it; `lease` identifies this delivery for ack/nack/extend."""
+    """A message as a consumer holds it; `lease` identifies this delivery for ack/nack/extend.
+
+    `data_json` is compact JSON with every digit of every number (the store makes it so).
+    """
 
     id: int
     queue: str
@@ -46,13 +49,13 @@ class Message:
     def as_dict(self) -> dict[str, Any]:
         """The wire form (`docs/protocol.md`), with `data` as compact JSON like events.
 
-        `data` is an orjson Fragment: re-encoded without Postgres's spaces, with every digit
-        of every number, and spliced as is by whichever encoder writes the body.
+        `data` is an orjson Fragment of `data_json`, spliced as is by whichever encoder
+        writes the body.
         """
         body: dict[str, Any] = {
             "id": str(self.id),
             "queue": self.queue,
-            "data": orjson.Fragment(exactjson.dumps(self.data)),
+            "data": orjson.Fragment(self.data_json),
             "key": self.key,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,

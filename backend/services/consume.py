@@ -1,4 +1,5 @@
-"""Consumers: a stream of leased deliveries with at most `prefetch` unsettled at once.
+"""Consumers: a stream of leased deliveries with at most `prefetch` unsettled at once
+(a settlement on its way to the database no longer counts: `Delivery.settling`).
 
 `consume(...)` is an async context manager around an async iterator of `Delivery`.
 Leaving it returns every unsettled message to the queue at once (not after the lease),
@@ -27,6 +28,7 @@ from backend.services.queues import (
     number,
     validate_queue,
 )
+from backend.services.settle import Retry, Settle
 
 
 @dataclass(eq=False)
@@ -66,6 +68,20 @@ class Delivery:
         self.consumer.settled(self.lease)
         return moved
 
+    def settling(self, retry: Retry | None = None) -> Settle:
+        """This delivery's ack (no `retry`) or nack, on its way to `Queues.settle`.
+
+        The client has let go of the message, so its consumer may claim the next one while
+        the settlement commits; until then the message stays in `in_flight` (leaving still
+        gives it back). Call `not_settled` if the settlement fails.
+        """
+        self.consumer.letting_go(self.lease)
+        return Settle(self.message.queue, self.id, self.lease, retry)
+
+    def not_settled(self) -> None:
+        """The settlement failed: the message takes up room again until it is settled."""
+        self.consumer.settling.discard(self.lease)
+
     async def extend(self, seconds: float) -> datetime:
         return await self.consumer.queues.extend(self.message.queue, self.id, self.lease, seconds)
 
@@ -87,25 +103,48 @@ class Consumer:
     lease_seconds: float = 30.0
     marks_delivered: bool = False
     in_flight: dict[str, Delivery] = field(default_factory=dict)
+    settling: set[str] = field(default_factory=set)
+    """Leases in `in_flight` whose settlement is committing: they leave room for the next."""
+    _freed: anyio.Event | None = None
 
     def settled(self, lease: str) -> None:
         self.queues.holders.pop(lease, None)
+        self.settling.discard(lease)
         if self.in_flight.pop(lease, None) is not None:
-            self.queues.waker.wake(self.queue)
+            self._wake()
+
+    def letting_go(self, lease: str) -> None:
+        if lease in self.in_flight and lease not in self.settling:
+            self.settling.add(lease)
+            self._wake()
+
+    def _wake(self) -> None:
+        """Room came back: only this consumer cares (an ack makes nothing claimable)."""
+        if self._freed is not None:
+            self._freed.set()
+
+    @property
+    def room(self) -> int:
+        """How many more messages it may claim: prefetch less those the client holds."""
+        return self.prefetch - len(self.in_flight) + len(self.settling)
 
     async def deliveries(self) -> AsyncGenerator[Delivery, None]:
+        """A full consumer waits for its own room to come back; one with room waits for
+        the queue's wake-ups (enqueues, nacks, returns)."""
         quiet = False
         while True:
-            woken = self.queues.waker.event(self.queue)
-            room = self.prefetch - len(self.in_flight)
+            room = self.room
             if room <= 0 and quiet:
                 # Settles in this process free room at once (`Queues.holders`); only after
                 # a quiet poll ask the database about the rest (another process, reaped).
                 await self._forget_settled_elsewhere()
-                room = self.prefetch - len(self.in_flight)
-            claimed = (
-                await self.queues.claim(self.queue, room, self.lease_seconds) if room > 0 else []
-            )
+                room = self.room
+            if room > 0:
+                woken = self.queues.waker.event(self.queue)
+                claimed = await self.queues.claim(self.queue, room, self.lease_seconds)
+            else:
+                woken = self._freed = anyio.Event()
+                claimed = []
             batch = [self._track(message) for message in claimed]
             for delivery in batch:
                 if not self.marks_delivered:
@@ -113,7 +152,7 @@ class Consumer:
                 yield delivery
             if claimed:
                 continue
-            with anyio.move_on_after(await self._idle_wait(room)) as waited:
+            with anyio.move_on_after(await self._idle_wait(room, woken)) as waited:
                 await woken.wait()
             quiet = waited.cancelled_caught
 
@@ -123,19 +162,23 @@ class Consumer:
         self.queues.holders[delivery.lease] = self.settled
         return delivery
 
-    async def _idle_wait(self, room: int) -> float:
+    async def _idle_wait(self, room: int, woken: anyio.Event) -> float:
         """Sleep until woken, the next delayed message is due, or the safety poll."""
-        return await due_wait(self.queues, self.queue, self.queues.poll_interval, room > 0)
+        if room <= 0:
+            return self.queues.poll_interval
+        return await due_wait(self.queues, self.queue, self.queues.poll_interval, woken)
 
     async def _forget_settled_elsewhere(self) -> None:
         """Messages settled in another process, or reaped after their lease, free room too."""
         held = await self.queues.still_leased(list(self.in_flight))
         for lease in [lease for lease in self.in_flight if lease not in held]:
             del self.in_flight[lease]
+            self.settling.discard(lease)
             self.queues.holders.pop(lease, None)
 
     async def release_all(self) -> None:
         held, self.in_flight = list(self.in_flight.values()), {}
+        self.settling.clear()
         for delivery in held:
             self.queues.holders.pop(delivery.lease, None)
         with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -144,12 +187,12 @@ class Consumer:
             )
 
 
-async def due_wait(queues: Queues, queue: str, longest: float, check_due: bool = True) -> float:
-    """How long to sleep at most: until the next delayed message is due, or `longest`."""
-    if check_due:
-        due = await queues.next_available(queue)
-        if due is not None:
-            return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
+async def due_wait(queues: Queues, queue: str, longest: float, woken: anyio.Event) -> float:
+    """How long to sleep at most: until the next delayed message is due, or `longest`.
+    `woken` is the wake-up the caller waits for (callers woken together ask once)."""
+    due = await queues.next_available(queue, woken)
+    if due is not None:
+        return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
     return longest
 
 
@@ -169,7 +212,7 @@ async def claim_within(
         if claimed or left <= 0:
             return claimed
         longest = min(left, queues.poll_interval)
-        with anyio.move_on_after(await due_wait(queues, queue, longest)):
+        with anyio.move_on_after(await due_wait(queues, queue, longest, woken)):
             await woken.wait()
 
 

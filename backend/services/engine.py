@@ -34,7 +34,13 @@ from backend.services.publish import new_event, publish_idempotent
 from backend.services.queues import QUEUES_CHANNEL, Queues
 from backend.services.retention import Retention
 from backend.services.sequencer import Sequencer
-from backend.services.subscribe import LATEST, PatternsLike, Subscription, open_subscription
+from backend.services.subscribe import (
+    LATEST,
+    PatternsLike,
+    Subscription,
+    open_subscription,
+    start_subscription,
+)
 from backend.services.topics import list_topics
 
 EVENTS_CHANNEL = "pgcast_events"
@@ -108,7 +114,7 @@ class Engine:
             )
             committer = GroupCommitter(
                 pool,
-                hub.wake,
+                hub.hand_over,
                 max_requests=settings.group_commit_max_requests,
                 max_wait=settings.group_commit_wait_ms / 1000,
             )
@@ -159,7 +165,7 @@ class Engine:
     ) -> tuple[list[Event], bool]:
         """Idempotent publish: (events, replayed). Raises Conflict on a reused key."""
         return await publish_idempotent(
-            self.pool, topic, key, digest, events, on_sequenced=self.hub.wake
+            self.pool, topic, key, digest, events, on_published=self.hub.hand_over
         )
 
     async def read_page(
@@ -219,13 +225,12 @@ class Engine:
         (stored,) = await self.queues.enqueue([message])
         return stored
 
-    @asynccontextmanager
-    async def subscription(
+    async def start_subscription(
         self,
         patterns: PatternsLike,
         after: str | int = LATEST,
         filter: str | Filter | None = None,
-    ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
-        """Like `subscribe`, also exposing the subscription's position (for transports)."""
-        async with open_subscription(self.hub, patterns, after, filter) as pair:
-            yield pair
+    ) -> Subscription:
+        """Like `subscribe`, as the subscription itself, for transports: iterate its
+        `batches` and `close` it when done."""
+        return await start_subscription(self.hub, patterns, after, filter)

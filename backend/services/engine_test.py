@@ -203,12 +203,12 @@ async def test_live_path_reads_the_log_once_per_wake_up_for_all_subscribers(
             counts = [0] * 50
 
             async def follow(index: int, ready: anyio.Event) -> None:
-                async with engine.subscription("many", after="latest") as (sub, events):
+                async with engine.subscribe("many", after="latest") as events:
                     ready.set()
                     async for _ in events:
                         counts[index] += 1
                         if counts[index] == 20:
-                            reads.append(sub)
+                            reads.append(index)
                             return
 
             reads: list[object] = []
@@ -266,10 +266,8 @@ async def test_batches_hand_over_everything_ready_and_stop_ends_after_it(
 ) -> None:
     async with running_engine(database_url) as engine:
         await engine.publish_many([engine.event("b", n) for n in range(3)])
-        async with (
-            engine.subscription("b", after="earliest") as (subscription, _),
-            aclosing(subscription.batches()) as batches,
-        ):
+        subscription = await engine.start_subscription("b", after="earliest")
+        async with aclosing(subscription.batches()) as batches:
             backlog = await anext(batches)
             await engine.publish_many([engine.event("b", n) for n in range(3, 8)])
             with anyio.fail_after(5):

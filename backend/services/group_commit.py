@@ -1,31 +1,34 @@
 """Group commit: concurrent publish requests in one process share one transaction.
 
-Requests queue up (bounded, so overload pushes back on callers); each worker batches them
-with the `batch` stream operator and commits each batch in one transaction. While publishers
-are busy (a commit in flight, or a batch of several requests moments ago) a batch gathers
-whatever arrives within `max_wait` (default 2 ms, up to `max_requests`); after a quiet
-spell it leaves at once, so a lone publish pays no wait.
+Requests wait in a bounded queue (overload pushes back on callers); each worker takes a
+batch from its head and commits it in one transaction. While publishers are busy (a
+commit in flight, or a batch of several requests moments ago) a batch waits until
+`max_wait` (default 2 ms) after its first request arrived, or until `max_requests` are
+queued; after a quiet spell it leaves at once, so a lone publish pays no wait.
+The queue is a plain deque that workers drain themselves: a request costs one append and
+one wake-up, with no task in between that forwards it.
 Every caller is answered only after its own events are committed. When a batch fails
 for a reason other than the database being unreachable, each request is retried alone,
 so one bad request fails only itself. When the committer stops, every request it has not
-committed (still buffered, or never taken) is answered with ShuttingDown: nobody waits for
-an answer that cannot come. Commits use the pool's live reserve, so subscribers catching
-up cannot hold back publishing.
+committed (still queued, or arriving later) is answered with ShuttingDown: nobody waits
+for an answer that cannot come. Commits use the pool's live reserve, so subscribers
+catching up cannot hold back publishing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from backend.connectors.database import Pool
 from backend.core.errors import DatabaseUnavailable, InvalidEvent, ShuttingDown
-from backend.core.streams import batch
 from backend.entities.event import Event, NewEvent
 from backend.services.publish import publish_events
 
@@ -35,12 +38,26 @@ logger = logging.getLogger(__name__)
 BUSY_WINDOW_WAITS = 5
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Request:
+    """One caller's events and its answer. The caller waits on a bare asyncio future (the
+    engine runs on asyncio; asyncpg needs it): an anyio Event costs a look-up of the
+    running library on every request, which showed up in profiles."""
+
     events: Sequence[NewEvent]
-    done: anyio.Event = field(default_factory=anyio.Event)
+    arrived: float
+    answered: asyncio.Future[None]
     result: list[Event] | None = None
     error: Exception | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def settle(self, result: list[Event] | None, error: Exception | None) -> None:
+        self.result, self.error = result, error
+        if not self.answered.done():  # a caller that was cancelled no longer listens
+            self.answered.set_result(None)
 
 
 @dataclass
@@ -52,7 +69,7 @@ class GroupCommitStats:
 @dataclass(eq=False)
 class GroupCommitter:
     pool: Pool
-    on_sequenced: Callable[[int], None]
+    on_published: Callable[[list[Event]], None]
     max_requests: int = 256
     max_wait: float = 0.002
     workers: int = 2
@@ -60,28 +77,34 @@ class GroupCommitter:
     commit_timeout: float = 30.0
     on_batch: Callable[[int], None] | None = None
     stats: GroupCommitStats = field(default_factory=GroupCommitStats)
-    _send: MemoryObjectSendStream[_Request] = field(init=False)
-    _receive: MemoryObjectReceiveStream[_Request] = field(init=False)
+    _queue: deque[_Request] = field(default_factory=deque, init=False)
+    # Set when a request is queued, when `max_requests` are queued, and when a batch left
+    # the queue; each is replaced by a fresh one before anyone waits on it again.
+    _arrived: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _full: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _room: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _stopped: bool = field(default=False, init=False)
     _in_flight: int = field(default=0, init=False)
     _busy_until: float = field(default=-math.inf, init=False)
-    _waiting: set[_Request] = field(default_factory=set, init=False)
-
-    def __post_init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[_Request](self.queue_size)
 
     async def publish(self, events: Sequence[NewEvent]) -> list[Event]:
         """Commit `events` (atomically, in order) with whatever else is being published now."""
         if not events:
             return []
-        request = _Request(events)
-        self._waiting.add(request)
-        try:
-            await self._send.send(request)
-            await request.done.wait()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise _stopped() from None
-        finally:
-            self._waiting.discard(request)
+        while len(self._queue) >= self.queue_size and not self._stopped:
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        if self._stopped:
+            raise _stopped()
+        loop = asyncio.get_running_loop()
+        request = _Request(events, loop.time(), loop.create_future())
+        queue = self._queue
+        queue.append(request)
+        self._arrived.set()
+        if len(queue) >= self.max_requests:
+            self._full.set()
+        await request.answered
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -89,37 +112,59 @@ class GroupCommitter:
 
     async def run(self) -> None:
         """Run the batching workers until cancelled; then answer whoever is still waiting."""
-        receivers = [self._receive.clone() for _ in range(self.workers)]
         try:
             async with anyio.create_task_group() as tg:
-                for receiver in receivers:
-                    tg.start_soon(self._worker, receiver)
+                for _ in range(self.workers):
+                    tg.start_soon(self._worker)
         finally:
             # Workers finish the batch they hold (shielded, bounded) before this runs, so
-            # a request not answered by now was never part of a commit.
-            self._send.close()
-            for receiver in (self._receive, *receivers):
-                receiver.close()
-            self._fail([r for r in self._waiting if not r.done.is_set()], _stopped())
+            # a request still queued now was never part of a commit.
+            self._stopped = True
+            self._fail(list(self._queue), _stopped())
+            self._queue.clear()
+            self._room.set()
 
-    async def _worker(self, requests: MemoryObjectReceiveStream[_Request]) -> None:
-        async with batch(requests, self.max_requests, self.max_wait, hold=self._busy) as batches:
-            async for group in batches:
-                # Once taken, a batch is finished even if the process is stopping, within a bound.
-                if len(group) > 1:
-                    self._busy_until = anyio.current_time() + BUSY_WINDOW_WAITS * self.max_wait
-                self._in_flight += 1
-                try:
-                    with anyio.move_on_after(self.commit_timeout, shield=True):
-                        await self._commit(group)
-                finally:
-                    self._in_flight -= 1
-                self._fail(
-                    [r for r in group if not r.done.is_set()],
-                    DatabaseUnavailable(
-                        "the database did not answer in time; nothing was acknowledged"
-                    ),
-                )
+    async def _worker(self) -> None:
+        while True:
+            # A stopping committer takes no new batch, even when one is ready at once.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            group = await self._next_batch()
+            # Once taken, a batch is finished even if the process is stopping, within a bound.
+            if len(group) > 1:
+                self._busy_until = anyio.current_time() + BUSY_WINDOW_WAITS * self.max_wait
+            self._in_flight += 1
+            try:
+                with anyio.move_on_after(self.commit_timeout, shield=True):
+                    await self._commit(group)
+            finally:
+                self._in_flight -= 1
+            self._fail(
+                [r for r in group if not r.settled],
+                DatabaseUnavailable(
+                    "the database did not answer in time; nothing was acknowledged"
+                ),
+            )
+
+    async def _next_batch(self) -> list[_Request]:
+        """Up to `max_requests` from the head of the queue, once the batch may leave."""
+        queue = self._queue
+        while True:
+            while not queue:
+                if self._arrived.is_set():
+                    self._arrived = anyio.Event()
+                await self._arrived.wait()
+            if len(queue) < self.max_requests and self._busy():
+                deadline = queue[0].arrived + self.max_wait
+                if anyio.current_time() < deadline:
+                    if self._full.is_set():
+                        self._full = anyio.Event()
+                    with anyio.CancelScope(deadline=deadline):
+                        await self._full.wait()
+            # Another worker may have taken the batch while this one waited with it.
+            if queue:
+                group = [queue.popleft() for _ in range(min(len(queue), self.max_requests))]
+                self._room.set()
+                return group
 
     def _busy(self) -> bool:
         """Worth waiting for company: a commit is in flight, or the last batch, just now,
@@ -132,7 +177,7 @@ class GroupCommitter:
             published = await publish_events(
                 self.pool,
                 [event for request in batch for event in request.events],
-                on_sequenced=self.on_sequenced,
+                on_published=self.on_published,
                 live=True,
             )
         except InvalidEvent as exc:
@@ -154,15 +199,13 @@ class GroupCommitter:
             self.on_batch(len(published))
         start = 0
         for request in batch:
-            request.result = published[start : start + len(request.events)]
+            request.settle(published[start : start + len(request.events)], None)
             start += len(request.events)
-            request.done.set()
 
     @staticmethod
     def _fail(batch: list[_Request], error: Exception) -> None:
         for request in batch:
-            request.error = error
-            request.done.set()
+            request.settle(None, error)
 
 
 def _stopped() -> ShuttingDown:

@@ -70,7 +70,7 @@ async def _wait_for_a_lock_wait(conn: Connection) -> None:
 
 async def test_stopping_answers_every_request_it_did_not_commit(database_url: str) -> None:
     async with open_pool(database_url, size=2) as pool:
-        committer = GroupCommitter(pool, lambda _pos: None, workers=1, max_requests=1)
+        committer = GroupCommitter(pool, lambda _events: None, workers=1, max_requests=1)
         outcome: dict[str, list[Event] | ShuttingDown] = {}
 
         async def publish(name: str) -> None:
@@ -116,3 +116,40 @@ async def test_stopping_answers_every_request_it_did_not_commit(database_url: st
         async with pool.acquire() as conn:
             stored = await conn.fetch("SELECT data FROM pgcast.events ORDER BY pos")
         assert [row["data"] for row in stored] == ["first"]
+
+
+async def test_a_full_queue_holds_publishers_back_until_a_batch_leaves_it(
+    database_url: str,
+) -> None:
+    async with open_pool(database_url, size=2) as pool:
+        committer = GroupCommitter(
+            pool, lambda _events: None, workers=1, max_requests=1, queue_size=1
+        )
+        published: list[str] = []
+
+        async def publish(name: str) -> None:
+            (event,) = await committer.publish([new_event("gc", name, max_bytes=100)])
+            published.append(event.data)
+
+        locker = await connect(database_url)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM pgcast.log_state WHERE id = 1 FOR UPDATE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(committer.run)
+                tg.start_soon(publish, "first")
+                await _wait_for_a_lock_wait(locker)
+                tg.start_soon(publish, "second")  # queued: the queue is now full
+                await anyio.sleep(0.05)
+                tg.start_soon(publish, "third")  # waits for room
+                await anyio.sleep(0.05)
+                assert [r.events[0].data_json for r in committer._queue] == [b'"second"']
+                await lock.rollback()
+                with anyio.fail_after(5):
+                    while len(published) < 3:
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        finally:
+            await locker.close()
+        assert published == ["first", "second", "third"]

@@ -8,16 +8,24 @@ buffer of memory while everyone else keeps their pace.
 
 Subscribers are found through a subject trie, by walking each event's topic, so the cost
 of a delivery does not grow with the number of patterns other subscribers hold.
+
+Everything one read brings goes to each subscriber as one batch. A subscriber whose task
+is idle (its buffer empty, waiting for more) may offer a `direct` writer: the hub then
+writes the batch straight to that subscriber's connection, and its task is not woken at
+all. A writer that cannot take the batch at once (its socket is backed up, or its task is
+busy) says so, and the batch goes to the buffer as usual, behind nothing, so the order
+holds either way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from backend.connectors.outage import outage, report_failure
@@ -30,6 +38,13 @@ from backend.services.log_reader import LogReader
 
 logger = logging.getLogger(__name__)
 
+DISPATCH_SLICE = 256  # subscribers served between two yields to the loop
+MAX_HANDED = 64  # published batches kept for the hub; beyond that it reads them back
+
+DirectWriter = Callable[[list[Event]], bool]
+"""Writes a batch to the subscriber's client now and returns True, or does nothing and
+returns False; it must not keep or change the list (other subscribers share it)."""
+
 
 @dataclass(eq=False)
 class Registration:
@@ -39,11 +54,17 @@ class Registration:
     filter: Filter | None
     start: int
     mailbox: Mailbox[Event]
+    direct: DirectWriter | None = None
+    """Set by the subscriber only while its task waits on an empty mailbox; cleared by the
+    hub when it refuses a batch (which then goes to the mailbox) and on `unregister`."""
 
     def wants(self, event: Event, envelope: dict[str, Any] | None) -> bool:
         if self.filter is None:
             return True
         return self.filter.matches(envelope if envelope is not None else event.envelope())
+
+
+Handout = tuple[Registration, list[Event]]
 
 
 @dataclass
@@ -52,6 +73,10 @@ class HubStats:
 
     reads: int = 0
     deliveries: int = 0
+    direct: int = 0
+    """Of the deliveries, those written straight to the client by the hub."""
+    handed: int = 0
+    """Events handed out as their publisher in this process gave them, without a read."""
     overflows: int = 0
 
 
@@ -65,8 +90,15 @@ class Hub:
     poll_interval: float = 2.0
     position: int = 0
     stats: HubStats = field(default_factory=HubStats)
+    after_dispatch: list[Callable[[], None]] = field(default_factory=list)
+    """Run once after each read's events are handed out (metrics flush their tallies)."""
     closed: bool = False
     catching_up: int = 0
+    _target: int = 0
+    """The highest position a wake-up announced; a wake-up already read past needs no read."""
+    _must_read: bool = False
+    _handed: dict[int, list[Event]] = field(default_factory=dict)
+    """Events this process published, by first position, not yet handed out."""
     _live: set[Registration] = field(default_factory=set)
     _subjects: SubjectTrie[Registration] = field(default_factory=SubjectTrie)
     _overflowed: set[Registration] = field(default_factory=set)
@@ -97,6 +129,7 @@ class Hub:
 
     def unregister(self, reg: Registration) -> None:
         """Leave the live path and free the buffer (synchronous: safe in any cleanup)."""
+        reg.direct = None
         self._detach(reg)
         self._overflowed.discard(reg)
         reg.mailbox.close()
@@ -110,8 +143,21 @@ class Hub:
 
     def wake(self, head: int | None = None) -> None:
         """A hint that the log may have grown (to `head`, when known)."""
-        if head is None or head > self.position:
+        if head is None:
+            self._must_read = True
             self._wake.set()
+        elif head > self.position:
+            self._target = max(self._target, head)
+            self._wake.set()
+
+    def hand_over(self, events: list[Event]) -> None:
+        """Events this process has just committed and positioned, in order: when they are
+        the next ones in the log, the hub hands them out without reading them back."""
+        if not events:
+            return
+        if len(self._handed) < MAX_HANDED:
+            self._handed[events[0].pos] = events
+        self.wake(events[-1].pos)
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -133,16 +179,18 @@ class Hub:
         while True:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
+            must_read = self._must_read or not self._wake.is_set()  # told to, or a poll
             self._wake = anyio.Event()
+            self._must_read = False
             try:
-                await self._drain()
+                await self._drain(must_read)
                 backoff = 0.05
                 outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
                 report_failure(logger, "hub read", exc, action="hub_read_failed")
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
-                self._wake.set()
+                self.wake()
 
     async def _initial_position(self) -> int:
         backoff = 0.05
@@ -155,16 +203,85 @@ class Hub:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
-    async def _drain(self) -> None:
+    async def _drain(self, must_read: bool) -> None:
+        """Hand out what this process published, then read until the log is drained.
+
+        No read when every wake-up since the last one announced a head already passed (a
+        publish handed over, or its own NOTIFY coming back after the hub read its events),
+        unless `must_read`.
+        """
         while True:
+            handed = self._next_handed()
+            if handed is not None:
+                await self._dispatch(handed)
+                continue
+            if not must_read and self._target <= self.position:
+                return
+            must_read = False
             events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1
             if events:
-                self._dispatch(events)
+                await self._dispatch(events)
             if len(events) < self.read_batch:
                 return
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _next_handed(self) -> list[Event] | None:
+        """The handed-over events that come next in the log, if some do and nothing else
+        lies between them (positions are dense); forgets those already read past."""
+        handed = self._handed
+        if not handed:
+            return None
+        events = handed.pop(self.position + 1, None)
+        for first in [first for first, later in handed.items() if later[-1].pos <= self.position]:
+            del handed[first]
+        if events is None or events[-1].pos - events[0].pos != len(events) - 1:
+            return None
+        self.stats.handed += len(events)
+        return events
+
+    async def _dispatch(self, events: list[Event]) -> None:
+        """Hand a read's events out, yielding to the loop every DISPATCH_SLICE subscribers
+        so that requests (a publish among them) are answered during a large fan-out.
+
+        The position moves first: a subscriber that joins during the fan-out starts after
+        this read and finds its events in the log, while the subscribers matched at the
+        start get them here.
+        """
+        self.position = events[-1].pos
+        topic = events[0].topic
+        if all(event.topic == topic for event in events):
+            batches = self._one_topic(topic, events)
+        else:
+            batches = self._mixed(events)
+        for count, (reg, batch) in enumerate(batches, 1):
+            self._deliver(reg, batch)
+            if count % DISPATCH_SLICE == 0:
+                self._dispatched()
+                await anyio.lowlevel.checkpoint()
+        self._dispatched()
+        advanced, self._advanced = self._advanced, anyio.Event()
+        advanced.set()
+
+    def _dispatched(self) -> None:
+        for hook in self.after_dispatch:
+            hook()
+
+    def _one_topic(self, topic: str, events: list[Event]) -> Iterator[Handout]:
+        """The usual read, all of one topic: subscribers without a filter share one list."""
+        envelopes: list[dict[str, Any]] | None = None
+        for reg in list(self._subjects.match(topic)):
+            if reg.filter is None:
+                yield reg, events
+                continue
+            if envelopes is None:
+                envelopes = [event.envelope() for event in events]
+            matches = reg.filter.matches
+            batch = [e for e, env in zip(events, envelopes, strict=True) if matches(env)]
+            if batch:
+                yield reg, batch
+
+    def _mixed(self, events: list[Event]) -> Iterator[Handout]:
+        batches: dict[Registration, list[Event]] = {}
         targets_of: dict[str, set[Registration]] = {}
         for event in events:
             targets = targets_of.get(event.topic)
@@ -173,20 +290,42 @@ class Hub:
             envelope = event.envelope() if any(r.filter for r in targets) else None
             for reg in targets:
                 if reg.wants(event, envelope):
-                    self._offer(reg, event)
-            self.position = event.pos
-        advanced, self._advanced = self._advanced, anyio.Event()
-        advanced.set()
+                    batch = batches.get(reg)
+                    if batch is None:
+                        batches[reg] = [event]
+                    else:
+                        batch.append(event)
+        yield from batches.items()
+
+    def _deliver(self, reg: Registration, batch: list[Event]) -> None:
+        """Through the subscriber's direct writer when it takes the batch, else buffered."""
+        writer = reg.direct
+        if writer is not None:
+            try:
+                written = writer(batch)
+            except Exception:  # a broken writer must not stop the fan-out
+                logger.exception("a direct writer failed", extra={"action": "direct_failed"})
+                written = False
+            if written:
+                self.stats.direct += len(batch)
+                self.stats.deliveries += len(batch)
+                return
+        self._hand(reg, batch)
 
     async def wait_beyond(self, pos: int) -> None:
         """Return once the hub has read past `pos` (or closed): for long-polling readers."""
         while self.position <= pos and not self.closed:
             await self._advanced.wait()
 
-    def _offer(self, reg: Registration, event: Event) -> None:
+    def _hand(self, reg: Registration, batch: list[Event]) -> None:
+        """Buffer `batch` for the subscriber's task (which wakes), or cut it off when full.
+
+        Its direct writer, if any, refused the batch: it stays off until the task, having
+        written what is buffered, waits on an empty buffer again and so keeps the order."""
+        reg.direct = None
         mailbox = reg.mailbox
-        if mailbox.offer(event):
-            self.stats.deliveries += 1
+        if mailbox.offer_all(batch):
+            self.stats.deliveries += len(batch)
             return
         self._detach(reg)
         if mailbox.closed:

@@ -77,24 +77,24 @@ async def publish_events(
     pool: Pool,
     events: Sequence[NewEvent],
     *,
-    on_sequenced: Callable[[int], None] | None = None,
+    on_published: Callable[[list[Event]], None] | None = None,
     live: bool = False,
 ) -> list[Event]:
     """Append `events` atomically; return them with their ids once they are committed.
 
-    `on_sequenced` receives the highest position now in the log, so the local hub can read
-    at once instead of waiting for its own NOTIFY to come back. `live` publishers (group
+    `on_published` receives the events, positioned, so the local hub can hand them out at
+    once without reading them back or waiting for its own NOTIFY. `live` publishers (group
     commit) may use the connections reserved for the live path.
     """
     if not events:
         return []
     committed = False
     try:
-        async with pool.acquire(live=live) as conn:
+        async with pool.acquire(live=live, stateless=True) as conn:
             # One INSERT statement commits atomically on its own: no BEGIN/COMMIT round trips.
             seqs = await log_queries.insert_events(conn, events)
             committed = True
-            return await _sequenced(conn, seqs, on_sequenced)
+            return await _sequenced(conn, seqs, on_published)
     except DatabaseUnavailable as exc:
         if committed:
             raise DatabaseUnavailable(
@@ -111,7 +111,7 @@ async def publish_idempotent(
     digest: bytes,
     events: Sequence[NewEvent],
     *,
-    on_sequenced: Callable[[int], None] | None = None,
+    on_published: Callable[[list[Event]], None] | None = None,
 ) -> tuple[list[Event], bool]:
     """Publish once per (topic, key); a replay returns the original events and stores nothing.
 
@@ -123,16 +123,17 @@ async def publish_idempotent(
         return await log_queries.insert_events(conn, events)
 
     seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
-    async with pool.acquire() as conn:
-        return await _sequenced(conn, seqs, on_sequenced), replayed
+    async with pool.acquire(stateless=True) as conn:
+        return await _sequenced(conn, seqs, on_published), replayed
 
 
 async def _sequenced(
-    conn: Connection, seqs: Sequence[int], on_sequenced: Callable[[int], None] | None
+    conn: Connection, seqs: Sequence[int], on_published: Callable[[list[Event]], None] | None
 ) -> list[Event]:
     """Run the sequencer (our rows are committed) and read the rows back as delivered,
-    in one round trip: with the INSERT, a publish costs two."""
+    in one round trip: with the INSERT, a publish costs two (the connection goes back to
+    the pool without a reset, as neither leaves session state)."""
     published = await log_queries.sequence_and_read(conn, seqs)
-    if on_sequenced is not None and published:
-        on_sequenced(published[-1].pos)
+    if on_published is not None and published:
+        on_published(published)
     return published

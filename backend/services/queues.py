@@ -40,11 +40,13 @@ from backend.core.errors import (
     InvalidEvent,
     InvalidQueueName,
     NotFound,
+    PgcastError,
 )
 from backend.core.names import validate_name
-from backend.entities.event import NewEvent
+from backend.entities.event import NewEvent, format_time
 from backend.entities.message import Message, NewMessage, QueueStats
-from backend.services.settle import Ack, AckBatcher
+from backend.services.claiming import ClaimBatcher
+from backend.services.settle import Retry, Settle, SettleBatcher, Settled
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,15 @@ class QueueWaker:
 
 
 @dataclass(eq=False)
+class _Asking:
+    """One `next_available` query that consumers woken together wait for."""
+
+    due: datetime | None = None
+    known: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
 class Queues:
     """The queue service of one process."""
 
@@ -151,12 +162,15 @@ class Queues:
     holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
-    acks: AckBatcher = field(init=False)
+    settlements: SettleBatcher = field(init=False)
+    claims: ClaimBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)
+    _asking: dict[anyio.Event, _Asking] = field(default_factory=dict)
     _notify_wake: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
-        self.acks = AckBatcher(self._ack_many)
+        self.settlements = SettleBatcher(self._commit_settles)
+        self.claims = ClaimBatcher(self._claim_now, self.give_back)
 
     @property
     def backoff(self) -> tuple[float, float]:
@@ -211,41 +225,54 @@ class Queues:
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
         """Lease up to `limit` messages; the caller gets them all, or the queue gets them back.
 
-        The statement runs shielded, so a cancellation cannot leave it committed with its
-        answer lost; one that lands while the connection goes back to the pool gives the
-        claim back (attempts restored) before it propagates.
+        Claims of one queue made at the same time share one statement (`ClaimBatcher`),
+        which runs shielded: a cancellation cannot leave it committed with its answer lost.
         """
-        leases = [str(uuid4()) for _ in range(limit)]
+        return await self.claims.claim(queue, limit, lease_seconds)
+
+    async def _claim_now(self, queue: str, limit: int, lease_seconds: float) -> list[Message]:
+        base = f"{uuid4()}."
         try:
             async with self._conn() as conn:
-                with anyio.CancelScope(shield=True):
-                    claimed = await q.claim(conn, queue, lease_seconds, leases)
+                return await q.claim(conn, queue, lease_seconds, base, limit)
         except BaseException:
             # Whether or not the claim committed, its messages carry only these tokens:
             # giving all of them back also covers a commit whose answer was lost.
-            await self.give_back(leases)
+            await self.give_back(q.lease_tokens(base, limit))
             raise
-        return claimed
 
-    async def next_available(self, queue: str) -> datetime | None:
+    async def next_available(self, queue: str, woken: anyio.Event | None = None) -> datetime | None:
+        """When the queue's next ready message is due (None: none is ready or delayed).
+
+        Idle consumers of a queue woken by the same wake-up (the same `woken`) share one
+        query: a change made after that query started wakes them all again anyway.
+        """
+        if woken is None or woken.is_set():
+            return await self._next_available(queue)
+        asking = self._asking.get(woken)
+        if asking is None:
+            asking = self._asking[woken] = _Asking()
+            try:
+                asking.due = await self._next_available(queue)
+                asking.known = True
+            finally:
+                del self._asking[woken]
+                asking.done.set()
+        else:
+            await asking.done.wait()
+            if not asking.known:  # the query failed: ask again
+                return await self._next_available(queue)
+        return asking.due
+
+    async def _next_available(self, queue: str) -> datetime | None:
         async with self._conn() as conn:
             return await q.next_available(conn, queue)
 
     async def ack(self, queue: str, message_id: int, lease: str) -> None:
-        """Fenced on the lease; acks from many consumers share commits (`AckBatcher`).
-
-        An ack makes no message claimable, so it wakes only the consumer holding the
-        lease: here directly, in another process through a NOTIFY.
-        """
-        if not await self.acks.ack(queue, message_id, lease):
-            async with self._conn() as conn:
-                await self._refuse(conn, queue, message_id)
-        if not self._settled(lease):
-            self.changed(queue)
-
-    async def _ack_many(self, acks: Sequence[Ack]) -> set[str]:
-        async with self._conn() as conn:
-            return await q.ack_many(conn, acks)
+        """Fenced on the lease; shares a commit with other settlements (`settle`)."""
+        (outcome,) = await self.settle([Settle(queue, message_id, lease)])
+        if isinstance(outcome, PgcastError):
+            raise outcome
 
     async def nack(
         self,
@@ -256,17 +283,51 @@ class Queues:
         delay: float | None = None,
         error: str | None = None,
     ) -> q.Moved:
+        """Fenced on the lease; shares a commit with other settlements (`settle`)."""
+        (outcome,) = await self.settle([Settle(queue, message_id, lease, Retry(delay, error))])
+        if isinstance(outcome, PgcastError):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    async def settle(self, settles: Sequence[Settle]) -> list[q.Moved | PgcastError | None]:
+        """Acks and nacks in one commit shared with other callers (`SettleBatcher`).
+
+        Returns each one's outcome in order: None for an ack, the move for a nack, or the
+        error refusing one whose lease was not held (NotFound, Conflict). A nack wakes the
+        queue's consumers; an ack makes no message claimable, so it wakes only the consumer
+        holding the lease: here directly, in another process through a NOTIFY.
+        """
+        settled = await self.settlements.settle(settles)
+        outcomes = [settled.outcome(settle) for settle in settles]
+        for settle, outcome in zip(settles, outcomes, strict=True):
+            if outcome is not False:  # every consumer hears first, before any await
+                here = self._settled(settle.lease)
+                if settle.retry is not None or not here:
+                    self.changed(settle.queue)
+        return [
+            await self._refusal(settle.queue, settle.message_id)
+            if outcome is False
+            else (None if outcome is True else outcome)
+            for settle, outcome in zip(settles, outcomes, strict=True)
+        ]
+
+    async def _commit_settles(self, settles: Sequence[Settle]) -> Settled:
+        acks = [(s.queue, s.message_id, s.lease) for s in settles if s.retry is None]
+        nacks = [
+            (s.queue, s.message_id, s.lease, s.retry.delay, s.retry.error)
+            for s in settles
+            if s.retry is not None
+        ]
         async with self._conn() as conn:
+            if not nacks:  # one statement commits on its own
+                return Settled(frozenset(await q.ack_many(conn, acks)))
             async with conn.transaction():
-                moved = await q.nack(conn, queue, message_id, lease, delay, error, self.backoff)
-                if moved is None:
-                    await self._refuse(conn, queue, message_id)
-                assert moved is not None
-                await self._lifecycle(conn, [moved])
+                acked = await q.ack_many(conn, acks) if acks else set()
+                nacked = await q.nack_many(conn, nacks, self.backoff)
+                await self._lifecycle(conn, list(nacked.values()))
             await self._sequence(conn)
-        self._settled(lease)
-        self.changed(queue)
-        return moved
+        return Settled(frozenset(acked), nacked)
 
     def _settled(self, lease: str) -> bool:
         """Tell this process's consumer holding `lease`, if any; True if there was one."""
@@ -279,8 +340,7 @@ class Queues:
         async with self._conn() as conn:
             until = await q.extend(conn, queue, message_id, lease, seconds)
             if until is None:
-                await self._refuse(conn, queue, message_id)
-            assert until is not None
+                raise await self._refusal_on(conn, queue, message_id)
             return until
 
     async def release(self, delivered: Sequence[str], undelivered: Sequence[str] = ()) -> None:
@@ -382,11 +442,16 @@ class Queues:
                 report_failure(logger, "queue wake-up", exc, action="notify_failed")
             await anyio.sleep(0.005)
 
-    async def _refuse(self, conn: Connection, queue: str, message_id: int) -> None:
+    async def _refusal(self, queue: str, message_id: int) -> PgcastError:
+        async with self._conn() as conn:
+            return await self._refusal_on(conn, queue, message_id)
+
+    async def _refusal_on(self, conn: Connection, queue: str, message_id: int) -> PgcastError:
+        """Why a fenced change found no message held with the lease: NotFound or Conflict."""
         state = await q.state_of(conn, queue, message_id)
         if state is None:
-            raise NotFound(f"no message {message_id} in queue {queue!r}")
-        raise Conflict(
+            return NotFound(f"no message {message_id} in queue {queue!r}")
+        return Conflict(
             f"message {message_id} is not held with this lease (it is {state} now:"
             " already settled, or its lease expired and it was given to another consumer)"
         )
@@ -410,7 +475,7 @@ class Queues:
                 "attempt": m.attempt,
                 "max_attempts": m.max_attempts,
                 "error": m.last_error,
-                "available_at": m.as_dict()["available_at"],
+                "available_at": format_time(m.available_at),
             }
             events.append(
                 NewEvent(LIFECYCLE_PREFIX + m.queue, orjson.dumps(payload), kind, str(m.id))

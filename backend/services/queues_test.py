@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
+from datetime import datetime
 
 import anyio
 import pytest
 
 from backend.connectors.database import connect
 from backend.core.errors import Conflict, InvalidEvent, NotFound
+from backend.services.consume import Consumer
+from backend.services.settle import Retry
 from backend.testing.engine import running_engine, take
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
@@ -205,3 +209,65 @@ async def test_a_settle_by_another_path_frees_the_consumers_room(database_url: s
     # Room came back after the other process's quiet poll: the next claim found the
     # second message, which the first consumer returned when it left.
     assert fourth_or_end.data == 1
+
+
+async def test_a_settlement_on_its_way_frees_room_and_a_failed_one_takes_it_back(
+    database_url: str,
+) -> None:
+    """The next message is claimed while an ack commits; a settlement that fails holds
+    its room again, and leaving still gives back what was not settled."""
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue([queues.message("room", n) for n in range(3)])
+        consumer = Consumer(queues, "room", prefetch=1)
+        try:
+            async with aclosing(consumer.deliveries()) as deliveries:
+                with anyio.fail_after(10):
+                    first = await anext(deliveries)
+                    assert consumer.room == 0
+                    ack = first.settling()
+                    assert consumer.room == 1
+                    second = await anext(deliveries)
+                assert await queues.still_leased([first.lease]) == {first.lease}
+                second.settling(Retry(0))
+                second.not_settled()
+                assert consumer.room == 0
+                assert await queues.settle([ack]) == [None]
+                assert consumer.room == 0
+        finally:
+            await consumer.release_all()
+        (stats,) = await queues.stats("room")
+        assert await queues.still_leased([first.lease, second.lease]) == set()
+    assert (stats.ready, stats.leased) == (2, 0)
+
+
+async def test_consumers_woken_together_ask_once_when_the_next_message_is_due(
+    database_url: str,
+) -> None:
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue([queues.message("due", 1, delay_seconds=60)])
+        asked: list[str] = []
+        real = queues._next_available
+
+        async def counted(queue: str) -> datetime | None:
+            asked.append(queue)
+            return await real(queue)
+
+        queues._next_available = counted  # type: ignore[method-assign]
+        woken = queues.waker.event("due")
+        answers: list[datetime | None] = []
+
+        async def ask() -> None:
+            answers.append(await queues.next_available("due", woken))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(ask)
+            queues.changed("due")
+            after_wake = await queues.next_available("due", woken)
+    assert asked == ["due", "due"]
+    assert len(answers) == 5
+    assert answers[0] is not None
+    assert set(answers) == {answers[0]} == {after_wake}

@@ -6,6 +6,10 @@ well-defined, stable set. A subscription reads its backlog in pages straight fro
 the few events committed while it was joining, and then takes live events from its buffer,
 skipping any position it has already delivered. If it falls behind the hub it repeats the
 cycle from where it stopped.
+
+A transport that can write to its client without waiting sets `sink`: while the
+subscription's task is idle on the live path (its buffer empty, nothing taken and not yet
+written), the hub writes through it directly and the task sleeps on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from backend.core.errors import CursorExpired
 from backend.core.filters import Filter, compile_filter
 from backend.core.names import Pattern, parse_patterns
 from backend.entities.event import Event, format_id, parse_id
-from backend.services.hub import Hub, Registration
+from backend.services.hub import DirectWriter, Hub, Registration
 from backend.services.log_reader import LogReader
 
 EARLIEST = "earliest"
@@ -68,6 +72,7 @@ class Subscription:
     filter: Filter | None
     position: int
     page_size: int = 500
+    sink: DirectWriter | None = None
     _reg: Registration | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
 
@@ -90,6 +95,7 @@ class Subscription:
         """
         self._stopped = True
         if self._reg is not None:
+            self._reg.direct = None
             self._reg.mailbox.close()
 
     def poke(self) -> None:
@@ -153,10 +159,15 @@ class Subscription:
 
     async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
         """Everything buffered at each wake-up, minus positions already passed; [] when
-        poked."""
+        poked. While it waits on an empty buffer, the hub may write through `sink`."""
         mailbox = reg.mailbox
+        direct = self._write_through if self.sink is not None else None
         while True:
-            taken = await mailbox.take(self.page_size)
+            reg.direct = direct
+            try:
+                taken = await mailbox.take(self.page_size)
+            finally:
+                reg.direct = None
             if not taken:
                 if mailbox.closed:
                     return
@@ -167,6 +178,40 @@ class Subscription:
                 self.position = batch[-1].pos
                 yield batch
 
+    def _write_through(self, events: list[Event]) -> bool:
+        """The hub's direct write: the same skip of passed positions as the buffered path."""
+        sink = self.sink
+        if sink is None or self._stopped:
+            return False
+        if events[0].pos <= self.position:
+            events = [event for event in events if event.pos > self.position]
+            if not events:
+                return True
+        if not sink(events):
+            return False
+        self.position = events[-1].pos
+        return True
+
+
+async def start_subscription(
+    hub: Hub,
+    patterns: PatternsLike,
+    after: str | int = LATEST,
+    filter: str | Filter | None = None,
+) -> Subscription:
+    """Validate, resolve the start and join the hub if near it; the caller must `close` it.
+
+    For transports, which hold one per open stream: no context manager of its own, so an
+    idle stream keeps fewer frames alive (see `open_subscription` for everyone else).
+    """
+    parsed = as_patterns(patterns)
+    compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
+    start = await resolve_start(hub.log, after)
+    await hub.wait_started()
+    subscription = Subscription(hub, parsed, compiled, start)
+    subscription.join_if_near()
+    return subscription
+
 
 @asynccontextmanager
 async def open_subscription(
@@ -176,12 +221,7 @@ async def open_subscription(
     filter: str | Filter | None = None,
 ) -> AsyncIterator[tuple[Subscription, AsyncIterator[Event]]]:
     """Validate, resolve the start, and hold the stream open for the block."""
-    parsed = as_patterns(patterns)
-    compiled = compile_filter(filter) if isinstance(filter, str) or filter is None else filter
-    start = await resolve_start(hub.log, after)
-    await hub.wait_started()
-    subscription = Subscription(hub, parsed, compiled, start)
-    subscription.join_if_near()
+    subscription = await start_subscription(hub, patterns, after, filter)
     try:
         async with aclosing(subscription.events()) as stream:
             yield subscription, stream

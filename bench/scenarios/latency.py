@@ -9,8 +9,10 @@ asyncpg LISTEN connection.
 
 from __future__ import annotations
 
+from itertools import zip_longest
 from typing import Any
 
+from backend.testing.server import ServerProcess
 from bench.fleet import listen_fleet, stream_fleet
 from bench.loadgen import RAW_CHANNEL, http_publishers, sql_publishers
 from bench.model import Row, ScenarioResult, cdf_points, latencies_from, latency_summary
@@ -26,7 +28,10 @@ METHOD = (
     "commit, fsync, the sequencer, the hub and the write to the client. Subscribers are "
     "raw SSE and WebSocket clients in separate processes that timestamp every event on "
     "arrival. Baseline: the same rate of INSERT+NOTIFY transactions (8 connections) with "
-    "the send time in the payload, received by one asyncpg LISTEN connection."
+    "the send time in the payload, received by one asyncpg LISTEN connection. Accepted: "
+    "events/s answered 201 against the rate offered. Publish fairness: the publisher's "
+    "round trips (request to 201) at a fixed rate while the server fans every event out "
+    "to many SSE subscribers, against the same publisher with no subscriber."
 )
 TOPIC = "bench.latency"
 
@@ -45,49 +50,65 @@ def _delivery(reports: list[Payload], kind: str, published: int) -> dict[str, An
     }
 
 
+def _paced(
+    ctx: Context,
+    server: ServerProcess,
+    label: str,
+    shares: list[tuple[int, int]],
+    rate: float,
+    sample: bool,
+) -> tuple[Payload, dict[str, float], list[Payload], list[Payload]]:
+    """Subscribers (`shares`: SSE and WebSocket counts per process) follow the topic while
+    a paced publisher sends single events at `rate`; the publisher's result, the server's
+    CPU, the fleets' ready reports and their results."""
+    sizes = ctx.sizes
+    after = head(server, TOPIC)
+    fleets = [
+        Child(
+            stream_fleet,
+            f"{label}-subscribers-{i}",
+            port=server.port,
+            topic=TOPIC,
+            after=after,
+            sse=sse,
+            ws=ws,
+            sample=sample,
+        )
+        for i, (sse, ws) in enumerate(shares)
+        if sse or ws
+    ]
+    publisher = Child(
+        http_publishers,
+        f"{label}-publisher",
+        port=server.port,
+        topic=TOPIC,
+        connections=sizes.latency_publishers,
+        batch=0,
+        seconds=sizes.latency_seconds,
+        rate=rate,
+        padding=ctx.padding,
+    )
+    try:
+        ready = expect_all(fleets, "ready", timeout=180)
+        (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
+        for fleet in fleets:
+            fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
+        reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
+    finally:
+        stop_all([publisher, *fleets])
+    return sent, cpu, ready, reports
+
+
 def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
     sizes = ctx.sizes
     processes = sizes.client_processes
-    with ctx.stack.server(workers) as server:
-        after = head(server, TOPIC)
-        fleets = [
-            Child(
-                stream_fleet,
-                f"latency-subscribers-{i}",
-                port=server.port,
-                topic=TOPIC,
-                after=after,
-                sse=sse,
-                ws=ws,
-                sample=True,
-            )
-            for i, (sse, ws) in enumerate(
-                zip(
-                    split(sizes.latency_sse, processes),
-                    split(sizes.latency_ws, processes),
-                    strict=False,
-                )
-            )
-        ]
-        publisher = Child(
-            http_publishers,
-            "latency-publisher",
-            port=server.port,
-            topic=TOPIC,
-            connections=sizes.latency_publishers,
-            batch=0,
-            seconds=sizes.latency_seconds,
-            rate=rate,
-            padding=ctx.padding,
+    shares = list(
+        zip_longest(
+            split(sizes.latency_sse, processes), split(sizes.latency_ws, processes), fillvalue=0
         )
-        try:
-            ready = expect_all(fleets, "ready", timeout=180)
-            (sent,), cpu = run_together([publisher], ctx.meter(server.process.pid), 60)
-            for fleet in fleets:
-                fleet.send("expect", events=sent["events"], timeout=sizes.drain_seconds)
-            reports = expect_all(fleets, "result", timeout=sizes.drain_seconds + 60)
-        finally:
-            stop_all([publisher, *fleets])
+    )
+    with ctx.stack.server(workers) as server:
+        sent, cpu, ready, reports = _paced(ctx, server, "latency", shares, rate, sample=True)
     published = int(sent["events"])
     return {
         "published": published,
@@ -100,6 +121,53 @@ def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
         "subscriber_cpu_s": round(sum(float(r["cpu"]) for r in reports), 2),
         **cpu,
     }
+
+
+def _round_trips(ctx: Context, subscribers: int) -> dict[str, Any]:
+    """The publisher's round trips at `fairness_rate` with `subscribers` SSE followers."""
+    sizes = ctx.sizes
+    shares = [(share, 0) for share in split(subscribers, sizes.client_processes)]
+    with ctx.stack.server() as server:
+        sent, cpu, _, reports = _paced(
+            ctx, server, "fairness", shares, sizes.fairness_rate, sample=False
+        )
+    delivered = sum(int(r["sse"]["events"]) for r in reports)
+    return {
+        "subscribers": subscribers,
+        "published": int(sent["events"]),
+        "delivered_ratio": (
+            round(delivered / (subscribers * int(sent["events"])), 4) if subscribers else None
+        ),
+        "round_trip": sent["round_trip"],
+        **cpu,
+    }
+
+
+def _fairness(ctx: Context, result: ScenarioResult) -> None:
+    loaded = _round_trips(ctx, ctx.sizes.fairness_subscribers)
+    alone = _round_trips(ctx, 0)
+    case = (
+        f"publish round trip at {ctx.sizes.fairness_rate:.0f} events/s,"
+        f" {loaded['subscribers']} SSE subscribers"
+    )
+    for name in ("p50", "p99"):
+        result.rows.append(
+            Row(
+                case,
+                f"{name} ms",
+                loaded["round_trip"][f"{name}_ms"],
+                alone["round_trip"][f"{name}_ms"],
+                "same publisher, no subscriber",
+                better="lower",
+                note=(
+                    f"delivered {loaded['delivered_ratio']:.1%},"
+                    f" server {loaded['server_cpu_pct']:.0f}% CPU"
+                    if name == "p99"
+                    else ""
+                ),
+            )
+        )
+    result.details["fairness"] = {"loaded": loaded, "alone": alone}
 
 
 def _baseline(ctx: Context, rate: float) -> dict[str, Any]:
@@ -165,6 +233,17 @@ def run(ctx: Context) -> ScenarioResult:
         pgcast = _pgcast(ctx, offered)
         base = _baseline(ctx, offered)
         listen = base["listen"]
+        result.rows.append(
+            Row(
+                f"{pgcast['sse']['subscribers']} SSE + {pgcast['ws']['subscribers']} WebSocket"
+                f" subscribers, single events offered at {offered:.0f}/s",
+                "events/s accepted",
+                pgcast["rate"],
+                offered,
+                "rate offered",
+                note=f"{pgcast['publish_errors']} publish errors",
+            )
+        )
         for kind, label in (("sse", "SSE"), ("ws", "WebSocket")):
             got = pgcast[kind]
             case = (
@@ -174,7 +253,10 @@ def run(ctx: Context) -> ScenarioResult:
             for name in ("p50", "p99", "max"):
                 note = ""
                 if name == "p50":
-                    note = f"delivered {got['delivered_ratio']:.1%}"
+                    note = (
+                        f"delivered {got['delivered_ratio']:.1%},"
+                        f" server {pgcast['server_cpu_pct']:.0f}% CPU"
+                    )
                 result.rows.append(
                     Row(
                         case,
@@ -198,5 +280,6 @@ def run(ctx: Context) -> ScenarioResult:
         for summary in (pgcast["sse"], pgcast["ws"], listen):
             summary.pop("ordered")
         result.details[f"{offered:.0f}/s"] = {"pgcast": pgcast, "baseline": base}
+    _fairness(ctx, result)
     result.series = {"cdf": cdf}
     return result

@@ -40,7 +40,28 @@ def _summarise(results: list[dict[str, Any]], cpu: dict[str, float]) -> dict[str
         "last_error": next((r["last_error"] for r in results if r["last_error"]), ""),
         "client_cpu_pct": client_cpu_pct(results, elapsed),
         **cpu,
+        **_cpu_per_event(cpu, events),
     }
+
+
+def _cpu_per_event(cpu: dict[str, float], events: int) -> dict[str, int | None]:
+    """Microseconds of server and of PostgreSQL CPU per committed event: what decides how
+    far more workers can go on a machine that also runs PostgreSQL."""
+
+    def per_event(pct: float) -> int | None:
+        return round(1e4 * pct * cpu["window_s"] / events) if events else None
+
+    return {
+        "server_us_per_event": per_event(cpu["server_cpu_pct"]),
+        "postgres_us_per_event": per_event(cpu["postgres_cpu_pct"]),
+    }
+
+
+def _cpu_note(figures: dict[str, Any]) -> str:
+    return (
+        f"CPU per event: server {figures['server_us_per_event']} µs,"
+        f" PostgreSQL {figures['postgres_us_per_event']} µs"
+    )
 
 
 def _http(ctx: Context, port: int, pid: int, clients: int, batch: int) -> dict[str, Any]:
@@ -120,6 +141,7 @@ def run(ctx: Context) -> ScenarioResult:
                 http[level]["events_per_s"],
                 raw[level]["events_per_s"],
                 raw_name(level),
+                note=_cpu_note(http[level]) if level == top else "",
             )
         )
     for level in sizes.publish_concurrency:
@@ -139,6 +161,7 @@ def run(ctx: Context) -> ScenarioResult:
             http_two["events_per_s"],
             http[top]["events_per_s"],
             "the same with one worker",
+            note=_cpu_note(http_two),
         )
     )
     result.rows.append(

@@ -27,7 +27,8 @@ TITLE = "Queue: jobs/s from enqueue to ack"
 METHOD = (
     "WebSocket consumers (`consume`, lease 60 s) that ack each message on arrival, in one "
     "client process; the producer enqueues over HTTP in arrays of 100 once they are "
-    "subscribed. Each job costs pgcast a claim and an ack transaction. Baseline: asyncpg "
+    "subscribed. Each job costs pgcast its share of a claim statement and of an ack commit "
+    "(claims and settlements made together share them). Baseline: asyncpg "
     "workers, each looping over BEGIN; SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1; DELETE; "
     "COMMIT (sleeping 2 ms on an empty claim), fed by INSERTs of 100 rows."
 )

@@ -114,7 +114,8 @@ async def log_bounds(conn: Connection) -> tuple[int, int]:
 @dataclass(frozen=True, slots=True)
 class PostgresLog:
     """The log as the hub and subscriptions read it (services.log_reader.LogReader), from the
-    pool: the hub's reads take the live path's reserved connections."""
+    pool: the hub's reads take the live path's reserved connections, and give them back
+    without a reset (one SELECT leaves no session state)."""
 
     pool: Pool
 
@@ -123,7 +124,7 @@ class PostgresLog:
             return await log_bounds(conn)
 
     async def read_after(self, after: int, limit: int) -> list[Event]:
-        async with self.pool.acquire(live=True) as conn:
+        async with self.pool.acquire(live=True, stateless=True) as conn:
             return await read_all_after(conn, after, limit)
 
     async def read_page(

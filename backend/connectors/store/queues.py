@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from backend.connectors.database import Connection
+from backend.core import exactjson
 from backend.entities.message import Message, NewMessage, QueueStats
 
 COLUMNS = (
@@ -33,10 +34,12 @@ def backoff_sql(base_param: int, cap_param: int) -> str:
 
 
 def to_message(row: Any) -> Message:
+    """The message of a row, its data made compact JSON once (jsonb text has spaces): every
+    body that carries it later splices it as is."""
     return Message(
         id=row["id"],
         queue=row["queue"],
-        data_json=row["data_json"].encode(),
+        data_json=exactjson.dumps(exactjson.loads(row["data_json"], "the message data")),
         key=row["key"],
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
@@ -67,14 +70,20 @@ async def insert_messages(conn: Connection, messages: Sequence[NewMessage]) -> l
     return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
 
-async def claim(
-    conn: Connection, queue: str, lease_seconds: float, leases: Sequence[str]
-) -> list[Message]:
-    """Lease up to `len(leases)` available messages under the given lease tokens, in order.
+def lease_tokens(base: str, limit: int) -> list[str]:
+    """Every token a claim of up to `limit` messages under `base` may have handed out."""
+    return [f"{base}{n}" for n in range(1, limit + 1)]
 
-    The caller picks the tokens before the statement runs, so it can always give back
-    whatever this claimed, even when it never saw the answer. SKIP LOCKED lets consumers
-    never collide. The claim commits without waiting for its WAL flush: a claim lost in a
+
+async def claim(
+    conn: Connection, queue: str, lease_seconds: float, base: str, limit: int
+) -> list[Message]:
+    """Lease up to `limit` available messages, in order, under the tokens `base` + 1, 2, ...
+
+    The caller picks the base before the statement runs, so it can always give back
+    whatever this claimed (`lease_tokens`), even when it never saw the answer; an idle
+    claim sends one short string whatever the limit. SKIP LOCKED lets consumers never
+    collide. The claim commits without waiting for its WAL flush: a claim lost in a
     Postgres crash leaves its messages ready with the attempt unused (the lease is
     refused), and the fenced ack, which does wait, flushes the claim before it.
     """
@@ -86,21 +95,22 @@ async def claim(
             SELECT id, available_at FROM pgcast.queue_messages
              WHERE queue = $1 AND state = 'ready' AND available_at <= now()
              ORDER BY available_at, id
-             LIMIT cardinality($3::text[])
+             LIMIT $4
              FOR UPDATE SKIP LOCKED
         ), numbered AS (
             SELECT id, row_number() OVER (ORDER BY available_at, id) AS n FROM picked
         )
         UPDATE pgcast.queue_messages AS m
            SET state = 'leased', attempt = m.attempt + 1,
-               lease_token = ($3::text[])[numbered.n],
+               lease_token = $3::text || numbered.n,
                lease_until = now() + make_interval(secs => $2)
           FROM numbered, no_flush_wait WHERE m.id = numbered.id
         RETURNING {COLUMNS.replace("id,", "m.id,", 1)}
         """,
         queue,
         lease_seconds,
-        list(leases),
+        base,
+        limit,
     )
     return sorted((to_message(r) for r in rows), key=lambda m: (m.available_at, m.id))
 
@@ -132,36 +142,37 @@ async def ack_many(conn: Connection, acks: Sequence[tuple[str, int, str]]) -> se
     return {r["lease"] for r in rows}
 
 
-async def nack(
+async def nack_many(
     conn: Connection,
-    queue: str,
-    message_id: int,
-    lease: str,
-    delay: float | None,
-    error: str | None,
+    nacks: Sequence[tuple[str, int, str, float | None, str | None]],
     backoff: tuple[float, float],
-) -> Moved | None:
-    """Back to `ready` after a delay, or to `dead` when attempts are used up; None if not held."""
-    row = await conn.fetchrow(
+) -> dict[str, Moved]:
+    """Nack many (queue, message id, lease, delay, error) in one statement: each back to
+    `ready` after its delay (None: the backoff), or to `dead` when attempts are used up.
+    Returns the moves by lease, for the leases that were held."""
+    rows = await conn.fetch(
         f"""
-        UPDATE pgcast.queue_messages
+        UPDATE pgcast.queue_messages AS m
            SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'ready' END,
                available_at = CASE WHEN attempt >= max_attempts THEN available_at
-                   ELSE now() + make_interval(secs => coalesce($4, {backoff_sql(6, 7)})) END,
+                   ELSE now() + make_interval(secs => coalesce(n.delay, {backoff_sql(6, 7)})) END,
                finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
-               last_error = coalesce($5, 'nacked'), lease_token = NULL, lease_until = NULL
-         WHERE id = $1 AND queue = $2 AND state = 'leased' AND lease_token = $3
-        RETURNING {COLUMNS}
+               last_error = coalesce(n.error, 'nacked'), lease_token = NULL, lease_until = NULL
+          FROM unnest($1::text[], $2::bigint[], $3::text[], $4::float8[], $5::text[])
+               AS n(nack_queue, nack_id, nack_lease, delay, error)
+         WHERE m.id = n.nack_id AND m.queue = n.nack_queue AND m.state = 'leased'
+           AND m.lease_token = n.nack_lease
+        RETURNING {COLUMNS.replace("id,", "m.id,", 1)}, n.nack_lease
         """,
-        message_id,
-        queue,
-        lease,
-        delay,
-        error,
+        [queue for queue, _, _, _, _ in nacks],
+        [message_id for _, message_id, _, _, _ in nacks],
+        [lease for _, _, lease, _, _ in nacks],
+        [delay for _, _, _, delay, _ in nacks],
+        [error for _, _, _, _, error in nacks],
         backoff[0],
         backoff[1],
     )
-    return None if row is None else _moved(row)
+    return {r["nack_lease"]: _moved(r) for r in rows}
 
 
 async def extend(

@@ -116,6 +116,14 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def json_body(json: Any) -> dict[str, Any]:
+    """An httpx request's `content` and `headers` for a JSON body (none for None), with
+    numbers written digit for digit."""
+    if json is None:
+        return {}
+    return {"content": exactjson.dumps(json), "headers": {"Content-Type": "application/json"}}
+
+
 @dataclass(frozen=True)
 class Api:
     """A server address plus credentials; opens clients and makes one-shot calls."""
@@ -151,10 +159,8 @@ class Api:
     ) -> Any:
         """One request; the decoded JSON answer, or `ApiError` / a one-line exit."""
         query = params if params is None or isinstance(params, Mapping) else tuple(params)
-        content = None if json is None else exactjson.dumps(json)
-        headers = {"Content-Type": "application/json"} if content is not None else None
         try:
-            response = client.request(method, path, content=content, headers=headers, params=query)
+            response = client.request(method, path, params=query, **json_body(json))
         except httpx.TransportError as exc:
             fail(connect_problem(self.base, exc))
         return self.decode(response)

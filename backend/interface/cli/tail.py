@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import Annotated, Any
@@ -17,24 +18,21 @@ from typing import Annotated, Any
 import httpx
 import orjson
 import typer
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import connect_sse
 
 from backend.interface.cli.client import (
     DEFAULT_URL,
     STREAM_TIMEOUT,
     Api,
     ApiError,
-    Backoff,
     Token,
     Url,
-    connect_problem,
     error_of,
-    fail,
     guarded,
     notice,
-    retryable,
 )
 from backend.interface.cli.printers import Printer, printer_for
+from backend.interface.cli.reconnect import Reconnects
 
 RESET_EVENT = "pgcast.reset"
 PAGE_SIZE = 1000
@@ -70,8 +68,7 @@ def head_id(api: Api, client: httpx.Client, query: Query) -> str:
 def follow(api: Api, query: Query, start: str, printer: Printer, limit: int | None) -> None:
     """SSE until `limit` events (or forever), reconnecting with backoff after any loss."""
     count = 0
-    lost = False
-    backoff = Backoff()
+    reconnects = Reconnects(api.base)
     with api.client(STREAM_TIMEOUT) as client:
         # No id to resume after only when starting from (or reset to) the earliest event.
         last_id: str | None = start
@@ -79,42 +76,29 @@ def follow(api: Api, query: Query, start: str, printer: Printer, limit: int | No
             last_id = head_id(api, client, query)
         elif start == "earliest":
             last_id = None
-        connected = False
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             params = query if last_id else [*query, ("after", "earliest")]
-            try:
-                with connect_sse(client, "GET", "/events", params=params, headers=headers) as sse:
-                    if sse.response.is_error:
-                        raise error_of(sse.response)
-                    connected = True
-                    backoff.reset()
-                    if lost:
-                        notice("reconnected")
-                        lost = False
-                    for message in sse.iter_sse():
-                        if message.event == RESET_EVENT:
-                            _report_reset(orjson.loads(message.data or "{}"))
-                            last_id = None
-                            continue
-                        if not message.data or not message.id:
-                            continue  # the `retry:` hint
-                        printer.line(message.data)
-                        last_id = message.id
-                        count += 1
-                        if limit is not None and count >= limit:
-                            return
-            except (httpx.TransportError, ApiError) as exc:
-                if not (connected and retryable(exc)):
-                    if isinstance(exc, ApiError):
-                        raise
-                    fail(connect_problem(api.base, exc))
-            except SSEError as exc:
-                fail(f"{api.base} did not answer with an event stream: {exc}")
-            if not lost:
-                notice("connection lost; reconnecting...")
-                lost = True
-            backoff.sleep()
+            with (
+                reconnects.attempt(),
+                connect_sse(client, "GET", "/events", params=params, headers=headers) as sse,
+            ):
+                if sse.response.is_error:
+                    raise error_of(sse.response)
+                reconnects.opened()
+                for message in sse.iter_sse():
+                    if message.event == RESET_EVENT:
+                        _report_reset(orjson.loads(message.data or "{}"))
+                        last_id = None
+                        continue
+                    if not message.data or not message.id:
+                        continue  # the `retry:` hint
+                    printer.line(message.data)
+                    last_id = message.id
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+            time.sleep(reconnects.delay())
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import httpx
 import orjson
 import typer
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process, TaskGroup
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import aconnect_sse
 
 from backend.core.concurrency import unwrap_single_error
 from backend.interface.cli.client import (
@@ -33,17 +33,16 @@ from backend.interface.cli.client import (
     STREAM_TIMEOUT,
     Api,
     ApiError,
-    Backoff,
     Token,
     Url,
     connect_problem,
     error_of,
-    fail,
     guarded,
+    json_body,
     notice,
-    retryable,
     segment,
 )
+from backend.interface.cli.reconnect import Reconnects
 
 STDERR_KEPT = 2048
 STDERR_GRACE_SECONDS = 1.0
@@ -132,33 +131,20 @@ class Worker:
     async def reconnecting(self, jobs: TaskGroup) -> None:
         """The consumer stream, reconnected with backoff until the worker stops."""
         params = {"prefetch": str(self.prefetch), "lease": str(self.lease)}
-        backoff = Backoff()
-        connected = lost = False
+        reconnects = Reconnects(self.api.base)
         while not self.stopping.is_set():
-            try:
+            with reconnects.attempt():
                 async with aconnect_sse(self.client, "GET", self.path, params=params) as sse:
                     if sse.response.is_error:
                         await sse.response.aread()
                         raise error_of(sse.response)
-                    connected = True
-                    backoff.reset()
-                    if lost:
-                        notice("reconnected")
-                        lost = False
+                    reconnects.opened()
                     async for message in sse.aiter_sse():
                         if message.event == "message" and message.data:
                             self.start(jobs, message.data)
-            except (httpx.TransportError, ApiError) as exc:
-                if not (connected and retryable(exc)):
-                    if isinstance(exc, ApiError):
-                        raise
-                    fail(connect_problem(self.api.base, exc))
-            except SSEError as exc:
-                fail(f"{self.api.base} did not answer with an event stream: {exc}")
-            if not self.stopping.is_set() and not lost:
-                notice("connection lost; reconnecting...")
-                lost = True
-            with anyio.move_on_after(backoff.next()):
+            if self.stopping.is_set():
+                return
+            with anyio.move_on_after(reconnects.delay()):
                 await self.stopping.wait()
 
     def start(self, jobs: TaskGroup, raw: str) -> None:
@@ -260,9 +246,7 @@ class Worker:
             notice(f"message {message['id']}: {verb} failed: {connect_problem(self.api.base, exc)}")
 
     async def post(self, path: str, body: dict[str, Any]) -> None:
-        response = await self.client.post(
-            path, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
-        )
+        response = await self.client.post(path, **json_body(body))
         if response.is_error:
             raise error_of(response)
 

@@ -8,6 +8,7 @@ a web page cannot reach it through DNS rebinding either.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -149,5 +150,12 @@ class LoopbackHostOnly:
     def _loopback(scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"host":
-                return is_loopback(host_of(value.decode("latin-1")))
+                return _loopback_host(value)
         return True
+
+
+@functools.lru_cache(maxsize=256)
+def _loopback_host(header: bytes) -> bool:
+    """A `Host` value's verdict, remembered: parsing an address on every request showed up
+    in profiles, and a client sends the same few values again and again."""
+    return is_loopback(host_of(header.decode("latin-1")))

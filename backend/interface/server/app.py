@@ -110,7 +110,7 @@ def create_app(
         Route("/auth/cookie", http_auth.set_cookie, methods=["POST"]),
         Route("/auth/cookie", http_auth.delete_cookie, methods=["DELETE"]),
         Route("/topics", http_topics.topics, methods=["GET"]),
-        Route("/topics/{topic}/events", http_events.publish_to_topic, methods=["POST"]),
+        Route("/topics/{topic}/events", http_events.PublishRoute(), methods=["POST"]),
         Route("/topics/{topic}/events", http_events.topic_events, methods=["GET"]),
         Route("/events", http_events.events, methods=["GET"]),
         Route("/queues", http_queues.all_queues, methods=["GET"]),

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from backend.core.errors import ConfigError
 from backend.core.logging import configure_logging
 from backend.core.settings import Settings, load_settings, worker_count
 
@@ -18,12 +17,9 @@ logger = logging.getLogger(__name__)
 
 
 def settings_or_exit() -> Settings:
-    """The settings, or one line naming the bad variable and exit status 2."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        typer.echo(f"pgcast: configuration error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    """The settings, with logging set up from them. A bad variable raises ConfigError,
+    which `main` prints as one line naming it, with exit status 2."""
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return settings
 

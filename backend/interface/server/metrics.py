@@ -35,6 +35,22 @@ def shared_metrics_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+class DirectTally:
+    """Events the hub wrote straight to one transport's clients since the last flush.
+
+    The writer adds to `count` and sets `oldest` when it is None, in line, since the hub
+    may make a thousand direct writes per event; `Metrics.flush_direct` turns them into
+    the delivered counter and one lag sample per read of the log (the age of its oldest
+    event written directly).
+    """
+
+    __slots__ = ("count", "oldest")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.oldest: Event | None = None
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -42,6 +58,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         self._per_transport: dict[str, tuple[Counter, Histogram]] = {}
+        self._tallies: dict[str, DirectTally] = {}
         self.shared_dir = shared_metrics_dir()
         r = self.registry
         self.engine_figures = EngineFigures(r)
@@ -75,6 +92,25 @@ class Metrics:
     def attach(self, engine: Engine) -> None:
         self.engine = engine
         engine.committer.on_batch = self.batch_size.observe
+        engine.hub.after_dispatch.append(self.flush_direct)
+
+    def tally(self, transport: str) -> DirectTally:
+        """The tally of direct writes to `transport`'s clients (one per transport)."""
+        tally = self._tallies.get(transport)
+        if tally is None:
+            tally = self._tallies[transport] = DirectTally()
+        return tally
+
+    def flush_direct(self) -> None:
+        """Count what the hub wrote directly since the last flush."""
+        for transport, tally in self._tallies.items():
+            oldest = tally.oldest
+            if oldest is not None:
+                counter, lag = self._children(transport)
+                counter.inc(tally.count)
+                lag.observe(max(0.0, time.time() - oldest.time.timestamp()))
+                tally.count = 0
+                tally.oldest = None
 
     def delivered(self, transport: str, events: Sequence[Event]) -> None:
         """One write of `events` to a client: counts each, and one lag sample for the write.
@@ -85,12 +121,16 @@ class Metrics:
         """
         if not events:
             return
+        counter, lag = self._children(transport)
+        counter.inc(len(events))
+        lag.observe(max(0.0, time.time() - events[0].time.timestamp()))
+
+    def _children(self, transport: str) -> tuple[Counter, Histogram]:
         children = self._per_transport.get(transport)
         if children is None:
             children = (self.delivered_total.labels(transport), self.delivery_lag.labels(transport))
             self._per_transport[transport] = children
-        children[0].inc(len(events))
-        children[1].observe(max(0.0, time.time() - events[0].time.timestamp()))
+        return children
 
     async def refresh_shared(self) -> None:
         """With shared metrics: copy the engine's figures out about once a second."""
@@ -105,6 +145,7 @@ class Metrics:
             self.engine_figures.copy_from(self.engine)
 
     async def endpoint(self, _request: Request) -> Response:
+        self.flush_direct()
         self._copy_engine_figures()
         registry = self.registry
         if self.shared_dir is not None:
@@ -158,7 +199,12 @@ class EngineFigures:
             "Events the hub handed to live subscribers' buffers",
             registry=r,
         )
-        self._counted = (0, 0, 0, 0)
+        self.direct = Counter(
+            "pgcast_hub_direct_deliveries",
+            "Of the hub's deliveries, those it wrote straight to the client's connection",
+            registry=r,
+        )
+        self._counted = (0, 0, 0, 0, 0)
 
     def copy_from(self, engine: Engine) -> None:
         hub = engine.hub
@@ -171,9 +217,10 @@ class EngineFigures:
             hub.stats.overflows,
             hub.stats.reads,
             hub.stats.deliveries,
+            hub.stats.direct,
         )
         for counter, value, before in zip(
-            (self.reconnects, self.overflows, self.reads, self.deliveries),
+            (self.reconnects, self.overflows, self.reads, self.deliveries, self.direct),
             now,
             self._counted,
             strict=True,

@@ -12,33 +12,53 @@ Responses the app gives up on. A stream that drops a stalled client returns with
 response unfinished, which uvicorn reports as an ERROR ("returned without completing
 response"). The app has already logged why; here the connection is just closed.
 
+Stream handoff. A stream response parks its body (`stream.handoff`), and the body runs
+here, after the whole app has returned: no framework frame stays alive while it is open.
+
+Lost clients. A stream response may ask to hear at once when its client's connection
+closes (`on_connection_lost`); uvicorn only tells a response that is waiting to receive.
+
+Direct writes. A live stream's events may be written by the hub straight into the
+connection, without a hop through the stream's task, whenever uvicorn's `send` would have
+written them at once: an SSE response that is chunked and open (`chunk_writer`), a
+WebSocket that is open and uncompressed (`frame_writer`), and in both cases a socket that
+is not backed up. Otherwise the writer refuses and the stream's task sends as usual.
+
 Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSON body)
 as an ERROR ("returned without completing handshake"), so anyone could fill the error log
 with bad tokens. Here a refusal is complete once its body is sent, and it is logged as one
 INFO line with the reason the app gave.
 
 Idle WebSockets. uvicorn keeps an asyncio.Queue, an asyncio.Event and the handshake's
-request and response for the life of every socket; here the first two are the lean ones
-of `waits` and the handshake is let go once it is done (docs/performance.md).
+request and response for the life of every socket; here the queue is `inbox.Inbox`, the
+event makes its waiters on demand, and the handshake is let go once it is done
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from starlette.types import Message
+from starlette.types import Scope as AppScope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from backend.interface.server.waits import Gate, Inbox
+from backend.interface.server.inbox import Inbox
+from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
+from backend.interface.stream.handoff import serve_with_handoff
 
 logger = logging.getLogger(__name__)
 
+CYCLE = "pgcast.cycle"  # the request's uvicorn cycle, in its scope while the app runs
+LOST = "pgcast.lost"  # a response's callback for the client's connection closing
+WS_PROTOCOL = "pgcast.ws"  # the socket's uvicorn protocol, in its scope while the app runs
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -55,13 +75,21 @@ TIMEOUT_RESPONSE = b"".join(
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a headers deadline and quiet abandoned responses."""
+    """uvicorn's httptools protocol with a headers deadline, quiet abandoned responses,
+    streams handed off outside the app, and less memory per idle connection."""
 
     header_timeout: float = DEFAULT_HEADERS_TIMEOUT
     _deadline: asyncio.TimerHandle | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipeline = PipelineOnDemand()  # type: ignore[assignment]
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        writable = WaitersOnDemand()
+        writable.set()
+        self.flow._is_writable_event = writable
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -75,13 +103,27 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            lost = cycle.scope.get(LOST)
+            if callable(lost):
+                lost()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        message_event = WaitersOnDemand()
+        if cycle.message_event.is_set():  # a pipelined request whose body is already in
+            message_event.set()
+        cycle.message_event = message_event
+
         async def run_then_close_unfinished(
             scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
         ) -> None:
-            await app(scope, receive, send)
+            scope[CYCLE] = cycle  # type: ignore[literal-required]
+            try:
+                await serve_with_handoff(app, scope, receive, send)  # type: ignore[arg-type]
+            finally:
+                del scope[CYCLE]  # type: ignore[misc]
             if cycle.response_started and not cycle.response_complete:
                 cycle.disconnected = True
                 self.transport.close()
@@ -109,6 +151,59 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
+    """For a started, chunked response served by `HttpProtocol`: a function that writes
+    bytes already framed as whole chunks now (True), or refuses (False) when uvicorn's
+    `send` would have to wait or the response is over. None under any other server, or
+    for any other response."""
+    cycle = scope.get(CYCLE)
+    if not isinstance(cycle, RequestResponseCycle) or not cycle.chunked_encoding:
+        return None
+    transport = cycle.transport
+    flow = cycle.flow
+
+    def write_chunks(chunks: bytes) -> bool:
+        if cycle.disconnected or cycle.response_complete or flow.write_paused:
+            return False
+        transport.write(chunks)
+        return True
+
+    return write_chunks
+
+
+def on_connection_lost(scope: AppScope, callback: Callable[[], None]) -> bool:
+    """Have `callback` run when the client's connection closes before the response ends;
+    False under any other server (nothing will call it)."""
+    if CYCLE not in scope:
+        return False
+    scope[LOST] = callback
+    return True
+
+
+def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
+    """For an accepted WebSocket served by `WebSocketProtocol` without compression: a
+    function that writes bytes already framed as whole unmasked frames now (True), or
+    refuses (False) when uvicorn's `send` would have to wait or the socket is closing.
+    None under any other server, before the handshake, or with compression."""
+    protocol = scope.get(WS_PROTOCOL)
+    if not isinstance(protocol, WebSocketProtocol) or not protocol.handshake_complete:
+        return None
+    conn = protocol.conn
+    if conn.extensions:
+        return None
+    transport = protocol.transport
+    writable = protocol.writable
+
+    def write_frames(frames: bytes) -> bool:
+        # A close received or sent, or a lost connection, leaves the transport closing.
+        if protocol.close_sent or transport.is_closing() or not writable.is_set():
+            return False
+        transport.write(frames)
+        return True
+
+    return write_frames
+
+
 def with_header_timeout(seconds: float) -> type[HttpProtocol]:
     """The protocol class to give uvicorn's `http` option, with this deadline."""
 
@@ -128,8 +223,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
-        self.writable = Gate()  # type: ignore[assignment]
+        self.writable = WaitersOnDemand()
         self.writable.set()
+
+    async def run_asgi(self) -> None:
+        self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
+        try:
+            await super().run_asgi()
+        finally:
+            del self.scope[WS_PROTOCOL]  # type: ignore[misc]
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
         refusing = not self.handshake_complete

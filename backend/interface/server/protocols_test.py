@@ -6,6 +6,7 @@ leave one INFO line with the reason and nothing at ERROR.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -156,3 +157,14 @@ def test_trickling_headers_do_not_reset_the_deadline(strict_server: ServerProces
         elapsed = time.monotonic() - started
     assert closed or answer.startswith(b"HTTP/1.1 408 "), answer
     assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 3
+
+
+def test_pipelined_requests_are_answered_in_order(strict_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        received = _read_until_closed(sock)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200", b"404"]

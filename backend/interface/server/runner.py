@@ -15,10 +15,12 @@ line prints it as one line with its documented exit status.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
@@ -35,6 +37,11 @@ from backend.interface.server.protocols import (
 )
 
 GRACEFUL_SECONDS = 5
+# CPython collects its youngest objects every 700 new containers, a few requests' worth
+# for a busy server, and each collection walks every young object still alive (most die
+# by reference counting anyway). Every 10,000 measured 10-24% less server CPU per
+# single-event publish at 64 clients.
+GC_YOUNG_THRESHOLD = 10_000
 STREAM_GOODBYE_SECONDS = 2
 
 
@@ -107,6 +114,18 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def protocol_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options that every way of serving shares."""
+    return {
+        "log_level": settings.log_level.lower(),
+        "ws": WebSocketProtocol,
+        "ws_max_size": settings.ws_max_frame_bytes,
+        "ws_ping_interval": settings.ws_ping_interval_seconds,
+        "ws_ping_timeout": settings.ws_ping_interval_seconds,
+        "ws_per_message_deflate": settings.ws_compression,
+    }
+
+
 def serve(
     settings: Settings,
     *,
@@ -115,21 +134,17 @@ def serve(
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """One server process until a signal, on `sockets` when given, else on host:port."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     lifecycle = Lifecycle()
     config = uvicorn.Config(
         report_startup_errors(create_app(settings, lifecycle=lifecycle), lifecycle),
         host=host,
         port=port,
-        log_level=settings.log_level.lower(),
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_ping_interval_seconds,
-        ws_per_message_deflate=settings.ws_compression,
         http=with_header_timeout(settings.headers_timeout_seconds),
-        ws=WebSocketProtocol,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         lifespan="on",
         log_config=None,
+        **protocol_options(settings),
     )
     quiet = QuietStartupFailure(lifecycle)
     uvicorn_errors = logging.getLogger("uvicorn.error")
@@ -151,13 +166,8 @@ def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> Non
             port=port,
             reload=True,
             reload_dirs=["backend"],
-            log_level=settings.log_level.lower(),
-            ws_max_size=settings.ws_max_frame_bytes,
-            ws_ping_interval=settings.ws_ping_interval_seconds,
-            ws_ping_timeout=settings.ws_ping_interval_seconds,
-            ws_per_message_deflate=settings.ws_compression,
             http=HttpProtocol,  # reloaded workers get a copy: no per-run class
-            ws=WebSocketProtocol,
+            **protocol_options(settings),
         )
         return
     if settings.workers > 1:

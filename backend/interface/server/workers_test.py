@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import anyio
@@ -10,6 +11,7 @@ import httpx
 import orjson
 import psutil
 import pytest
+from httpx_sse import ServerSentEvent
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
 from backend.testing.clients import next_events, publish, sse
@@ -19,6 +21,7 @@ pytestmark = [pytest.mark.external, pytest.mark.anyio]
 
 SSE = {"Accept": "text/event-stream"}
 TWO_WORKERS = {"WORKERS": "2"}
+MAX_STREAMS = 40  # all on one worker by chance: 2 x 2**-40
 
 
 def workers_of(server: ServerProcess) -> set[int]:
@@ -43,15 +46,31 @@ async def test_two_workers_share_a_port_survive_a_kill_and_drain_on_sigterm(
         await sigterm_drains_every_stream(server)
 
 
+def streams_per_worker(server: ServerProcess) -> list[int]:
+    """How many established connections on the server's port each worker holds."""
+    return [
+        sum(
+            1
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port
+        )
+        for pid in workers_of(server)
+    ]
+
+
 async def every_event_in_order_and_summed_metrics(server: ServerProcess) -> None:
+    """Streams on both workers (opened until each worker holds one; the kernel spreads
+    connections at random) each get all 20 events, and /metrics sums both workers."""
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=15))
-        streams = [
-            await stack.enter_async_context(
-                sse(httpx.AsyncClient(timeout=15), f"{server.url}/topics/w/events", SSE)
+        streams: list[AsyncIterator[ServerSentEvent]] = []
+        while len(streams) < 6 or 0 in streams_per_worker(server):
+            assert len(streams) < MAX_STREAMS, f"every stream went to one worker: {streams}"
+            streams.append(
+                await stack.enter_async_context(
+                    sse(httpx.AsyncClient(timeout=15), f"{server.url}/topics/w/events", SSE)
+                )
             )
-            for _ in range(6)
-        ]
         ids = []
         for i in range(20):
             async with httpx.AsyncClient(timeout=15) as fresh:  # a new connection each
@@ -61,11 +80,12 @@ async def every_event_in_order_and_summed_metrics(server: ServerProcess) -> None
                 assert [m.id for m in await next_events(stream, 20)] == ids
         assert ids == sorted(ids)
         assert await metric(client, server.url, "pgcast_events_published_total") == 20
-        assert await metric(client, server.url, 'pgcast_connections{transport="sse"}') == 6
+        opened = len(streams)
+        assert await metric(client, server.url, 'pgcast_connections{transport="sse"}') == opened
         with anyio.fail_after(10):  # each worker copies its hub's counters once a second
-            while await metric(client, server.url, "pgcast_hub_deliveries_total") < 6 * 20:
+            while await metric(client, server.url, "pgcast_hub_deliveries_total") < opened * 20:
                 await anyio.sleep(0.2)
-        assert await metric(client, server.url, "pgcast_hub_deliveries_total") == 6 * 20
+        assert await metric(client, server.url, "pgcast_hub_deliveries_total") == opened * 20
 
 
 async def a_killed_worker_is_replaced(server: ServerProcess) -> None:

@@ -26,6 +26,23 @@ def sse_frame(event: Event) -> bytes:
     return frame
 
 
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one chunk of an HTTP/1.1 chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def sse_chunk(event: Event) -> bytes:
+    """The event's SSE frame as a body chunk, for writing straight to the connection."""
+    chunk = event.encoded.get("sse-chunk")
+    if chunk is None:
+        chunk = event.encoded["sse-chunk"] = http_chunk(sse_frame(event))
+    return chunk
+
+
+def sse_chunks(events: list[Event]) -> bytes:
+    return b"".join([sse_chunk(event) for event in events])
+
+
 def reset_payload(exc: CursorExpired) -> dict[str, object]:
     return {"oldest": exc.oldest, "reason": exc.reason, "message": exc.message}
 
@@ -47,6 +64,35 @@ def ws_event_frame(sub_text: str, event: Event) -> str:
     """`{"op":"event","sub":S, ...envelope}` spliced from the envelope's text, which is
     decoded once per event and shared by every WebSocket subscriber."""
     return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
+
+
+class WsEventWire:
+    """The `event` frames of one subscription id as unmasked WebSocket text frames, each
+    built once per event and id and kept with the event (clients mostly use the same
+    few ids, so one build serves many subscribers)."""
+
+    __slots__ = ("head", "key")
+
+    def __init__(self, sub_text: str) -> None:
+        self.key = "ws " + sub_text
+        self.head = b'{"op":"event","sub":' + sub_text.encode() + b","
+
+    def __call__(self, event: Event) -> bytes:
+        wire = event.encoded.get(self.key)
+        if wire is None:
+            wire = ws_text_frame(self.head + event.envelope_json()[1:])
+            event.encoded[self.key] = wire
+        return wire
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (what a server sends)."""
+    size = len(payload)
+    if size < 126:
+        return b"\x81" + bytes((size,)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 def envelopes_json(events: Iterable[Event]) -> bytes:

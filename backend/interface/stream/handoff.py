@@ -3,10 +3,12 @@
 
 A streaming response that stays inside Starlette keeps every middleware's and the router's
 coroutine frame alive for as long as it is open, and every body message passes through
-their `send` wrappers. `StreamHandoff` sits outermost: a response that finds its slot in
-the scope sends its start message through the stack as usual (so middleware still shapes
-the headers), parks its body in the slot and returns; the handoff then runs the body with
-the server's own `send`, after the framework has unwound.
+their `send` wrappers. A response that finds a slot in the scope sends its start message
+through the stack as usual (so middleware still shapes the headers), parks its body in the
+slot and returns; `serve_with_handoff` then runs the body with the `send` it was given,
+after the app has unwound. pgcast's own server does this outside the whole app
+(`server.protocols`), so the body writes with uvicorn's `send`; `StreamHandoff` does it
+as the app's outermost middleware when pgcast runs under another server.
 """
 
 from __future__ import annotations
@@ -22,20 +24,26 @@ Body = Callable[[Receive, Send], Awaitable[None]]
 
 
 class StreamHandoff:
-    """ASGI middleware: run a parked stream body after the app below has returned."""
+    """ASGI middleware: run a parked stream body after the app below has returned, unless
+    the server already does it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket") or SLOT in scope:
             await self.app(scope, receive, send)
             return
-        parked: list[Body] = []
-        scope[SLOT] = parked
-        await self.app(scope, receive, send)
-        if parked:
-            await parked[0](receive, send)
+        await serve_with_handoff(self.app, scope, receive, send)
+
+
+async def serve_with_handoff(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app`, then the body it parked, if any."""
+    parked: list[Body] = []
+    scope[SLOT] = parked
+    await app(scope, receive, send)
+    if parked:
+        await parked[0](receive, send)
 
 
 def park(scope: Scope, body: Body) -> bool:

@@ -23,6 +23,7 @@ from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
 from backend.services.engine import Engine
+from backend.services.hub import DirectWriter
 from backend.services.subscribe import EARLIEST, Subscription
 
 
@@ -76,6 +77,8 @@ class Session:
     after: str | int
     filter: Filter | None
     farewell: Farewell | None = None
+    sink: DirectWriter | None = None
+    """The transport's direct writer, handed to each subscription (see `Subscription.sink`)."""
     _subscription: Subscription | None = field(default=None, init=False)
 
     def end(self, farewell: Farewell) -> None:
@@ -100,10 +103,10 @@ class Session:
         after = self.after
         while self.farewell is None:
             try:
-                async with self.engine.subscription(self.patterns, after, self.filter) as (
-                    subscription,
-                    _,
-                ):
+                subscription = await self.engine.start_subscription(
+                    self.patterns, after, self.filter
+                )
+                try:
                     self._follow(subscription)
                     if not opened:
                         opened = True
@@ -111,6 +114,8 @@ class Session:
                     async with aclosing(subscription.batches()) as batches:
                         async for batch in batches:
                             yield batch
+                finally:
+                    subscription.close()
                 return
             except CursorExpired as exc:
                 reset = exc
@@ -124,5 +129,6 @@ class Session:
 
     def _follow(self, subscription: Subscription) -> None:
         self._subscription = subscription
+        subscription.sink = self.sink
         if self.farewell is not None:
             subscription.stop()

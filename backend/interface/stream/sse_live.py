@@ -10,13 +10,16 @@ no progress, and ends the session on shutdown or token expiry, after which the t
 writes the farewell comment itself. A resume point that is gone becomes an in-band
 `pgcast.reset` event. Once its headers are out the response parks its body with
 `handoff.StreamHandoff`, so no framework frame stays alive while it is open and no
-middleware wraps its writes. docs/performance.md has the measurements behind this design.
+middleware wraps its writes. Then, under pgcast's own server, the stream is also its
+session's sink: while the task waits for events, the hub writes them into the response
+itself (`protocols.chunk_writer`), so a live event costs no task switch per subscriber.
+docs/performance.md has the measurements behind this design.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime
 
@@ -27,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
+from backend.interface.server.protocols import chunk_writer, on_connection_lost
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
 from backend.interface.stream.handoff import park
@@ -86,6 +90,8 @@ class LiveEventStream(Response):
         self.state = state
         self.session = session
         self.expires_at = expires_at
+        self.write: Callable[[bytes], bool] | None = None
+        self.scope: Scope | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the headers, then write the stream after the framework has unwound."""
@@ -95,6 +101,8 @@ class LiveEventStream(Response):
             if scope.get("method") == "HEAD":
                 await send(END)
                 return
+            self.write = chunk_writer(scope)
+            self.scope = scope
             parked = park(scope, self._run)
             if not parked:
                 parked = True
@@ -105,8 +113,15 @@ class LiveEventStream(Response):
 
     async def _run(self, receive: Receive, send: Send) -> None:
         state = self.state
+        session = self.session
         try:
-            stream = LiveStream(self.session, self.expires_at)
+            write = self.write
+            tally = state.metrics.tally("sse") if write is not None else None
+            stream = LiveStream(session, self.expires_at, write, tally)
+            if write is not None:
+                session.sink = stream.deliver
+            if self.scope is not None:
+                on_connection_lost(self.scope, stream.lost)
             gauge = state.metrics.connections.labels("sse")
             gauge.inc()
             state.sse.add(stream)
@@ -115,6 +130,7 @@ class LiveEventStream(Response):
                     if await self._serve(stream, receive, send):
                         await send(END)
             finally:
+                session.sink = None
                 state.sse.discard(stream)
                 gauge.dec()
         finally:

@@ -1,8 +1,10 @@
 """The lean subscription stream against a real server: heartbeats from the shared sweep,
-and a slot freed at once when a client has left and another one needs it."""
+live events written by the hub straight into idle streams, and a slot freed at once when
+a client has left and another one needs it."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import anyio
@@ -40,6 +42,15 @@ async def test_idle_streams_get_heartbeats_and_events_in_order(database_url: str
                     if line.startswith("id: "):
                         ids.append(line[4:])
             assert ids == [e["id"] for e in sent]
+            metrics = (await client.get("/metrics")).text
+            assert metric(metrics, "pgcast_hub_direct_deliveries_total") == 3
+            assert metric(metrics, 'pgcast_events_delivered_total{transport="sse"}') == 3
+
+
+def metric(text: str, sample: str) -> float:
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    assert found, f"no {sample} in /metrics"
+    return float(found.group(1))
 
 
 async def test_a_slot_left_by_a_gone_client_is_reclaimed_when_needed(database_url: str) -> None:
@@ -57,3 +68,16 @@ async def test_a_slot_left_by_a_gone_client_is_reclaimed_when_needed(database_ur
                 with anyio.fail_after(5):
                     while await anext(lines) != f"id: {sent[0]['id']}":
                         pass
+
+
+async def test_a_client_that_leaves_ends_its_stream_at_once(database_url: str) -> None:
+    env = {"HEARTBEAT_SECONDS": "60"}  # no heartbeat would notice it for a minute
+    gauge = 'pgcast_connections{transport="sse"}'
+    with start_server(database_url, extra_env=env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("GET", "/topics/gone/events", headers=SSE) as response:
+                assert (await anext(response.aiter_lines())).startswith("retry:")
+                assert metric((await client.get("/metrics")).text, gauge) == 1
+            with anyio.fail_after(2):
+                while metric((await client.get("/metrics")).text, gauge) != 0:
+                    await anyio.sleep(0.05)

@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
 from sse_starlette.sse import AppStatus
 
+from backend.entities.event import Event
+from backend.interface.server.metrics import DirectTally
+from backend.interface.stream.encoding import sse_chunk, sse_chunks
 from backend.interface.stream.session import Farewell, Session
 from backend.interface.stream.trim import Trimmer
 
@@ -33,16 +37,58 @@ REAP_WAIT_SECONDS = 0.05
 
 
 class LiveStream:
-    """What the sweep knows of one open stream; `written_at` is the last write progress."""
+    """What the sweep knows of one open stream; `written_at` is the last write progress.
 
-    __slots__ = ("cancel", "expires_at", "probed_at", "session", "writing", "written_at")
+    With a `write` (the server's direct chunk writer) the stream is also the session's
+    sink: the hub writes live events through `deliver` while the stream's task is idle.
+    """
 
-    def __init__(self, session: Session, expires_at: float | None) -> None:
+    __slots__ = (
+        "cancel",
+        "expires_at",
+        "probed_at",
+        "session",
+        "tally",
+        "write",
+        "writing",
+        "written_at",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        expires_at: float | None,
+        write: Callable[[bytes], bool] | None = None,
+        tally: DirectTally | None = None,
+    ) -> None:
         self.session = session
         self.expires_at = expires_at
+        self.write = write
+        self.tally = tally
         self.cancel = anyio.CancelScope()
         self.writing = False
         self.written_at = self.probed_at = time.monotonic()
+
+    def lost(self) -> None:
+        """The server saw the client's connection close: end the stream now, which frees
+        its slot, rather than at its next heartbeat."""
+        self.cancel.cancel()
+
+    def deliver(self, events: list[Event]) -> bool:
+        """Write `events` now, unless the stream's own task is mid-write or the socket is
+        backed up (False: the hub then buffers them for the task)."""
+        write = self.write
+        if write is None or self.writing:
+            return False
+        if not write(sse_chunk(events[0]) if len(events) == 1 else sse_chunks(events)):
+            return False
+        self.written_at = time.monotonic()
+        tally = self.tally
+        if tally is not None:
+            tally.count += len(events)
+            if tally.oldest is None:
+                tally.oldest = events[0]
+        return True
 
 
 @dataclass(eq=False)
@@ -55,6 +101,7 @@ class SseSweep:
     _streams: set[LiveStream] = field(default_factory=set)
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _reaping: anyio.Event | None = None
     _trim: Trimmer = field(default_factory=Trimmer)
 
     def shutting_down(self) -> bool:
@@ -78,10 +125,20 @@ class SseSweep:
         """Have every idle stream check its client now, and give them a moment to end.
 
         Run when the streaming slots are all taken: a client that left is otherwise
-        noticed at its next heartbeat, and its slot should not wait that long.
+        noticed at its next heartbeat (under pgcast's own server, at once: see
+        `LiveStream.lost`), and its slot should not wait that long. One reap at a time:
+        callers that come during a reap wait for it rather than start another.
         """
-        await self._poke([stream for stream in self._streams if not stream.writing])
-        await anyio.sleep(REAP_WAIT_SECONDS)
+        if self._reaping is not None:
+            await self._reaping.wait()
+            return
+        self._reaping = reaping = anyio.Event()
+        try:
+            await self._poke([stream for stream in self._streams if not stream.writing])
+            await anyio.sleep(REAP_WAIT_SECONDS)
+        finally:
+            self._reaping = None
+            reaping.set()
 
     async def run(self) -> None:
         """Sweep every fraction of the shorter interval, at each expiry and at shutdown."""

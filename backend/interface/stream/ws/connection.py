@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +31,9 @@ from backend.interface.server.state import AppState
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.ws.frames import Frame, SubId
 from backend.services.consume import Delivery
+
+if TYPE_CHECKING:
+    from backend.interface.stream.ws.settling import Settling
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class Connection:
         "held",
         "opened_at",
         "progress_at",
+        "settling",
         "state",
         "subscriptions",
         "tasks",
@@ -81,6 +86,9 @@ class Connection:
         self._principal = principal
         self.subscriptions: dict[SubId, anyio.CancelScope] = {}
         self.held: dict[str, tuple[SubId, Delivery]] = {}
+        self.settling: Settling | None = None
+        """Acks and nacks handed in and not yet answered (`settling.py`); None when there
+        are none."""
         self.close_code: int | None = None
         self.close_reason = ""
         self.writing = False

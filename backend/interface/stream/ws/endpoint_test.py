@@ -174,6 +174,45 @@ async def test_unsubscribe_stops_delivery(shared: ServerProcess) -> None:
     assert after - delivered == 2
 
 
+async def test_live_events_are_written_directly_while_the_subscription_waits(
+    shared: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient() as client, connect(shared.url) as ws:
+        before = await hub_direct(client, shared.url)
+        await subscribe(ws, 7, "direct")
+        sent = await publish(client, shared.url, "direct", 1, 2, 3)
+        assert await receive_many(ws, 3) == [event_frame(7, e) for e in sent]
+        assert await hub_direct(client, shared.url) - before == 3
+
+
+async def test_no_event_follows_unsubscribed_while_events_keep_coming(
+    shared: ServerProcess,
+) -> None:
+    async with httpx.AsyncClient() as client, connect(shared.url) as ws:
+        await subscribe(ws, "busy", "flood")
+        async with anyio.create_task_group() as tg:
+
+            async def flood() -> None:
+                while True:
+                    await publish(client, shared.url, "flood", *range(5))
+
+            tg.start_soon(flood)
+            assert (await receive(ws))["sub"] == "busy"
+            await send(ws, op="unsubscribe", id="busy")
+            while (frame := await receive(ws))["op"] != "unsubscribed":
+                assert frame["sub"] == "busy"
+            await anyio.sleep(0.3)  # events keep being published meanwhile
+            await assert_alive(ws)
+            tg.cancel_scope.cancel()
+
+
+async def hub_direct(client: httpx.AsyncClient, url: str) -> float:
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r"^pgcast_hub_direct_deliveries_total (\S+)$", text, re.M)
+    assert found, "no pgcast_hub_direct_deliveries_total in /metrics"
+    return float(found.group(1))
+
+
 async def test_resume_after_last_id_gets_exactly_the_rest(shared: ServerProcess) -> None:
     async with httpx.AsyncClient() as client:
         published = await publish(client, shared.url, "r", *range(5))
@@ -388,6 +427,38 @@ async def test_nack_takes_delay_seconds_or_its_deprecated_alias_delay(
     assert "'delay_seconds'" in conflict["message"]
     assert "'delay'" in conflict["message"]
     assert (stats["ready"], stats["delayed"]) == (0, 3)
+
+
+async def test_settlements_sent_back_to_back_are_answered_in_order(
+    shared: ServerProcess,
+) -> None:
+    """Acks and nacks sent without waiting commit while the socket reads on; the answers,
+    errors included, come in frame order, and a later frame waits for them all."""
+    async with httpx.AsyncClient(base_url=shared.url) as client, connect(shared.url) as ws:
+        await client.post("/queues/wspipe/messages", json=[{"data": n} for n in range(20)])
+        await send(ws, op="consume", id="p", queue="wspipe", prefetch=20)
+        assert await receive(ws) == {"op": "subscribed", "id": "p"}
+        ids = [m["id"] for m in await receive_many(ws, 20)]
+        for message_id in ids[:10]:
+            await send(ws, op="ack", message=message_id)
+        await send(ws, op="ack", message=ids[0])  # settled just before: not held any more
+        await send(ws, op="nack", message=ids[10], delay_seconds=60, error="later")
+        await send(ws, op="ack", message="no such")
+        for message_id in ids[11:]:
+            await send(ws, op="ack", message=message_id)
+        await send(ws, op="ping")
+        answers = await receive_many(ws, 23)
+        stats = (await client.get("/queues/wspipe")).json()
+    assert answers[:10] == [{"op": "acked", "message": m} for m in ids[:10]]
+    assert [(a["op"], a.get("code"), a.get("message_id")) for a in answers[10:13]] == [
+        ("error", "unknown_message", ids[0]),
+        ("nacked", None, None),
+        ("error", "unknown_message", "no such"),
+    ]
+    assert answers[11] == {"op": "nacked", "message": ids[10], "state": "ready"}
+    assert answers[13:22] == [{"op": "acked", "message": m} for m in ids[11:]]
+    assert answers[22] == {"op": "pong"}
+    assert (stats["ready"], stats["delayed"], stats["leased"]) == (0, 1, 0)
 
 
 async def test_unsubscribe_right_after_consume_strands_nothing(shared: ServerProcess) -> None:

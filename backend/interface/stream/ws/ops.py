@@ -1,9 +1,11 @@
 """The client ops of `pgcast.v1`: the `OPS` table and a handler for each.
 
 Frames are handled one at a time, so a client's publishes commit in the order it sent
-them; a bad frame gets an `error` frame naming its `ref`, `id` or `message_id`, and the
-socket stays open. `subscribed` is sent once the start position is fixed, so anything
-published after the client sees it is delivered. Every op is checked against the token.
+them; acks and nacks commit in the background (`settling.py`) while the next frames are
+read, and are still answered in order. A bad frame gets an `error` frame naming its `ref`,
+`id` or `message_id`, and the socket stays open. `subscribed` is sent once the start
+position is fixed, so anything published after the client sees it is delivered. Every op
+is checked against the token.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from backend.interface.stream.ws.frames import (
     sub_id,
 )
 from backend.interface.stream.ws.runners import run_consumer, run_subscription
+from backend.interface.stream.ws.settling import Pending, hand_in, until_settled
 from backend.services.consume import Delivery
 from backend.services.queues import (
     MAX_DELAY_SECONDS,
@@ -43,6 +46,7 @@ from backend.services.queues import (
     number,
     validate_queue,
 )
+from backend.services.settle import Retry, Settle
 
 MAX_PREFETCH = 100
 NACK_DELAY = "delay_seconds"
@@ -51,7 +55,11 @@ NACK_DELAY_DEPRECATED = "delay"
 
 
 async def dispatch(connection: Connection, text: str | None) -> None:
-    """Run one frame's op; any problem becomes an error frame naming its `ref` or `id`."""
+    """Run one frame's op; any problem becomes an error frame naming its `ref` or `id`.
+
+    `ack` and `nack` are handed to the connection's settling (`settling.py`) and the next
+    frame is read at once; any other op first waits until those are answered.
+    """
     if connection.principal is None and not is_auth_frame(text):
         connection.end(POLICY_VIOLATION, 'authentication required: send {"op":"auth"} first')
         return
@@ -71,9 +79,17 @@ async def dispatch(connection: Connection, text: str | None) -> None:
         unknown = sorted(set(frame) - op.fields - {"op"})
         if unknown:
             raise FrameError("invalid_frame", f"{name} has unknown field(s): {', '.join(unknown)}")
+        if op.settle is not None:
+            hand_in(connection, Pending(echo, *op.settle(connection, frame)))
+            return
+        assert op.handle is not None
+        await until_settled(connection)
         await op.handle(connection, frame)
     except REPORTED as exc:
-        await connection.send_error(echo, exc)
+        if connection.settling is None:
+            await connection.send_error(echo, exc)
+        else:  # answered in its place, after the settlements handed in before it
+            hand_in(connection, Pending(echo, error=exc))
 
 
 async def subscribe(connection: Connection, frame: Frame) -> None:
@@ -161,26 +177,22 @@ async def consume(connection: Connection, frame: Frame) -> None:
     connection.tasks.start_soon(run_consumer, connection, sub, scope, queue, prefetch, lease)
 
 
-async def ack(connection: Connection, frame: Frame) -> None:
+def ack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:
+    """The ack of a held message; answered with `acked` once committed (`settling.py`)."""
     delivery = _held_delivery(connection, frame)
-    try:
-        await delivery.ack()
-    finally:
-        connection.held.pop(str(delivery.id), None)
-    await connection.send({"op": "acked", "message": str(delivery.id)})
+    del connection.held[str(delivery.id)]
+    return delivery, delivery.settling()
 
 
-async def nack(connection: Connection, frame: Frame) -> None:
+def nack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:
+    """The nack of a held message; answered with `nacked` and the state it moved to."""
     delivery = _held_delivery(connection, frame)
     delay = _nack_delay(frame)
     error = frame.get("error")
     if error is not None and not isinstance(error, str):
         raise FrameError("invalid_frame", "error must be a string")
-    try:
-        moved = await delivery.nack(delay=delay, error=error and error[:4000])
-    finally:
-        connection.held.pop(str(delivery.id), None)
-    await connection.send({"op": "nacked", "message": str(delivery.id), "state": moved.state})
+    del connection.held[str(delivery.id)]
+    return delivery, delivery.settling(Retry(delay, error and error[:4000]))
 
 
 def _nack_delay(frame: Frame) -> float | None:
@@ -234,17 +246,21 @@ def _wall_time(timestamp: float) -> str:
 
 
 Handler = Callable[[Connection, Frame], Awaitable[None]]
+Settler = Callable[[Connection, Frame], tuple[Delivery, Settle]]
 
 
 @dataclass(frozen=True)
 class Op:
     """A client op: its handler, the field echoed in its error frames, its allowed fields."""
 
-    handle: Handler
+    handle: Handler | None
+    """None for `ack` and `nack`, which `settle` instead."""
     echo: str | None
     fields: frozenset[str]
     echo_as: str | None = None
     """Key of the echoed field in error frames when it differs (`message` is taken there)."""
+    settle: Settler | None = None
+    """For `ack` and `nack`: the settlement, committed and answered by `settling.py`."""
 
 
 OPS: dict[str, Op] = {
@@ -253,12 +269,13 @@ OPS: dict[str, Op] = {
     "publish": Op(publish, "ref", frozenset({"ref", "topic", "data", "type", "key"})),
     "ping": Op(ping, None, frozenset()),
     "consume": Op(consume, "id", frozenset({"id", "queue", "prefetch", "lease"})),
-    "ack": Op(ack, "message", frozenset({"message"}), "message_id"),
+    "ack": Op(None, "message", frozenset({"message"}), "message_id", ack),
     "nack": Op(
-        nack,
+        None,
         "message",
         frozenset({"message", NACK_DELAY, NACK_DELAY_DEPRECATED, "error"}),
         "message_id",
+        nack,
     ),
     "extend": Op(extend, "message", frozenset({"message", "seconds"}), "message_id"),
     "auth": Op(auth, None, frozenset({"token"})),

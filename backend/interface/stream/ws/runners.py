@@ -17,6 +17,7 @@ from backend.interface.http.errors import DB_DOWN
 from backend.interface.stream.encoding import reset_payload, ws_event_frame
 from backend.interface.stream.session import Farewell, Opened, Session
 from backend.interface.stream.ws.connection import Connection
+from backend.interface.stream.ws.direct import direct_frames
 from backend.interface.stream.ws.frames import SubId
 from backend.services.consume import Delivery, consume
 
@@ -46,6 +47,7 @@ async def _follow(connection: Connection, sub: SubId, session: Session) -> None:
     """`subscribed` once the start is fixed, then events, and resets in-band."""
     sub_text = exactjson.dumps(sub).decode()
     metrics = connection.state.metrics
+    session.sink = direct_frames(connection, sub, sub_text)
     async with aclosing(session.items()) as items:
         async for item in items:
             if isinstance(item, Opened):

@@ -1,0 +1,63 @@
+"""Live events written by the hub straight into a WebSocket subscription's socket.
+
+While a subscription's task waits for events, the hub hands each read's events to this
+writer, which sends them as pre-built frames (one per event, built once per event and
+subscription id) with no task switch. It refuses, and the task sends as usual, when the
+socket is backed up, closing, compressed or served by another server; and it writes
+nothing once the subscription is cancelled (`unsubscribed` promises that no event of
+its id follows, and the task may not have seen its cancellation yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+from backend.entities.event import Event
+from backend.interface.server.metrics import DirectTally
+from backend.interface.server.protocols import frame_writer
+from backend.interface.stream.encoding import WsEventWire
+from backend.interface.stream.ws.connection import Connection
+from backend.interface.stream.ws.frames import SubId
+from backend.services.hub import DirectWriter
+
+
+class DirectFrames:
+    """The direct writer of one subscription on one socket."""
+
+    __slots__ = ("scope", "tally", "wire", "write")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], bool],
+        scope: anyio.CancelScope,
+        sub_text: str,
+        tally: DirectTally,
+    ) -> None:
+        self.write = write
+        self.scope = scope
+        self.wire = WsEventWire(sub_text)
+        self.tally = tally
+
+    def __call__(self, events: list[Event]) -> bool:
+        if self.scope.cancel_called:
+            return False
+        wire = self.wire
+        frames = wire(events[0]) if len(events) == 1 else b"".join(map(wire, events))
+        if not self.write(frames):
+            return False
+        tally = self.tally
+        tally.count += len(events)
+        if tally.oldest is None:
+            tally.oldest = events[0]
+        return True
+
+
+def direct_frames(connection: Connection, sub: SubId, sub_text: str) -> DirectWriter | None:
+    """Subscription `sub`'s direct writer, or None where the socket cannot have one."""
+    write = frame_writer(connection.websocket.scope)
+    scope = connection.subscriptions.get(sub)
+    if write is None or scope is None:
+        return None
+    return DirectFrames(write, scope, sub_text, connection.state.metrics.tally("ws"))

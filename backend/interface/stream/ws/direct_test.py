@@ -1,0 +1,66 @@
+"""The WebSocket direct writer: frames as the task path would send them, none once the
+subscription is cancelled, and the tally the delivered counter is made from."""
+
+from __future__ import annotations
+
+import anyio
+import orjson
+import pytest
+
+from backend.interface.server.metrics import DirectTally
+from backend.interface.stream.encoding import ws_text_frame
+from backend.interface.stream.ws.direct import DirectFrames
+from backend.testing.memory_log import MemoryLog
+
+pytestmark = pytest.mark.anyio
+
+
+def unframe(wire: bytes) -> list[dict[str, object]]:
+    """Split unmasked text frames (payloads under 64 KiB) back into their JSON."""
+    frames = []
+    while wire:
+        assert wire[0] == 0x81
+        size, start = wire[1], 2
+        if size == 126:
+            size, start = int.from_bytes(wire[2:4], "big"), 4
+        frames.append(orjson.loads(wire[start : start + size]))
+        wire = wire[start + size :]
+    return frames
+
+
+async def test_events_go_out_as_event_frames_until_the_subscription_is_cancelled() -> None:
+    log = MemoryLog()
+    events = [log.append("t", {"n": n, "pad": "x" * 100}) for n in range(3)]
+    written: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    scope = anyio.CancelScope()
+    tally = DirectTally()
+    frames = DirectFrames(write, scope, '"s"', tally)
+    assert frames(events[:1])
+    assert frames(events[1:])
+    assert [unframe(w) for w in written] == [
+        [{"op": "event", "sub": "s", **events[0].envelope()}],
+        [{"op": "event", "sub": "s", **e.envelope()} for e in events[1:]],
+    ]
+    assert (tally.count, tally.oldest) == (3, events[0])
+    scope.cancel()
+    assert not frames(events)
+    assert len(written) == 2
+
+
+async def test_refused_writes_are_not_counted() -> None:
+    log = MemoryLog()
+    tally = DirectTally()
+    frames = DirectFrames(lambda _: False, anyio.CancelScope(), "1", tally)
+    assert not frames([log.append("t", 1)])
+    assert (tally.count, tally.oldest) == (0, None)
+
+
+def test_text_frame_lengths_use_the_short_medium_and_long_forms() -> None:
+    assert ws_text_frame(b"x" * 125)[:2] == b"\x81\x7d"
+    assert ws_text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert ws_text_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
