@@ -105,7 +105,7 @@ async def subscribe(connection: Connection, frame: Frame) -> None:
 
 async def unsubscribe(connection: Connection, frame: Frame) -> None:
     """No event of `id` follows `unsubscribed`: its task is cancelled before this writes,
-    and frames it was writing are ahead of it in the send lock."""
+    and frames it was writing are ahead of it in the queue of writers."""
     sub = sub_id(frame)
     scope = connection.subscriptions.pop(sub, None)
     if scope is None:
