@@ -5,9 +5,9 @@ steps up to the last of `memory_steps` (spread over the client processes, 100 co
 attempts in flight at a time), and RSS is read one second after each step. The same on
 another fresh server with WebSockets holding one subscription each. Baseline: the raw
 asyncio ceiling server (`bench.ceiling`) holding the same SSE connections (WebSockets and
-the ceiling stop at `memory_ceiling_max`). With `crowd` (`--full`), at the top SSE step:
-/healthz latency, one publish delivered to every subscriber, and RSS once they have all
-closed.
+the ceiling stop at `memory_ceiling_max`), and RSS once they have all closed. With `crowd`
+(`--full`), at the top SSE step: /healthz latency, one publish delivered to every
+subscriber, and RSS once they have all closed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from backend.connectors.embedded import free_port
+from backend.interface.stream.trim import TRIM_MIN_CLOSED
 from bench.ceiling import ceiling_server
 from bench.fleet import idle_fleet
 from bench.machine import rss_bytes
@@ -32,30 +33,51 @@ METHOD = (
     "subscriptions (one topic, no events), read 1 s after the step completes; the same on a "
     "fresh server with WebSockets subscribed to one topic. Per connection = (RSS - RSS at "
     "0) / connections. Baseline: the raw asyncio server holding the same number of SSE "
-    "connections. Crowd check (--full): /healthz round trip (worst of 10), one publish "
-    "delivered to every subscriber, RSS 2 s after the server has ended every stream."
+    "connections. WebSockets: RSS once the clients have closed and the server has ended "
+    "every socket, plus 16 s (1 s below 1,000, where nothing is trimmed). Crowd check "
+    "(--full): /healthz round trip (worst of 10), one publish delivered to every "
+    "subscriber, RSS 16 s after the server has ended every stream."
 )
 TOPIC = "bench.idle"
 HEALTHZ_TRIES = 10
 DELIVERY_WAIT_SECONDS = 3.0
 DRAIN_WAIT_SECONDS = 60.0
+SWEEP_WAIT_SECONDS = 16.0  # two sweep rounds (SSE 3.75 s, WebSocket 7.5 s by default)
 
 
-def _wait_for_no_streams(url: str) -> bool:
-    """Until the server's SSE gauge reads 0: idle streams notice a closed client at their
-    next heartbeat."""
+def _wait_for_no_streams(url: str, transport: str) -> bool:
+    """Until the server's connections gauge for `transport` reads 0: idle SSE streams
+    notice a closed client at their next heartbeat, WebSockets at once."""
     deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+    gauge = f'pgcast_connections{{transport="{transport}"}}'
     with httpx.Client(base_url=url, timeout=10) as client:
         while time.monotonic() < deadline:
             for line in client.get("/metrics").text.splitlines():
-                gauge = line.startswith('pgcast_connections{transport="sse"}')
-                if gauge and float(line.split()[-1]) == 0:
+                if line.startswith(gauge) and float(line.split()[-1]) == 0:
                     return True
             time.sleep(0.5)
     return False
 
 
-def _crowd(ctx: Context, fleets: list[Child], port: int, pid: int, base: int) -> dict[str, Any]:
+def _after_close(
+    fleets: list[Child], url: str, pid: int, base: int, transport: str, count: int
+) -> dict[str, Any]:
+    """Close every client, wait until the server has ended every stream and its sweeps have
+    had two rounds (they trim only after TRIM_MIN_CLOSED have closed), then read RSS."""
+    stop_all(fleets)
+    closed = time.monotonic()
+    drained = _wait_for_no_streams(url, transport)
+    seconds_to_drain = time.monotonic() - closed
+    time.sleep(SWEEP_WAIT_SECONDS if count >= TRIM_MIN_CLOSED else 1.0)
+    after = rss_bytes(pid)
+    return {
+        "seconds_to_drain": round(seconds_to_drain, 1) if drained else None,
+        "rss_after_close_mib": round(after / 2**20, 1),
+        "rss_after_close_ratio": round(after / base, 3),
+    }
+
+
+def _crowd(fleets: list[Child], port: int, pid: int, base: int, count: int) -> dict[str, Any]:
     """With every subscriber open: healthz, one publish to all; then RSS after closing."""
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -73,19 +95,11 @@ def _crowd(ctx: Context, fleets: list[Child], port: int, pid: int, base: int) ->
     counted = expect_all(fleets, "counted", timeout=60)
     delivered = sum(int(c["events"]) for c in counted)
     last = max(float(c["last_at"]) for c in counted)
-    stop_all(fleets)
-    closed = time.monotonic()
-    drained = _wait_for_no_streams(url)
-    seconds_to_drain = time.monotonic() - closed
-    time.sleep(2 * ctx.sizes.memory_settle_seconds)
-    after = rss_bytes(pid)
     return {
-        "seconds_to_drain": round(seconds_to_drain, 1) if drained else None,
         "healthz_ms": round(1000 * worst, 1),
         "delivered": delivered,
         "delivery_seconds": round(last - published, 3) if delivered else None,
-        "rss_after_close_mib": round(after / 2**20, 1),
-        "rss_after_close_ratio": round(after / base, 3),
+        **_after_close(fleets, url, pid, base, "sse", count),
     }
 
 
@@ -123,7 +137,10 @@ def _climb(
             if reached < step:
                 break
         if sizes.crowd and not ws and label == "pgcast" and points[-1][0] >= sizes.crowd:
-            crowd = _crowd(ctx, fleets, port, pid, base)
+            crowd = _crowd(fleets, port, pid, base, points[-1][0])
+        elif ws:
+            url = f"http://127.0.0.1:{port}"
+            crowd = _after_close(fleets, url, pid, base, "ws", points[-1][0])
     finally:
         stop_all(fleets)
     top, top_rss = points[-1]
@@ -138,10 +155,17 @@ def _climb(
     }
 
 
-def _note(ours: dict[str, Any]) -> str:
+def _steps(measured: dict[str, Any]) -> str:
+    """RSS at every step, e.g. `0 / 1000 / 5000 conn.: 74 / 92 / 167 MiB`."""
+    counts = " / ".join(str(p["connections"]) for p in measured["points"])
+    rss = " / ".join(f"{p['rss_mib']:.0f}" for p in measured["points"])
+    return f"{counts} conn.: {rss} MiB"
+
+
+def _note(ours: dict[str, Any], raw: dict[str, Any]) -> str:
     if ours["connections"] < ours["target"]:
         return f"reached {ours['connections']} of {ours['target']}: {'; '.join(ours['errors'][:2])}"
-    return f"RSS {ours['base_rss_mib']} -> {ours['points'][-1]['rss_mib']} MiB"
+    return f"RSS at {_steps(ours)} (raw server: {_steps(raw)})"
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -172,7 +196,19 @@ def run(ctx: Context) -> ScenarioResult:
                 raw["kib_per_connection"],
                 baseline,
                 better="lower",
-                note=_note(measured),
+                note=_note(measured, raw),
+            )
+        )
+    if ws["crowd"]:
+        result.rows.append(
+            Row(
+                f"{ws['connections']} idle WebSockets: RSS after closing",
+                "x start",
+                ws["crowd"]["rss_after_close_ratio"],
+                1.1,
+                "goal",
+                better="lower",
+                note=f"{ws['crowd']['rss_after_close_mib']} MiB",
             )
         )
     crowd = ours["crowd"]

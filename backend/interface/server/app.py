@@ -35,6 +35,7 @@ from backend.interface.server.state import AppState
 from backend.interface.stream.handoff import StreamHandoff
 from backend.interface.stream.sse_sweep import SseSweep
 from backend.interface.stream.ws.endpoint import websocket_endpoint
+from backend.interface.stream.ws.sweep import WsSweep
 from backend.services.engine import Engine
 
 # Request headers a cross-origin page may send, and response headers it may read.
@@ -96,7 +97,9 @@ def create_app(
                 settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
             )
             tasks.start_soon(sse.run)
-            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse)
+            ws = WsSweep(settings.send_timeout, lifecycle.shutting_down)
+            tasks.start_soon(ws.run)
+            app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse, ws)
             yield
             tasks.cancel_scope.cancel()
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import anyio
 
@@ -28,19 +27,36 @@ class Lifecycle:
     def begin_shutdown(self) -> None:
         self.shutting_down.set()
 
-    @contextlib.contextmanager
-    def stream(self) -> Iterator[None]:
+    def stream(self) -> OpenStream:
         """Count one open stream for as long as the block runs."""
-        self.open_streams += 1
-        try:
-            yield
-        finally:
-            self.open_streams -= 1
-            if not self.open_streams:
-                self._idle.set()
+        return OpenStream(self)
 
     async def streams_closed(self) -> None:
         """Return once no stream is open."""
         while self.open_streams:
             self._idle = anyio.Event()
             await self._idle.wait()
+
+
+class OpenStream:
+    """`Lifecycle.stream()`'s block: a class rather than a generator, because every open
+    stream holds one (a generator-based context manager costs about 0.6 KiB)."""
+
+    __slots__ = ("lifecycle",)
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    def __enter__(self) -> None:
+        self.lifecycle.open_streams += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        lifecycle = self.lifecycle
+        lifecycle.open_streams -= 1
+        if not lifecycle.open_streams:
+            lifecycle._idle.set()

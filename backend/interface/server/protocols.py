@@ -28,6 +28,11 @@ Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSO
 as an ERROR ("returned without completing handshake"), so anyone could fill the error log
 with bad tokens. Here a refusal is complete once its body is sent, and it is logged as one
 INFO line with the reason the app gave.
+
+Idle WebSockets. uvicorn keeps an asyncio.Queue, an asyncio.Event and the handshake's
+request and response for the life of every socket; here the queue is `inbox.Inbox`, the
+event makes its waiters on demand, and the handshake is let go once it is done
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
 from backend.interface.stream.handoff import serve_with_handoff
 
@@ -208,10 +214,17 @@ def with_header_timeout(seconds: float) -> type[HttpProtocol]:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol that logs a refused handshake as one INFO line."""
+    """uvicorn's WebSocket protocol, leaner per socket, that logs a refused handshake as
+    one INFO line."""
 
     _refusal_status: int | None = None
     _refusal_body: bytes = b""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = WaitersOnDemand()
+        self.writable.set()
 
     async def run_asgi(self) -> None:
         self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
@@ -226,7 +239,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not refusing:
             return
         kind = message["type"]
-        if kind == "websocket.close":
+        if kind == "websocket.accept" and self.handshake_complete:
+            # Read only during the handshake; the request also stays referenced by the
+            # frame parser, so its headers (the scope has a copy) are emptied too.
+            self.request.headers.clear()
+            del self.request, self.response
+        elif kind == "websocket.close":
             self._log_refusal(403, message.get("reason") or "closed before the handshake")
         elif kind == "websocket.http.response.start":
             self._refusal_status = message["status"]

@@ -11,6 +11,7 @@ from backend.interface.security.guard import Guard
 from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.metrics import Metrics
 from backend.interface.stream.sse_sweep import SseSweep
+from backend.interface.stream.ws.sweep import WsSweep
 from backend.services.engine import Engine
 
 
@@ -24,6 +25,7 @@ class AppState:
     metrics: Metrics
     guard: Guard
     sse: SseSweep
+    ws: WsSweep
 
     @staticmethod
     def of(connection: HTTPConnection) -> AppState:

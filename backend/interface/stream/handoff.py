@@ -1,4 +1,5 @@
-"""Long-lived streams run outside the framework's call chain once their headers are out.
+"""Long-lived streams run outside the framework's call chain once their headers are out
+(or, for a WebSocket, once it is accepted).
 
 A streaming response that stays inside Starlette keeps every middleware's and the router's
 coroutine frame alive for as long as it is open, and every body message passes through
@@ -30,7 +31,7 @@ class StreamHandoff:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or SLOT in scope:  # not a stream, or the server hands off
+        if scope["type"] not in ("http", "websocket") or SLOT in scope:
             await self.app(scope, receive, send)
             return
         await serve_with_handoff(self.app, scope, receive, send)

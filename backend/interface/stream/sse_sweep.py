@@ -27,6 +27,7 @@ from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.stream.encoding import sse_chunk, sse_chunks
 from backend.interface.stream.session import Farewell, Session
+from backend.interface.stream.trim import Trimmer
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class SseSweep:
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _reaping: anyio.Event | None = None
+    _trim: Trimmer = field(default_factory=Trimmer)
 
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn
@@ -109,6 +111,7 @@ class SseSweep:
 
     def add(self, stream: LiveStream) -> None:
         self._streams.add(stream)
+        self._trim.opened(len(self._streams))
         if self.shutting_down():
             stream.session.end(Farewell.SHUTDOWN)
         elif stream.expires_at is not None and stream.expires_at < self._next_expiry:
@@ -169,6 +172,7 @@ class SseSweep:
                     stream.cancel.cancel()
             elif now - stream.written_at >= self.heartbeat:
                 due.append(stream)
+        self._trim.note(len(self._streams))
         await self._poke(due)
 
     @staticmethod

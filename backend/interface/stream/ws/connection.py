@@ -1,12 +1,15 @@
-"""One open socket: its send lock and frame writing, its watchdog, and how it ends.
+"""One open socket: its state, its turn-taking for writes, and how it ends.
 
-Every task writes its own frames to the socket under the connection's send lock, so a
-subscription's events go out from the task that took them from its buffer, with no hop
-through a writer task; frames from one write stay together and in order. A slow client
-holds its subscriptions back (the hub then moves them to catch-up, so memory stays bounded
-and nothing is lost), and a client that accepts nothing for SEND_TIMEOUT is dropped
-without a close frame, because a close frame could not get through either. It resumes by
-subscribing again with `after` set to the last id it saw.
+Every task writes its own frames to the socket, one writer at a time, so a subscription's
+events go out from the task that took them from its buffer, with no hop through a writer
+task; frames from one write stay together and in order. A slow client holds its
+subscriptions back (the hub then moves them to catch-up, so memory stays bounded and
+nothing is lost), and a client that accepts nothing for SEND_TIMEOUT is dropped by the
+process's `WsSweep` without a close frame, because a close frame could not get through
+either. It resumes by subscribing again with `after` set to the last id it saw.
+
+An idle socket is just this object: no watcher task, no lock and no event of its own
+(writers queue for their turn only when two write at once).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WATCHDOG_CHECKS = 4  # a stalled client is dropped within 1.25 x SEND_TIMEOUT
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
@@ -57,25 +58,55 @@ def _as_error(exc: BaseException) -> PgcastError:
     return DatabaseUnavailable(f"the database is unavailable: {exc}")
 
 
-@dataclass(eq=False)
 class Connection:
-    """One socket: its subscriptions, the task group they run in and its send lock."""
+    """One socket: its subscriptions, the task group they run in, and who writes now."""
 
-    websocket: WebSocket
-    state: AppState
-    tasks: TaskGroup
-    principal: Principal | None
-    """Who the socket acts for; None until an `auth` frame when the handshake had no token."""
-    subscriptions: dict[SubId, anyio.CancelScope] = field(default_factory=dict)
-    held: dict[str, tuple[SubId, Delivery]] = field(default_factory=dict)
-    settling: Settling | None = None
-    """Acks and nacks handed in and not yet answered (`settling.py`); None when there are none."""
-    close_code: int | None = None
-    close_reason: str = ""
-    authenticated: anyio.Event = field(default_factory=anyio.Event)
-    sending: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
-    writing: bool = False
-    progress_at: float = 0.0
+    __slots__ = (
+        "_principal",
+        "_turns",
+        "close_code",
+        "close_reason",
+        "held",
+        "opened_at",
+        "progress_at",
+        "settling",
+        "state",
+        "subscriptions",
+        "tasks",
+        "websocket",
+        "writing",
+    )
+
+    def __init__(
+        self, websocket: WebSocket, state: AppState, tasks: TaskGroup, principal: Principal | None
+    ) -> None:
+        self.websocket = websocket
+        self.state = state
+        self.tasks = tasks
+        self._principal = principal
+        self.subscriptions: dict[SubId, anyio.CancelScope] = {}
+        self.held: dict[str, tuple[SubId, Delivery]] = {}
+        self.settling: Settling | None = None
+        """Acks and nacks handed in and not yet answered (`settling.py`); None when there
+        are none."""
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.writing = False
+        """A write holds the socket; `progress_at` is when it last got a frame out."""
+        self.opened_at = self.progress_at = time.monotonic()
+        self._turns: list[anyio.Event] | None = None
+        """Writers waiting for the socket, first come first served; None when none wait."""
+
+    @property
+    def principal(self) -> Principal | None:
+        """Who the socket acts for; None until an `auth` frame when the handshake had no
+        token."""
+        return self._principal
+
+    @principal.setter
+    def principal(self, principal: Principal | None) -> None:
+        self._principal = principal
+        self.state.ws.reschedule(self)
 
     def end(self, code: int | None, reason: str = "") -> None:
         """Stop the whole connection; the first reason wins. None: send no close frame."""
@@ -108,41 +139,52 @@ class Connection:
         return principal
 
     async def write(self, frames: Iterable[str]) -> None:
-        """Send `frames` together and in order, under the send lock.
+        """Send `frames` together and in order, once no other write holds the socket.
 
         `frames` may be a generator, so a long batch is encoded one frame at a time as it
-        goes out. Each frame sent counts as progress for `watch`; after a disconnect
+        goes out. Each frame sent counts as progress for the sweep; after a disconnect
         the connection ends and the caller is cancelled at its next await.
         """
-        async with self.sending:
-            self.progress_at = time.monotonic()
+        await self._take_turn()
+        self.progress_at = time.monotonic()
+        try:
+            for frame in frames:
+                await self.websocket.send_text(frame)
+                self.progress_at = time.monotonic()
+        except WebSocketDisconnect:
+            self.end(None)
+        finally:
+            self._pass_turn()
+
+    async def _take_turn(self) -> None:
+        """Hold the socket for one write: at once when it is free (no checkpoint), else
+        after the writers that came first."""
+        if not self.writing:
             self.writing = True
-            try:
-                for frame in frames:
-                    await self.websocket.send_text(frame)
-                    self.progress_at = time.monotonic()
-            except WebSocketDisconnect:
-                self.end(None)
-            finally:
-                self.writing = False
+            return
+        turn = anyio.Event()
+        if self._turns is None:
+            self._turns = []
+        self._turns.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self._pass_turn()  # handed the socket while being cancelled: hand it on
+            elif self._turns is not None:
+                self._turns.remove(turn)
+                if not self._turns:
+                    self._turns = None
+            raise
 
-    async def watch(self) -> None:
-        """Close with 1001 when the server shuts down; drop a client whose socket accepted
-        nothing for SEND_TIMEOUT during a write.
-
-        One watchdog task per connection instead of a timeout scope around every write: a
-        scope costs more than the send itself on a busy fan-out. A dropped client gets no
-        close frame, because it could not get through either.
-        """
-        timeout = self.state.settings.send_timeout
-        stopping = self.state.lifecycle.shutting_down
-        while True:
-            with anyio.move_on_after(timeout / WATCHDOG_CHECKS):
-                await stopping.wait()
-            if stopping.is_set():
-                self.say_farewell(Farewell.SHUTDOWN)
-                return
-            if self.writing and time.monotonic() - self.progress_at >= timeout:
-                logger.info("dropped a stalled WebSocket client", extra={"action": "send_timeout"})
-                self.end(None)
-                return
+    def _pass_turn(self) -> None:
+        """Hand the socket to the next waiting writer, or free it."""
+        turns = self._turns
+        if not turns:
+            self.writing = False
+            return
+        turn = turns.pop(0)
+        if not turns:
+            self._turns = None
+        self.progress_at = time.monotonic()
+        turn.set()

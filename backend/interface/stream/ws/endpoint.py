@@ -9,6 +9,11 @@ one carrying a bad token (header or `?token=`) with HTTP 401. Without any token,
 first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS, or the
 token expiring closes the socket with 1008. A full server (MAX_CONNECTIONS) accepts and
 closes at once with 1013.
+
+A connection runs on uvicorn's task, plus one task per subscription; the deadlines, the
+stall watchdog and the shutdown close are the process's `WsSweep`'s (ws/sweep.py). Once
+accepted, the socket is served after the framework has unwound (`handoff.StreamHandoff`),
+so no middleware or router frame stays alive while it is open.
 """
 
 from __future__ import annotations
@@ -17,15 +22,15 @@ import contextlib
 import logging
 
 import anyio
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from backend.core.concurrency import unwrap_single_error
 from backend.core.errors import Forbidden, PgcastError, Unauthorized
 from backend.interface.http.errors import error_response
 from backend.interface.security.access import principal_of
 from backend.interface.security.auth import Principal
 from backend.interface.server.state import AppState
-from backend.interface.stream.session import until_farewell
+from backend.interface.stream.handoff import park
 from backend.interface.stream.slots import acquire_slot
 from backend.interface.stream.ws.connection import (
     INTERNAL_ERROR,
@@ -39,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "pgcast.v1"
 CLOSE_TIMEOUT = 1.0
-AUTH_TIMEOUT_SECONDS = 10.0
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -64,11 +68,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
             await websocket.close(TRY_AGAIN_LATER, "too many connections; retry later")
         return
+    try:
+        await websocket.accept(subprotocol)
+    except BaseException:
+        guard.slots.release()
+        raise
+    scope = websocket.scope
+
+    async def run_parked(receive: Receive, send: Send) -> None:
+        await _run(_accepted(scope, receive, send), state, principal)
+
+    if not park(scope, run_parked):
+        await _run(websocket, state, principal)
+
+
+async def _run(websocket: WebSocket, state: AppState, principal: Principal | None) -> None:
+    """Serve an accepted socket until it ends and close it; then give its slot back."""
     gauge = state.metrics.connections.labels("ws")
     gauge.inc()
     try:
         with state.lifecycle.stream():
-            await websocket.accept(subprotocol)
             try:
                 code, reason = await _serve(websocket, state, principal)
             except Exception:
@@ -79,7 +98,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                     await websocket.close(code, reason)
     finally:
         gauge.dec()
-        guard.slots.release()
+        state.guard.slots.release()
+
+
+def _accepted(scope: Scope, receive: Receive, send: Send) -> WebSocket:
+    """The socket, accepted already, on the server's own receive and send (the handoff's)."""
+    websocket: WebSocket = WebSocket(scope, receive, send)
+    websocket.client_state = websocket.application_state = WebSocketState.CONNECTED
+    return websocket
 
 
 async def _refuse(websocket: WebSocket, exc: PgcastError) -> None:
@@ -94,13 +120,14 @@ async def _serve(
     websocket: WebSocket, state: AppState, principal: Principal | None
 ) -> tuple[int | None, str]:
     """Run the connection until it ends; returns the close code to send, if any."""
-    with unwrap_single_error():
-        async with anyio.create_task_group() as tasks:
-            connection = Connection(websocket, state, tasks, principal)
-            tasks.start_soon(connection.watch)
-            tasks.start_soon(_watch_credentials, connection)
+    async with anyio.create_task_group() as tasks:
+        connection = Connection(websocket, state, tasks, principal)
+        state.ws.add(connection)
+        try:
             await _receive(connection)
-            connection.end(None)
+        finally:
+            state.ws.discard(connection)
+        connection.end(None)
     return connection.close_code, connection.close_reason
 
 
@@ -111,17 +138,3 @@ async def _receive(connection: Connection) -> None:
         if message["type"] == "websocket.disconnect":
             return
         await dispatch(connection, message.get("text"))
-
-
-async def _watch_credentials(connection: Connection) -> None:
-    """Close with 1008 when no `auth` arrives in time, and when the token expires."""
-    if connection.principal is None:
-        with anyio.move_on_after(AUTH_TIMEOUT_SECONDS):
-            await connection.authenticated.wait()
-    if connection.principal is None:
-        connection.end(POLICY_VIOLATION, "no auth frame in time")
-        return
-    expires_at = connection.principal.expires_at
-    if expires_at is not None:
-        stopping = connection.state.lifecycle.shutting_down
-        connection.say_farewell(await until_farewell(stopping, expires_at))

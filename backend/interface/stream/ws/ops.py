@@ -105,7 +105,7 @@ async def subscribe(connection: Connection, frame: Frame) -> None:
 
 async def unsubscribe(connection: Connection, frame: Frame) -> None:
     """No event of `id` follows `unsubscribed`: its task is cancelled before this writes,
-    and frames it was writing are ahead of it in the send lock."""
+    and frames it was writing are ahead of it in the queue of writers."""
     sub = sub_id(frame)
     scope = connection.subscriptions.pop(sub, None)
     if scope is None:
@@ -159,7 +159,6 @@ async def auth(connection: Connection, frame: Frame) -> None:
         raise FrameError("invalid_frame", "this connection is already authenticated")
     principal = guard.verify(token)
     connection.principal = principal
-    connection.authenticated.set()
     expires = principal.expires_at or time.time()
     await connection.send(
         {"op": "authed", "sub": principal.subject, "expires": _wall_time(expires)}

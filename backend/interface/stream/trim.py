@@ -1,0 +1,80 @@
+"""Hand freed heap pages back to the OS once many connections have closed.
+
+When thousands of streams close, much of what they held sits in reference cycles that an
+idle server's garbage collector does not get round to, and what Python frees glibc's
+allocator keeps, so the process's RSS stays near its peak (5.9x the start after 19,000
+SSE clients left). A full collection and then `malloc_trim(0)`, which returns free pages
+from every arena, give it back. Both walk the whole heap, so the sweeps call them only
+after the number of open connections has fallen by at least TRIM_MIN_CLOSED and by half
+since its last high point (and once more a round later). pymalloc's arenas (Python
+objects up to 512 bytes) go back only when wholly empty, so a server run with
+PYTHONMALLOC=malloc gets much more back (docs/performance.md). Other C libraries: the
+collection only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import platform
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+TRIM_MIN_CLOSED = 1000
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's `malloc_trim(0)`, or None where the C library is not glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+class Trimmer:
+    """Watches one count of open connections (noted once per sweep round) and trims
+    after a large drop, and once more at the next round: a crowd that is still closing
+    when the drop is seen frees most of its memory after that first trim."""
+
+    __slots__ = ("again", "high", "trims")
+
+    def __init__(self) -> None:
+        self.high = 0
+        self.trims = 0
+        self.again = False
+
+    def opened(self, open_now: int) -> None:
+        """Raise the high point as streams open: a crowd may come and go between rounds."""
+        if open_now > self.high:
+            self.high = open_now
+
+    def note(self, open_now: int) -> None:
+        """Record the current count; trim when it has fallen enough since the high point."""
+        if open_now > self.high:
+            self.high = open_now
+        elif self.high - open_now >= max(TRIM_MIN_CLOSED, self.high // 2):
+            self.high = open_now
+            self.again = True
+            self._trim()
+        elif self.again:
+            self.again = False
+            self._trim()
+
+    def _trim(self) -> None:
+        self.trims += 1
+        gc.collect()  # a closed stream's objects hold cycles, and an idle server collects none
+        if MALLOC_TRIM is not None:
+            MALLOC_TRIM()
+            logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})

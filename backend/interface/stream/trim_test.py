@@ -1,0 +1,43 @@
+"""When the sweeps hand freed memory back: only after a large drop in open connections,
+and once more at the round after."""
+
+from __future__ import annotations
+
+import platform
+
+from backend.interface.stream import trim
+from backend.interface.stream.trim import TRIM_MIN_CLOSED, Trimmer
+
+
+def test_trims_once_the_count_has_fallen_by_half_and_by_the_minimum() -> None:
+    trimmer = Trimmer()
+    for count in (0, 5000, 19_000, 18_000, 10_000):
+        trimmer.note(count)
+    assert trimmer.trims == 0
+    trimmer.note(9_500)
+    assert (trimmer.trims, trimmer.high) == (1, 9_500)
+    trimmer.note(9_000)  # once more, for what the crowd freed since
+    assert trimmer.trims == 2
+    trimmer.note(8_800)
+    trimmer.note(9_000)
+    assert trimmer.trims == 2
+
+
+def test_small_servers_never_trim() -> None:
+    trimmer = Trimmer()
+    for count in (TRIM_MIN_CLOSED - 1, 0, TRIM_MIN_CLOSED - 1, 0):
+        trimmer.note(count)
+    assert trimmer.trims == 0
+
+
+def test_glibc_is_found_where_it_is_the_c_library() -> None:
+    assert (trim.MALLOC_TRIM is not None) == (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_crowd_that_came_and_went_between_two_rounds_is_trimmed_after() -> None:
+    trimmer = Trimmer()
+    trimmer.note(0)
+    for count in range(1, 5001):
+        trimmer.opened(count)
+    trimmer.note(0)
+    assert trimmer.trims == 1
