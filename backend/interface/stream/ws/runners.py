@@ -82,7 +82,7 @@ async def run_consumer(
                 await connection.send({"op": "subscribed", "id": sub})
                 async for delivery in deliveries:
                     connection.held[str(delivery.id)] = (sub, delivery)
-                    await connection.write(_message_frame(sub_json, delivery))
+                    await connection.write(_message_frame(sub_json, delivery, scope))
         except DB_DOWN as exc:
             await connection.send_error({"id": sub}, exc)
         finally:
@@ -92,9 +92,15 @@ async def run_consumer(
                 del connection.subscriptions[sub]
 
 
-def _message_frame(sub_json: bytes, delivery: Delivery) -> Iterator[str]:
+def _message_frame(sub_json: bytes, delivery: Delivery, scope: anyio.CancelScope) -> Iterator[str]:
     """The `message` frame, made when `write` is about to send it: from then on the
-    message counts as delivered; a consumer stopped before that gives it back unused."""
+    message counts as delivered; a consumer stopped before that gives it back unused.
+
+    Nothing once the consumer is cancelled: `unsubscribed` may already be out, and a claim
+    finished under its shield reaches here before the cancellation does (the write itself
+    need not wait, so it would not see it either)."""
+    if scope.cancel_called:
+        return
     delivery.delivered = True
     body = delivery.message.to_json()
     yield (b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()
