@@ -256,20 +256,16 @@ class Hub:
         for count, (reg, batch) in enumerate(batches, 1):
             self._deliver(reg, batch)
             if count % DISPATCH_SLICE == 0:
-                self._dispatched()
                 await anyio.lowlevel.checkpoint()
-        self._dispatched()
-        advanced, self._advanced = self._advanced, anyio.Event()
-        advanced.set()
-
-    def _dispatched(self) -> None:
         for hook in self.after_dispatch:
             hook()
+        advanced, self._advanced = self._advanced, anyio.Event()
+        advanced.set()
 
     def _one_topic(self, topic: str, events: list[Event]) -> Iterator[Handout]:
         """The usual read, all of one topic: subscribers without a filter share one list."""
         envelopes: list[dict[str, Any]] | None = None
-        for reg in list(self._subjects.match(topic)):
+        for reg in self._subjects.match(topic):  # a new set: joins and leaves do not touch it
             if reg.filter is None:
                 yield reg, events
                 continue
