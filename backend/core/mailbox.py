@@ -34,9 +34,6 @@ class Mailbox(Generic[T]):
         self._waiter: asyncio.Future[None] | None = None
         self._poked = False
 
-    def __len__(self) -> int:
-        return len(self._items) if self._items is not None else 0
-
     def offer_all(self, items: list[T]) -> bool:
         """Add all of `items`, or none of them (False) when they do not fit or it is closed."""
         if self.closed:

@@ -14,16 +14,13 @@ async def test_take_returns_everything_ready_in_order_up_to_the_limit() -> None:
     assert box.offer_all([3, 4])
     assert await box.take(3) == [0, 1, 2]
     assert await box.take(10) == [3, 4]
-    assert len(box) == 0
 
 
 async def test_offer_all_takes_all_or_nothing_and_nothing_after_close() -> None:
     box: Mailbox[int] = Mailbox(3)
     assert not box.offer_all([1, 2, 3, 4])
-    assert len(box) == 0
     assert box.offer_all([1, 2])
     assert not box.offer_all([3, 4])
-    assert len(box) == 2
     assert box.offer_all([3])
     box.close()
     assert not box.offer_all([4])
