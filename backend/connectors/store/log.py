@@ -144,29 +144,22 @@ async def set_max_event_bytes(conn: Connection, limit: int) -> None:
     await conn.execute("UPDATE pgcast.log_state SET max_event_bytes = $1 WHERE id = 1", limit)
 
 
+_INSERT_PENDING = """
+    INSERT INTO pgcast.events (topic, type, key, data)
+    SELECT topic, type, key, data::jsonb
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+           WITH ORDINALITY AS u(topic, type, key, data, ord)
+     ORDER BY ord
+    RETURNING seq
+"""
+
+
 async def insert_events(conn: Connection, events: Sequence[NewEvent]) -> list[int]:
     """Append unpositioned events in order; returns their insertion sequence numbers.
 
     Events the database refuses raise InvalidEvent and nothing of the call is stored.
     """
-    try:
-        rows = await conn.fetch(
-            """
-            INSERT INTO pgcast.events (topic, type, key, data)
-            SELECT topic, type, key, data::jsonb
-              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                   WITH ORDINALITY AS u(topic, type, key, data, ord)
-             ORDER BY ord
-            RETURNING seq
-            """,
-            [e.topic for e in events],
-            [e.type for e in events],
-            [e.key for e in events],
-            [e.data_json.decode() for e in events],
-        )
-    except _REJECTED as exc:
-        reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
-        raise InvalidEvent(f"the database rejected the event: {reason}") from None
+    rows = await _append(conn, _INSERT_PENDING, events)
     return sorted(r["seq"] for r in rows)
 
 
@@ -176,9 +169,15 @@ async def append_positioned(conn: Connection, events: Sequence[NewEvent]) -> lis
 
     Events the database refuses raise InvalidEvent and nothing of the call is stored.
     """
+    rows = await _append(conn, "SELECT * FROM pgcast.append_positioned($1, $2, $3, $4)", events)
+    return sorted((_event(r) for r in rows), key=lambda event: event.pos)
+
+
+async def _append(conn: Connection, sql: str, events: Sequence[NewEvent]) -> list[Any]:
+    """Run `sql` with the events as four arrays (topics, types, keys, data as text)."""
     try:
-        rows = await conn.fetch(
-            "SELECT * FROM pgcast.append_positioned($1, $2, $3, $4)",
+        return await conn.fetch(
+            sql,
             [e.topic for e in events],
             [e.type for e in events],
             [e.key for e in events],
@@ -187,7 +186,6 @@ async def append_positioned(conn: Connection, events: Sequence[NewEvent]) -> lis
     except _REJECTED as exc:
         reason = str(exc).partition("\n")[0]  # not the DETAIL and CONTEXT lines
         raise InvalidEvent(f"the database rejected the event: {reason}") from None
-    return sorted((_event(r) for r in rows), key=lambda event: event.pos)
 
 
 async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
