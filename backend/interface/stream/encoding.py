@@ -10,6 +10,10 @@ from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 
 RESET_EVENT = "pgcast.reset"
+WRITE_BYTES = 64 * 1024
+"""The most one write of events puts into a socket's buffer: a stream's task splits larger
+batches and waits for the client between the parts, and the hub leaves them to the task.
+So a client that stops reading holds at most its transport's high-water mark plus this."""
 
 
 def sse_frame(event: Event) -> bytes:
@@ -39,8 +43,12 @@ def sse_chunk(event: Event) -> bytes:
     return chunk
 
 
-def sse_chunks(events: list[Event]) -> bytes:
-    return b"".join([sse_chunk(event) for event in events])
+def sse_chunks(events: list[Event]) -> bytes | None:
+    """The events' chunks as one write, or None when that is over WRITE_BYTES."""
+    chunks = [sse_chunk(event) for event in events]
+    if sum(map(len, chunks)) > WRITE_BYTES:
+        return None
+    return b"".join(chunks)
 
 
 def reset_payload(exc: CursorExpired) -> dict[str, object]:
@@ -64,6 +72,14 @@ def ws_event_frame(sub_text: str, event: Event) -> str:
     """`{"op":"event","sub":S, ...envelope}` spliced from the envelope's text, which is
     decoded once per event and shared by every WebSocket subscriber."""
     return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
+
+
+def ws_event_wires(wire: WsEventWire, events: list[Event]) -> bytes | None:
+    """The events' frames as one write, or None when that is over WRITE_BYTES."""
+    frames = [wire(event) for event in events]
+    if sum(map(len, frames)) > WRITE_BYTES:
+        return None
+    return b"".join(frames)
 
 
 class WsEventWire:

@@ -32,12 +32,17 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.server.protocols import chunk_writer, on_connection_lost
 from backend.interface.server.state import AppState
-from backend.interface.stream.encoding import sse_comment, sse_frame, sse_reset, sse_retry
+from backend.interface.stream.encoding import (
+    WRITE_BYTES,
+    sse_comment,
+    sse_frame,
+    sse_reset,
+    sse_retry,
+)
 from backend.interface.stream.handoff import park
 from backend.interface.stream.session import Session
 from backend.interface.stream.sse_sweep import LiveStream
 
-COALESCE_BYTES = 64 * 1024
 DB_DOWN_COMMENT = "database unavailable; reconnect"
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -55,12 +60,12 @@ def heartbeat_comment() -> bytes:
 
 
 def chunks(events: list[Event]) -> Iterator[bytes]:
-    """The frames of `events` joined into writes of at most about COALESCE_BYTES."""
+    """The frames of `events` joined into writes of at most about WRITE_BYTES."""
     chunk: list[bytes] = []
     size = 0
     for event in events:
         frame = sse_frame(event)
-        if chunk and size + len(frame) > COALESCE_BYTES:
+        if chunk and size + len(frame) > WRITE_BYTES:
             yield b"".join(chunk)
             chunk, size = [], 0
         chunk.append(frame)

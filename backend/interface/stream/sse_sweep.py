@@ -75,12 +75,14 @@ class LiveStream:
         self.cancel.cancel()
 
     def deliver(self, events: list[Event]) -> bool:
-        """Write `events` now, unless the stream's own task is mid-write or the socket is
-        backed up (False: the hub then buffers them for the task)."""
+        """Write `events` now, unless the stream's own task is mid-write, the socket is
+        backed up or the batch is over WRITE_BYTES (False: the hub then buffers them for
+        the task, which writes them in parts as the client reads)."""
         write = self.write
         if write is None or self.writing:
             return False
-        if not write(sse_chunk(events[0]) if len(events) == 1 else sse_chunks(events)):
+        body = sse_chunk(events[0]) if len(events) == 1 else sse_chunks(events)
+        if body is None or not write(body):
             return False
         self.written_at = time.monotonic()
         tally = self.tally

@@ -3,7 +3,8 @@
 While a subscription's task waits for events, the hub hands each read's events to this
 writer, which sends them as pre-built frames (one per event, built once per event and
 subscription id) with no task switch. It refuses, and the task sends as usual, when the
-socket is backed up, closing, compressed or served by another server; and it writes
+socket is backed up, closing, compressed or served by another server, or the batch is
+over WRITE_BYTES; and it writes
 nothing once the subscription is cancelled (`unsubscribed` promises that no event of
 its id follows, and the task may not have seen its cancellation yet).
 """
@@ -17,7 +18,7 @@ import anyio
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import frame_writer
-from backend.interface.stream.encoding import WsEventWire
+from backend.interface.stream.encoding import WsEventWire, ws_event_wires
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.frames import SubId
 from backend.services.hub import DirectWriter
@@ -44,8 +45,8 @@ class DirectFrames:
         if self.scope.cancel_called:
             return False
         wire = self.wire
-        frames = wire(events[0]) if len(events) == 1 else b"".join(map(wire, events))
-        if not self.write(frames):
+        frames = wire(events[0]) if len(events) == 1 else ws_event_wires(wire, events)
+        if frames is None or not self.write(frames):
             return False
         tally = self.tally
         tally.count += len(events)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from backend.interface.server.metrics import DirectTally
-from backend.interface.stream.encoding import ws_text_frame
+from backend.interface.stream.encoding import WRITE_BYTES, ws_text_frame
 from backend.interface.stream.ws.direct import DirectFrames
 from backend.testing.memory_log import MemoryLog
 
@@ -64,3 +64,20 @@ def test_text_frame_lengths_use_the_short_medium_and_long_forms() -> None:
     assert ws_text_frame(b"x" * 125)[:2] == b"\x81\x7d"
     assert ws_text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
     assert ws_text_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
+async def test_a_batch_over_write_bytes_is_left_to_the_task_but_one_big_event_is_not() -> None:
+    log = MemoryLog()
+    big = [log.append("t", "x" * 20_000) for _ in range(4)]  # about 80 KB together
+    written: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    frames = DirectFrames(write, anyio.CancelScope(), "1", DirectTally())
+    assert not frames(big)
+    assert written == []
+    assert frames(big[:1])
+    assert len(written[0]) > 20_000
+    assert sum(len(w) for w in written) <= WRITE_BYTES
