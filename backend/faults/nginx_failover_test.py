@@ -80,5 +80,5 @@ async def test_clients_behind_nginx_resume_on_the_other_backend_exactly_once(
         expected=publisher.labels,
         through=last_id([publisher]),
     )
-    assert loads[victim] >= 2, f"the killed backend served {loads[victim]} of the followers"
+    assert min(loads) >= 1, f"nginx sent every follower to one backend: {loads}"
     assert sum(f.failures for f in followers) >= loads[victim], "nobody was cut off by the kill"

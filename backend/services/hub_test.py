@@ -20,6 +20,7 @@ from backend.entities.event import Event, format_id
 from backend.services import hub as hub_module
 from backend.services.hub import Hub
 from backend.services.subscribe import EARLIEST, Subscription, open_subscription
+from backend.testing.engine import take
 from backend.testing.memory_log import MemoryLog
 
 pytestmark = pytest.mark.anyio
@@ -40,14 +41,6 @@ def publish(log: MemoryLog, hub: Hub, topic: str, count: int) -> list[Event]:
     events = [log.append(topic, n) for n in range(count)]
     hub.wake(log.head)
     return events
-
-
-async def take(events: AsyncIterator[Event], count: int) -> list[Event]:
-    got: list[Event] = []
-    with anyio.fail_after(5):
-        while len(got) < count:
-            got.append(await anext(events))
-    return got
 
 
 async def test_every_subscriber_gets_its_events_from_one_read_per_wake_up() -> None:

@@ -294,17 +294,11 @@ class Queues:
         """Acks and nacks in one commit shared with other callers (`SettleBatcher`).
 
         Returns each one's outcome in order: None for an ack, the move for a nack, or the
-        error refusing one whose lease was not held (NotFound, Conflict). A nack wakes the
-        queue's consumers; an ack makes no message claimable, so it wakes only the consumer
-        holding the lease: here directly, in another process through a NOTIFY.
+        error refusing one whose lease was not held (NotFound, Conflict). Who is woken by
+        it is settled with the commit (`_announce`).
         """
         settled = await self.settlements.settle(settles)
         outcomes = [settled.outcome(settle) for settle in settles]
-        for settle, outcome in zip(settles, outcomes, strict=True):
-            if outcome is not False:  # every consumer hears first, before any await
-                here = self._settled(settle.lease)
-                if settle.retry is not None or not here:
-                    self.changed(settle.queue)
         return [
             await self._refusal(settle.queue, settle.message_id)
             if outcome is False
@@ -321,13 +315,27 @@ class Queues:
         ]
         async with self._conn() as conn:
             if not nacks:  # one statement commits on its own
-                return Settled(frozenset(await q.ack_many(conn, acks)))
-            async with conn.transaction():
-                acked = await q.ack_many(conn, acks) if acks else set()
-                nacked = await q.nack_many(conn, nacks, self.backoff)
-                await self._lifecycle(conn, list(nacked.values()))
-            await self._sequence(conn)
-        return Settled(frozenset(acked), nacked)
+                settled = Settled(frozenset(await q.ack_many(conn, acks)))
+            else:
+                async with conn.transaction():
+                    acked = await q.ack_many(conn, acks) if acks else set()
+                    nacked = await q.nack_many(conn, nacks, self.backoff)
+                    await self._lifecycle(conn, list(nacked.values()))
+                await self._sequence(conn)
+                settled = Settled(frozenset(acked), nacked)
+        self._announce(settles, settled)
+        return settled
+
+    def _announce(self, settles: Sequence[Settle], settled: Settled) -> None:
+        """Right after the commit, still under its shield, so a caller cancelled meanwhile
+        loses none of it: the consumers holding the leases get their room back, and a
+        nack wakes its queue (an ack makes nothing claimable, so it wakes only the holder:
+        here directly, in another process through a NOTIFY)."""
+        for settle in settles:
+            if settled.outcome(settle) is not False:
+                here = self._settled(settle.lease)
+                if settle.retry is not None or not here:
+                    self.changed(settle.queue)
 
     def _settled(self, lease: str) -> bool:
         """Tell this process's consumer holding `lease`, if any; True if there was one."""
@@ -348,12 +356,18 @@ class Queues:
         disconnect (the attempt counts), `undelivered` ones as if never claimed."""
         if not delivered and not undelivered:
             return
+        moved: list[q.Moved] = []
+        queues: list[str] = []
         async with self._conn() as conn:
             async with conn.transaction():
-                moved = await q.release(conn, delivered)
-                queues = await q.give_back(conn, undelivered)
-                await self._lifecycle(conn, [m for m in moved if m.state == "dead"])
-            await self._sequence(conn)
+                if delivered:
+                    moved = await q.release(conn, delivered)
+                if undelivered:
+                    queues = await q.give_back(conn, undelivered)
+                dead = [m for m in moved if m.state == "dead"]
+                await self._lifecycle(conn, dead)
+            if dead:  # only dead letters publish lifecycle events here
+                await self._sequence(conn)
         for queue in {m.message.queue for m in moved} | set(queues):
             self.changed(queue)
 

@@ -38,10 +38,9 @@ def shared_metrics_dir() -> str | None:
 class DirectTally:
     """Events the hub wrote straight to one transport's clients since the last flush.
 
-    The writer adds to `count` and sets `oldest` when it is None, in line, since the hub
-    may make a thousand direct writes per event; `Metrics.flush_direct` turns them into
-    the delivered counter and one lag sample per read of the log (the age of its oldest
-    event written directly).
+    Counted with plain attributes, since the hub may make a thousand direct writes per
+    event; `Metrics.flush_direct` turns them into the delivered counter and one lag sample
+    per read of the log (the age of its oldest event written directly).
     """
 
     __slots__ = ("count", "oldest")
@@ -49,6 +48,11 @@ class DirectTally:
     def __init__(self) -> None:
         self.count = 0
         self.oldest: Event | None = None
+
+    def add(self, events: Sequence[Event]) -> None:
+        self.count += len(events)
+        if self.oldest is None:
+            self.oldest = events[0]
 
 
 @dataclass
@@ -192,11 +196,11 @@ class EngineFigures:
             "pgcast_subscriber_overflows", "Times a subscriber's buffer overflowed", registry=r
         )
         self.reads = Counter(
-            "pgcast_hub_reads", "Reads of the log by the hub (one per wake-up)", registry=r
+            "pgcast_hub_reads", "Reads of the log by the hub (at most one per wake-up)", registry=r
         )
         self.deliveries = Counter(
             "pgcast_hub_deliveries",
-            "Events the hub handed to live subscribers' buffers",
+            "Events the hub handed to live subscribers, directly or through their buffers",
             registry=r,
         )
         self.direct = Counter(
@@ -204,7 +208,12 @@ class EngineFigures:
             "Of the hub's deliveries, those it wrote straight to the client's connection",
             registry=r,
         )
-        self._counted = (0, 0, 0, 0, 0)
+        self.handed = Counter(
+            "pgcast_hub_handed_events",
+            "Events this process published that the hub handed out without reading them back",
+            registry=r,
+        )
+        self._counted = (0, 0, 0, 0, 0, 0)
 
     def copy_from(self, engine: Engine) -> None:
         hub = engine.hub
@@ -218,9 +227,17 @@ class EngineFigures:
             hub.stats.reads,
             hub.stats.deliveries,
             hub.stats.direct,
+            hub.stats.handed,
         )
         for counter, value, before in zip(
-            (self.reconnects, self.overflows, self.reads, self.deliveries, self.direct),
+            (
+                self.reconnects,
+                self.overflows,
+                self.reads,
+                self.deliveries,
+                self.direct,
+                self.handed,
+            ),
             now,
             self._counted,
             strict=True,

@@ -124,6 +124,7 @@ class HttpProtocol(HttpToolsProtocol):
                 await serve_with_handoff(app, scope, receive, send)  # type: ignore[arg-type]
             finally:
                 del scope[CYCLE]  # type: ignore[misc]
+                scope.pop(LOST, None)  # type: ignore[misc]
             if cycle.response_started and not cycle.response_complete:
                 cycle.disconnected = True
                 self.transport.close()

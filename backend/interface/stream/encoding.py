@@ -10,6 +10,7 @@ from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 
 RESET_EVENT = "pgcast.reset"
+ENCODINGS_KEPT = 8  # per event: SSE frame and chunk, and a few WebSocket subscription ids
 WRITE_BYTES = 64 * 1024
 """The most one write of events puts into a socket's buffer: a stream's task splits larger
 batches and waits for the client between the parts, and the hub leaves them to the task.
@@ -45,10 +46,7 @@ def sse_chunk(event: Event) -> bytes:
 
 def sse_chunks(events: list[Event]) -> bytes | None:
     """The events' chunks as one write, or None when that is over WRITE_BYTES."""
-    chunks = [sse_chunk(event) for event in events]
-    if sum(map(len, chunks)) > WRITE_BYTES:
-        return None
-    return b"".join(chunks)
+    return one_write([sse_chunk(event) for event in events])
 
 
 def reset_payload(exc: CursorExpired) -> dict[str, object]:
@@ -74,18 +72,19 @@ def ws_event_frame(sub_text: str, event: Event) -> str:
     return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
 
 
-def ws_event_wires(wire: WsEventWire, events: list[Event]) -> bytes | None:
-    """The events' frames as one write, or None when that is over WRITE_BYTES."""
-    frames = [wire(event) for event in events]
-    if sum(map(len, frames)) > WRITE_BYTES:
+def one_write(parts: list[bytes]) -> bytes | None:
+    """`parts` joined into one write, or None when that is over WRITE_BYTES."""
+    if sum(map(len, parts)) > WRITE_BYTES:
         return None
-    return b"".join(frames)
+    return b"".join(parts)
 
 
 class WsEventWire:
     """The `event` frames of one subscription id as unmasked WebSocket text frames, each
     built once per event and id and kept with the event (clients mostly use the same
-    few ids, so one build serves many subscribers)."""
+    few ids, so one build serves many subscribers). An event keeps at most
+    ENCODINGS_KEPT encodings: ids chosen per client (UUIDs) are built each time instead
+    of growing every event by one frame per subscriber."""
 
     __slots__ = ("head", "key")
 
@@ -94,10 +93,12 @@ class WsEventWire:
         self.head = b'{"op":"event","sub":' + sub_text.encode() + b","
 
     def __call__(self, event: Event) -> bytes:
-        wire = event.encoded.get(self.key)
+        encoded = event.encoded
+        wire = encoded.get(self.key)
         if wire is None:
             wire = ws_text_frame(self.head + event.envelope_json()[1:])
-            event.encoded[self.key] = wire
+            if len(encoded) < ENCODINGS_KEPT:
+                encoded[self.key] = wire
         return wire
 
 

@@ -41,9 +41,12 @@ async def serve_with_handoff(app: ASGIApp, scope: Scope, receive: Receive, send:
     """Run `app`, then the body it parked, if any."""
     parked: list[Body] = []
     scope[SLOT] = parked
-    await app(scope, receive, send)
+    try:
+        await app(scope, receive, send)
+    finally:
+        del scope[SLOT]  # the scope outlives the body: it must not keep the body alive
     if parked:
-        await parked[0](receive, send)
+        await parked.pop()(receive, send)
 
 
 def park(scope: Scope, body: Body) -> bool:

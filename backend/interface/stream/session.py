@@ -3,9 +3,10 @@
 A transport iterates `Session.items()` and writes what it gets in its own encoding: the
 `OPENED` marker once the start is fixed, batches of events, and in-band resets (a resume
 point that is gone restarts the subscription from the oldest retained event, never a
-silent skip). A watcher waits in `until_farewell` for shutdown or token expiry; the
-transport then says goodbye its own way: SSE ends its session and writes a comment,
-WebSocket closes the whole socket.
+silent skip). Shutdown and token expiry end a session from outside (`end`, called by the
+process's SSE and WebSocket sweeps; queue-consumer streams wait in `until_farewell`);
+the transport then says goodbye its own way: SSE writes a comment, WebSocket closes the
+whole socket.
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ docs/performance.md has the measurements behind this design.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
 from starlette.responses import Response
@@ -95,8 +96,6 @@ class LiveEventStream(Response):
         self.state = state
         self.session = session
         self.expires_at = expires_at
-        self.write: Callable[[bytes], bool] | None = None
-        self.scope: Scope | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the headers, then write the stream after the framework has unwound."""
@@ -106,27 +105,24 @@ class LiveEventStream(Response):
             if scope.get("method") == "HEAD":
                 await send(END)
                 return
-            self.write = chunk_writer(scope)
-            self.scope = scope
-            parked = park(scope, self._run)
+            write = chunk_writer(scope)
+            tally = self.state.metrics.tally("sse") if write is not None else None
+            stream = LiveStream(self.session, self.expires_at, write, tally)
+            on_connection_lost(scope, stream.lost)
+            parked = park(scope, partial(self._run, stream))
             if not parked:
                 parked = True
-                await self._run(receive, send)
+                await self._run(stream, receive, send)
         finally:
             if not parked:
                 self.state.guard.slots.release()
 
-    async def _run(self, receive: Receive, send: Send) -> None:
+    async def _run(self, stream: LiveStream, receive: Receive, send: Send) -> None:
         state = self.state
         session = self.session
         try:
-            write = self.write
-            tally = state.metrics.tally("sse") if write is not None else None
-            stream = LiveStream(session, self.expires_at, write, tally)
-            if write is not None:
+            if stream.write is not None:
                 session.sink = stream.deliver
-            if self.scope is not None:
-                on_connection_lost(self.scope, stream.lost)
             gauge = state.metrics.connections.labels("sse")
             gauge.inc()
             state.sse.add(stream)

@@ -75,21 +75,19 @@ class LiveStream:
         self.cancel.cancel()
 
     def deliver(self, events: list[Event]) -> bool:
-        """Write `events` now, unless the stream's own task is mid-write, the socket is
-        backed up or the batch is over WRITE_BYTES (False: the hub then buffers them for
-        the task, which writes them in parts as the client reads)."""
+        """Write `events` now, unless the socket is backed up or the batch is over
+        WRITE_BYTES (False: the hub then buffers them for the task, which writes them in
+        parts as the client reads). The hub offers a batch only while the stream's task
+        waits for one, so the task is never mid-write here."""
         write = self.write
-        if write is None or self.writing:
+        if write is None:
             return False
         body = sse_chunk(events[0]) if len(events) == 1 else sse_chunks(events)
         if body is None or not write(body):
             return False
         self.written_at = time.monotonic()
-        tally = self.tally
-        if tally is not None:
-            tally.count += len(events)
-            if tally.oldest is None:
-                tally.oldest = events[0]
+        if self.tally is not None:
+            self.tally.add(events)
         return True
 
 

@@ -29,7 +29,7 @@ from backend.interface.http.errors import DB_DOWN
 from backend.interface.security.auth import Permission, Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.session import Farewell
-from backend.interface.stream.ws.frames import Frame, SubId
+from backend.interface.stream.ws.frames import GOING_AWAY, POLICY_VIOLATION, Frame, SubId
 from backend.services.consume import Delivery
 
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
 
 FAREWELL_CLOSE: dict[Farewell, tuple[int, str]] = {
     Farewell.SHUTDOWN: (GOING_AWAY, ""),

@@ -3,8 +3,8 @@
 While a subscription's task waits for events, the hub hands each read's events to this
 writer, which sends them as pre-built frames (one per event, built once per event and
 subscription id) with no task switch. It refuses, and the task sends as usual, when the
-socket is backed up, closing, compressed or served by another server, or the batch is
-over WRITE_BYTES; and it writes
+socket is backed up, closing, compressed or served by another server, another task's
+write holds the socket, or the batch is over WRITE_BYTES; and it writes
 nothing once the subscription is cancelled (`unsubscribed` promises that no event of
 its id follows, and the task may not have seen its cancellation yet).
 """
@@ -12,46 +12,53 @@ its id follows, and the task may not have seen its cancellation yet).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import frame_writer
-from backend.interface.stream.encoding import WsEventWire, ws_event_wires
+from backend.interface.stream.encoding import WsEventWire, one_write
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.frames import SubId
 from backend.services.hub import DirectWriter
 
 
+class Turns(Protocol):
+    """What the writer needs of the socket's connection: whether a write holds it."""
+
+    writing: bool
+
+
 class DirectFrames:
     """The direct writer of one subscription on one socket."""
 
-    __slots__ = ("scope", "tally", "wire", "write")
+    __slots__ = ("connection", "scope", "tally", "wire", "write")
 
     def __init__(
         self,
         write: Callable[[bytes], bool],
+        connection: Turns,
         scope: anyio.CancelScope,
         sub_text: str,
         tally: DirectTally,
     ) -> None:
         self.write = write
+        self.connection = connection
         self.scope = scope
         self.wire = WsEventWire(sub_text)
         self.tally = tally
 
     def __call__(self, events: list[Event]) -> bool:
-        if self.scope.cancel_called:
+        # Another task's write holds the socket: its frames stay together.
+        if self.scope.cancel_called or self.connection.writing:
             return False
         wire = self.wire
-        frames = wire(events[0]) if len(events) == 1 else ws_event_wires(wire, events)
+        frames = wire(events[0]) if len(events) == 1 else one_write([wire(e) for e in events])
         if frames is None or not self.write(frames):
             return False
-        tally = self.tally
-        tally.count += len(events)
-        if tally.oldest is None:
-            tally.oldest = events[0]
+        self.tally.add(events)
         return True
 
 
@@ -61,4 +68,4 @@ def direct_frames(connection: Connection, sub: SubId, sub_text: str) -> DirectWr
     scope = connection.subscriptions.get(sub)
     if write is None or scope is None:
         return None
-    return DirectFrames(write, scope, sub_text, connection.state.metrics.tally("ws"))
+    return DirectFrames(write, connection, scope, sub_text, connection.state.metrics.tally("ws"))

@@ -15,6 +15,12 @@ from backend.testing.memory_log import MemoryLog
 pytestmark = pytest.mark.anyio
 
 
+class Turns:
+    """The connection's turn-taking as the writer sees it."""
+
+    writing = False
+
+
 def unframe(wire: bytes) -> list[dict[str, object]]:
     """Split unmasked text frames (payloads under 64 KiB) back into their JSON."""
     frames = []
@@ -39,7 +45,7 @@ async def test_events_go_out_as_event_frames_until_the_subscription_is_cancelled
 
     scope = anyio.CancelScope()
     tally = DirectTally()
-    frames = DirectFrames(write, scope, '"s"', tally)
+    frames = DirectFrames(write, Turns(), scope, '"s"', tally)
     assert frames(events[:1])
     assert frames(events[1:])
     assert [unframe(w) for w in written] == [
@@ -55,7 +61,7 @@ async def test_events_go_out_as_event_frames_until_the_subscription_is_cancelled
 async def test_refused_writes_are_not_counted() -> None:
     log = MemoryLog()
     tally = DirectTally()
-    frames = DirectFrames(lambda _: False, anyio.CancelScope(), "1", tally)
+    frames = DirectFrames(lambda _: False, Turns(), anyio.CancelScope(), "1", tally)
     assert not frames([log.append("t", 1)])
     assert (tally.count, tally.oldest) == (0, None)
 
@@ -75,9 +81,26 @@ async def test_a_batch_over_write_bytes_is_left_to_the_task_but_one_big_event_is
         written.append(data)
         return True
 
-    frames = DirectFrames(write, anyio.CancelScope(), "1", DirectTally())
+    frames = DirectFrames(write, Turns(), anyio.CancelScope(), "1", DirectTally())
     assert not frames(big)
     assert written == []
     assert frames(big[:1])
     assert len(written[0]) > 20_000
     assert sum(len(w) for w in written) <= WRITE_BYTES
+
+
+async def test_nothing_is_written_while_another_write_holds_the_socket() -> None:
+    log = MemoryLog()
+    written: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    turns = Turns()
+    frames = DirectFrames(write, turns, anyio.CancelScope(), "1", DirectTally())
+    turns.writing = True
+    assert not frames([log.append("t", 1)])
+    turns.writing = False
+    assert frames([log.append("t", 2)])
+    assert len(written) == 1

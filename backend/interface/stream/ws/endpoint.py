@@ -32,12 +32,8 @@ from backend.interface.security.auth import Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.handoff import park
 from backend.interface.stream.slots import acquire_slot
-from backend.interface.stream.ws.connection import (
-    INTERNAL_ERROR,
-    POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
-    Connection,
-)
+from backend.interface.stream.ws.connection import Connection
+from backend.interface.stream.ws.frames import INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
 from backend.interface.stream.ws.ops import dispatch
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,12 @@ from typing import Any
 from backend.core import exactjson
 from backend.core.errors import PgcastError
 
+# Close codes pgcast sends (RFC 6455, 7.4.1).
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+
 SubId = str | int
 Frame = dict[str, Any]
 

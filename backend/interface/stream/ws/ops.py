@@ -25,8 +25,9 @@ from backend.interface.http.inputs import parse_after
 from backend.interface.security.access import throttle
 from backend.interface.security.auth import Permission
 from backend.interface.stream.encoding import envelopes_json
-from backend.interface.stream.ws.connection import POLICY_VIOLATION, REPORTED, Connection
+from backend.interface.stream.ws.connection import REPORTED, Connection
 from backend.interface.stream.ws.frames import (
+    POLICY_VIOLATION,
     Frame,
     FrameError,
     SubId,

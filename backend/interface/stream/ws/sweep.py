@@ -24,6 +24,7 @@ import anyio
 
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.trim import Trimmer
+from backend.interface.stream.ws.frames import POLICY_VIOLATION
 
 if TYPE_CHECKING:
     from backend.interface.stream.ws.connection import Connection
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 SWEEPS_PER_TIMEOUT = 4  # a stalled client is dropped within 1.25 x SEND_TIMEOUT
 AUTH_TIMEOUT_SECONDS = 10.0
-POLICY_VIOLATION = 1008
 NO_AUTH = "no auth frame in time"
 
 
