@@ -364,15 +364,12 @@ async def test_database_outage_gets_503_never_a_false_201(tmp_path: Path) -> Non
                 assert down.status_code == 503
                 assert down.headers["retry-after"] == "1"
                 assert down.json()["error"] == "database_unavailable"
-                # A stream that cannot read the log says so in a comment and ends.
-                async with client.stream(
-                    "GET", "/topics/out/events", params={"after": "earliest"}, headers=SSE
-                ) as stream:
-                    assert stream.status_code == 200
-                    with anyio.fail_after(10):
-                        body = (await stream.aread()).decode()
-                assert body.startswith("retry: ")
-                assert body.endswith(": database unavailable; reconnect\n\n")
+                # A stream fixes its start before answering, so it is refused the same way.
+                refused = await client.get(
+                    "/topics/out/events", params={"after": "earliest"}, headers=SSE
+                )
+                assert refused.status_code == 503
+                assert refused.json()["error"] == "database_unavailable"
                 pg.start()
                 with anyio.fail_after(20):
                     while (

@@ -81,6 +81,24 @@ class Session:
     sink: DirectWriter | None = None
     """The transport's direct writer, handed to each subscription (see `Subscription.sink`)."""
     _subscription: Subscription | None = field(default=None, init=False)
+    _opened: Subscription | CursorExpired | None = field(default=None, init=False)
+
+    async def open(self) -> None:
+        """Fix the start now, before the transport answers its client, so that every event
+        committed after the answer is delivered (`after=latest` included). A lost database
+        raises here, where the transport can still refuse with an error status."""
+        try:
+            self._opened = await self.engine.start_subscription(
+                self.patterns, self.after, self.filter
+            )
+        except CursorExpired as exc:
+            self._opened = exc
+
+    def close(self) -> None:
+        """Let go of a start fixed by `open` that `items` never took; safe to repeat."""
+        opened, self._opened = self._opened, None
+        if isinstance(opened, Subscription):
+            opened.close()
 
     def end(self, farewell: Farewell) -> None:
         """Stop from outside; the first farewell wins, and `items` then runs out."""
@@ -104,9 +122,14 @@ class Session:
         after = self.after
         while self.farewell is None:
             try:
-                subscription = await self.engine.start_subscription(
-                    self.patterns, after, self.filter
-                )
+                ready, self._opened = self._opened, None
+                if isinstance(ready, CursorExpired):
+                    raise ready
+                subscription = ready
+                if subscription is None:
+                    subscription = await self.engine.start_subscription(
+                        self.patterns, after, self.filter
+                    )
                 try:
                     self._follow(subscription)
                     if not opened:

@@ -101,6 +101,7 @@ class LiveEventStream(Response):
         """Send the headers, then write the stream after the framework has unwound."""
         parked = False
         try:
+            await self.session.open()  # the start is fixed before the client hears 200
             await send(START)
             if scope.get("method") == "HEAD":
                 await send(END)
@@ -115,6 +116,7 @@ class LiveEventStream(Response):
                 await self._run(stream, receive, send)
         finally:
             if not parked:
+                self.session.close()
                 self.state.guard.slots.release()
 
     async def _run(self, stream: LiveStream, receive: Receive, send: Send) -> None:
@@ -135,6 +137,7 @@ class LiveEventStream(Response):
                 state.sse.discard(stream)
                 gauge.dec()
         finally:
+            session.close()
             state.guard.slots.release()
 
     async def _serve(self, stream: LiveStream, receive: Receive, send: Send) -> bool:
