@@ -501,4 +501,4 @@ class Queues:
             self.on_events()
 
     def _conn(self) -> AbstractAsyncContextManager[Connection]:
-        return self.pool.acquire()
+        return self.pool.acquire(stateless=True)
