@@ -58,7 +58,6 @@ class Event:
     _data: Any = field(default=None, repr=False)
     _decoded: bool = field(default=False, repr=False)
     _envelope_json: bytes | None = field(default=None, repr=False)
-    _envelope_text: str | None = field(default=None, repr=False)
     encoded: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Per-transport encodings of this event, computed once and shared by all subscribers."""
 
@@ -83,12 +82,6 @@ class Event:
             "data": self.data,
             "time": format_time(self.time),
         }
-
-    def envelope_text(self) -> str:
-        """The envelope as text (WebSocket frames are text), decoded once per event."""
-        if self._envelope_text is None:
-            self._envelope_text = self.envelope_json().decode()
-        return self._envelope_text
 
     def envelope_json(self) -> bytes:
         """The wire envelope, encoded once per event.

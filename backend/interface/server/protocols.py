@@ -24,6 +24,11 @@ written them at once: an SSE response that is chunked and open (`chunk_writer`),
 WebSocket that is open and uncompressed (`frame_writer`), and in both cases a socket that
 is not backed up. Otherwise the writer refuses and the stream's task sends as usual.
 
+Coalesced WebSocket writes. Frames a socket's tasks send in one turn of the event loop
+(a claim's messages, a commit's answers) go out in one write at the end of that turn
+(`frame_sender`), not one system call each; any other write to the socket (a direct write,
+a close, uvicorn's own `send`) first flushes what is queued, so frames keep their order.
+
 Refused WebSocket handshakes. uvicorn logs a denial response (401/403 with a JSON body)
 as an ERROR ("returned without completing handshake"), so anyone could fill the error log
 with bad tokens. Here a refusal is complete once its body is sent, and it is logged as one
@@ -52,6 +57,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
+from backend.interface.stream.encoding import WRITE_BYTES
 from backend.interface.stream.handoff import serve_with_handoff
 
 logger = logging.getLogger(__name__)
@@ -199,10 +205,23 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
         # A close received or sent, or a lost connection, leaves the transport closing.
         if protocol.close_sent or transport.is_closing() or not writable.is_set():
             return False
-        transport.write(frames)
+        protocol.write_now(frames)
         return True
 
     return write_frames
+
+
+def frame_sender(scope: AppScope) -> Callable[[bytes], bool] | None:
+    """Like `frame_writer`, but the frames are queued and go out in one write with every
+    other frame the socket's tasks queue in this turn of the event loop. When it refuses
+    (backed up, closing) it has sent what was queued before, so uvicorn's `send` may
+    follow in order."""
+    protocol = scope.get(WS_PROTOCOL)
+    if not isinstance(protocol, WebSocketProtocol) or not protocol.handshake_complete:
+        return None
+    if protocol.conn.extensions:
+        return None
+    return protocol.send_soon
 
 
 def with_header_timeout(seconds: float) -> type[HttpProtocol]:
@@ -220,6 +239,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     _refusal_status: int | None = None
     _refusal_body: bytes = b""
+    _outbox: bytearray | None = None
+    """Frames queued in this turn of the event loop (`send_soon`); None when there are none."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -234,7 +255,46 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         finally:
             del self.scope[WS_PROTOCOL]  # type: ignore[misc]
 
+    def send_soon(self, frames: bytes) -> bool:
+        """Queue whole unmasked frames for one write at the end of this loop turn (at once
+        when WRITE_BYTES are queued); False, with what was queued before sent, when the
+        socket is backed up or closing."""
+        if self.close_sent or self.transport.is_closing():
+            self._outbox = None
+            return False
+        if not self.writable.is_set():
+            self.flush_frames()
+            return False
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = bytearray(frames)
+            self.loop.call_soon(self.flush_frames)
+        else:
+            outbox += frames
+        if len(outbox) >= WRITE_BYTES:
+            self.flush_frames()  # the transport's flow control sees it now
+        return True
+
+    def write_now(self, frames: bytes) -> None:
+        """Write whole frames at once, after those queued before them."""
+        outbox = self._outbox
+        if outbox is None:
+            self.transport.write(frames)
+        else:
+            self._outbox = None
+            outbox += frames
+            self.transport.write(outbox)
+
+    def flush_frames(self) -> None:
+        """Write what `send_soon` queued, unless the socket is closing by now."""
+        outbox = self._outbox
+        if outbox is not None:
+            self._outbox = None
+            if not self.close_sent and not self.transport.is_closing():
+                self.transport.write(outbox)
+
     async def send(self, message: Message) -> None:  # type: ignore[override]
+        self.flush_frames()
         refusing = not self.handshake_complete
         await super().send(message)  # type: ignore[arg-type]
         if not refusing:

@@ -66,10 +66,10 @@ def sse_retry(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
 
 
-def ws_event_frame(sub_text: str, event: Event) -> str:
-    """`{"op":"event","sub":S, ...envelope}` spliced from the envelope's text, which is
-    decoded once per event and shared by every WebSocket subscriber."""
-    return '{"op":"event","sub":' + sub_text + "," + event.envelope_text()[1:]
+def ws_event_frame(sub_text: str, event: Event) -> bytes:
+    """`{"op":"event","sub":S, ...envelope}` spliced from the envelope's JSON, which is
+    encoded once per event and shared by every WebSocket subscriber."""
+    return b'{"op":"event","sub":' + sub_text.encode() + b"," + event.envelope_json()[1:]
 
 
 def one_write(parts: list[bytes]) -> bytes | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,7 +28,9 @@ from backend.core import exactjson
 from backend.core.errors import DatabaseUnavailable, PgcastError, RateLimited, Unauthorized
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.security.auth import Permission, Principal
+from backend.interface.server.protocols import frame_sender
 from backend.interface.server.state import AppState
+from backend.interface.stream.encoding import WRITE_BYTES, ws_text_frame
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.ws.frames import GOING_AWAY, POLICY_VIOLATION, Frame, SubId
 from backend.services.consume import Delivery
@@ -116,7 +119,7 @@ class Connection:
         self.end(*FAREWELL_CLOSE[farewell])
 
     async def send(self, frame: Frame) -> None:
-        await self.write([exactjson.dumps(frame).decode()])
+        await self.write([exactjson.dumps(frame)])
 
     async def send_error(self, echo: Frame, exc: BaseException) -> None:
         error = _as_error(exc)
@@ -134,18 +137,37 @@ class Connection:
         principal.check(permission, *names)
         return principal
 
-    async def write(self, frames: Iterable[str]) -> None:
-        """Send `frames` together and in order, once no other write holds the socket.
+    async def write(self, payloads: Iterable[bytes]) -> None:
+        """Send text frames of these JSON `payloads` together and in order, once no other
+        write holds the socket.
 
-        `frames` may be a generator, so a long batch is encoded one frame at a time as it
-        goes out. Each frame sent counts as progress for the sweep; after a disconnect
-        the connection ends and the caller is cancelled at its next await.
+        `payloads` may be a generator: it runs once the socket is this write's. Under
+        pgcast's server, a batch of up to WRITE_BYTES joins the socket's other frames of
+        this loop turn in one write (`frame_sender`). A larger batch, or any batch while
+        the socket is backed up, goes through uvicorn's `send` frame by frame, each frame
+        encoded as it goes and waiting for the socket to drain, so a stalled client holds
+        little more than one frame. Each frame sent counts as progress for the sweep;
+        after a disconnect the connection ends and the caller is cancelled at its next
+        await.
         """
         await self._take_turn()
         self.progress_at = time.monotonic()
         try:
-            for frame in frames:
-                await self.websocket.send_text(frame)
+            rest = iter(payloads)
+            head: list[bytes] = []
+            send_soon = frame_sender(self.websocket.scope)
+            if send_soon is not None:
+                size = 0
+                for payload in rest:
+                    head.append(payload)
+                    size += len(payload)
+                    if size > WRITE_BYTES:
+                        break
+                else:
+                    if send_soon(b"".join(map(ws_text_frame, head))):
+                        return
+            for payload in chain(head, rest):
+                await self.websocket.send_text(payload.decode())
                 self.progress_at = time.monotonic()
         except WebSocketDisconnect:
             self.end(None)

@@ -136,7 +136,7 @@ async def publish(connection: Connection, frame: Frame) -> None:
         exactjson.dumps(ref),
         envelopes_json(published),
     )
-    await connection.write([body.decode()])
+    await connection.write([body])
 
 
 async def ping(connection: Connection, _frame: Frame) -> None:

@@ -92,7 +92,9 @@ async def run_consumer(
                 del connection.subscriptions[sub]
 
 
-def _message_frame(sub_json: bytes, delivery: Delivery, scope: anyio.CancelScope) -> Iterator[str]:
+def _message_frame(
+    sub_json: bytes, delivery: Delivery, scope: anyio.CancelScope
+) -> Iterator[bytes]:
     """The `message` frame, made when `write` is about to send it: from then on the
     message counts as delivered; a consumer stopped before that gives it back unused.
 
@@ -103,4 +105,4 @@ def _message_frame(sub_json: bytes, delivery: Delivery, scope: anyio.CancelScope
         return
     delivery.delivered = True
     body = delivery.message.to_json()
-    yield (b'{"op":"message","sub":' + sub_json + b"," + body[1:]).decode()
+    yield b'{"op":"message","sub":' + sub_json + b"," + body[1:]

@@ -85,7 +85,7 @@ async def _answer(
     connection: Connection, batch: list[Pending], outcomes: Iterator[Moved | BaseException | None]
 ) -> None:
     """`acked` / `nacked` frames written together; an error frame in its place in line."""
-    answers: list[str] = []
+    answers: list[bytes] = []
     for pending in batch:
         problem = pending.error
         if pending.settle is not None:
@@ -105,8 +105,8 @@ async def _answer(
         await connection.write(answers)
 
 
-def _settled_frame(message_id: int, moved: Moved | None) -> str:
+def _settled_frame(message_id: int, moved: Moved | None) -> bytes:
     if moved is None:
-        return f'{{"op":"acked","message":"{message_id}"}}'
+        return b'{"op":"acked","message":"%d"}' % message_id
     frame = {"op": "nacked", "message": str(message_id), "state": moved.state}
-    return exactjson.dumps(frame).decode()
+    return exactjson.dumps(frame)
