@@ -279,6 +279,8 @@ class WsStream(Stream):
         self.hello = hello
         self.on_text = on_text or count_events
         self._buffer = bytearray()
+        self._replies: list[bytes] | None = None
+        """Frames sent while one read is handled: they go out in one write after it."""
 
     def accept(self, head: bytes) -> bool:
         ok = head.startswith(b"HTTP/1.1 101")
@@ -287,10 +289,21 @@ class WsStream(Stream):
         return ok
 
     def send_text(self, payload: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self._replies is not None:
+            self._replies.append(ws_frame(payload))
+        elif self.transport is not None and not self.closed:
             self.transport.write(ws_frame(payload))
 
     def body(self, data: bytes) -> None:
+        self._replies = []
+        try:
+            self._frames(data)
+        finally:
+            replies, self._replies = self._replies, None
+            if replies and self.transport is not None and not self.closed:
+                self.transport.write(b"".join(replies))
+
+    def _frames(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         now = time.time()

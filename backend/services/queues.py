@@ -202,7 +202,8 @@ class Queues:
         self._notify_wake.set()
 
     async def enqueue(self, messages: Sequence[NewMessage]) -> list[Message]:
-        async with self._conn() as conn, conn.transaction():
+        """All or none: one INSERT statement, which commits on its own (one round trip)."""
+        async with self._conn() as conn:
             stored = await q.insert_messages(conn, messages)
         for queue in {m.queue for m in stored}:
             self.changed(queue)
