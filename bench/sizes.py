@@ -34,7 +34,7 @@ class Sizes:
     memory_ceiling_max: int = 5000  # WebSocket and raw-server steps stop here (ports)
     crowd: int = 0  # > 0: the idle-crowd check at the last memory step (`--full`)
     # 5. queue
-    queue_jobs: int = 3000
+    queue_jobs: tuple[int, ...] = (3000, 20_000)  # a short run, then a sustained one
     queue_consumers: int = 8
     queue_prefetch: tuple[int, ...] = (1, 10)
     # 6. capture
@@ -66,7 +66,7 @@ QUICK = Sizes(
     naive_listeners=5,
     memory_steps=(10, 20),
     memory_settle_seconds=0.1,
-    queue_jobs=40,
+    queue_jobs=(40,),
     queue_consumers=2,
     queue_prefetch=(1,),
     capture_rows=500,

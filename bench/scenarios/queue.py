@@ -1,10 +1,11 @@
 """Scenario 5: queue throughput, jobs/s from enqueue to ack.
 
 `queue_consumers` WebSocket consumers (`consume` with a prefetch, one process) ack every
-message as soon as it arrives; the parent then enqueues `queue_jobs` jobs over HTTP in
-arrays of 100. Rate = jobs / (last ack answered - first enqueue). Baseline: the same
-number of asyncpg workers running the classic loop (claim one row with FOR UPDATE SKIP
-LOCKED, delete it, commit) while the parent inserts the same jobs in arrays of 100.
+message as soon as it arrives; the parent then enqueues the jobs over HTTP in arrays of
+100, once for each count in `queue_jobs` (a short run, then a sustained one). Rate = jobs
+/ (last ack answered - first enqueue). Baseline: the same number of asyncpg workers
+running the classic loop (claim one row with FOR UPDATE SKIP LOCKED, delete it, commit)
+while the parent inserts the same jobs in arrays of 100.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _enqueue(base_url: str, queue: str, jobs: int, padding: str) -> None:
             sent += size
 
 
-def _pgcast(ctx: Context, prefetch: int) -> dict[str, Any]:
+def _pgcast(ctx: Context, prefetch: int, jobs: int) -> dict[str, Any]:
     sizes = ctx.sizes
     queue = f"bench.jobs-p{prefetch}"
     with ctx.stack.server() as server:
@@ -64,11 +65,11 @@ def _pgcast(ctx: Context, prefetch: int) -> dict[str, Any]:
         )
         try:
             ready = consumer.expect("ready", timeout=60)
-            consumer.send("expect", jobs=sizes.queue_jobs, timeout=120)
+            consumer.send("expect", jobs=jobs, timeout=120)
             meter = ctx.meter(server.process.pid)
             meter.start()
             started = time.time()
-            _enqueue(server.url, queue, sizes.queue_jobs, ctx.padding)
+            _enqueue(server.url, queue, jobs, ctx.padding)
             report = consumer.expect("result", timeout=180)
             cpu = meter.stop()
         finally:
@@ -102,7 +103,7 @@ async def _insert_jobs(dsn: str, jobs: int, padding: str) -> None:
         await conn.close()
 
 
-def _baseline(ctx: Context) -> dict[str, Any]:
+def _baseline(ctx: Context, jobs: int) -> dict[str, Any]:
     sizes = ctx.sizes
     workers = Child(
         skip_locked_workers, "skip-locked-workers", dsn=ctx.stack.url, workers=sizes.queue_consumers
@@ -110,10 +111,10 @@ def _baseline(ctx: Context) -> dict[str, Any]:
     try:
         workers.expect("ready", timeout=60)
         meter = ctx.meter(None)
-        workers.send("go", jobs=sizes.queue_jobs, timeout=120)
+        workers.send("go", jobs=jobs, timeout=120)
         meter.start()
         started = time.time()
-        asyncio.run(_insert_jobs(ctx.stack.url, sizes.queue_jobs, ctx.padding))
+        asyncio.run(_insert_jobs(ctx.stack.url, jobs, ctx.padding))
         report = workers.expect("result", timeout=180)
         cpu = meter.stop()
     finally:
@@ -131,19 +132,22 @@ def _baseline(ctx: Context) -> dict[str, Any]:
 def run(ctx: Context) -> ScenarioResult:
     sizes = ctx.sizes
     result = ScenarioResult(KEY, TITLE, METHOD)
-    ours = {p: _pgcast(ctx, p) for p in sizes.queue_prefetch}
-    base = _baseline(ctx)
-    for prefetch, got in ours.items():
-        note = "" if got["acked"] == sizes.queue_jobs else f"acked {got['acked']}"
-        result.rows.append(
-            Row(
-                f"{got['consumers']} WS consumers, prefetch {prefetch}, {sizes.queue_jobs} jobs",
-                "jobs/s",
-                got["jobs_per_s"],
-                base["jobs_per_s"],
-                f"SKIP LOCKED loop, {base['workers']} workers",
-                note=note or f"server {got['server_cpu_pct']:.0f}% CPU",
+    details: dict[str, Any] = {}
+    for jobs in sizes.queue_jobs:
+        ours = {p: _pgcast(ctx, p, jobs) for p in sizes.queue_prefetch}
+        base = _baseline(ctx, jobs)
+        for prefetch, got in ours.items():
+            note = "" if got["acked"] == jobs else f"acked {got['acked']}"
+            result.rows.append(
+                Row(
+                    f"{got['consumers']} WS consumers, prefetch {prefetch}, {jobs} jobs",
+                    "jobs/s",
+                    got["jobs_per_s"],
+                    base["jobs_per_s"],
+                    f"SKIP LOCKED loop, {base['workers']} workers",
+                    note=note or f"server {got['server_cpu_pct']:.0f}% CPU",
+                )
             )
-        )
-    result.details = {"pgcast": ours, "baseline": base}
+        details[str(jobs)] = {"pgcast": ours, "baseline": base}
+    result.details = details
     return result
