@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from backend.connectors.embedded import EmbeddedPostgres, free_port
+from backend.connectors.embedded import EmbeddedPostgres
 from backend.connectors.migrations import upgrade
 from backend.testing.server import ServerProcess, spawn
 
@@ -73,7 +73,7 @@ class Stack:
             yield self.shared
             return
         env = {**SERVER_ENV, "WORKERS": str(workers)}
-        process = spawn(self.url, port=free_port(), extra_env=env)
+        process = spawn(self.url, extra_env=env)
         try:
             yield process
         finally:
@@ -81,7 +81,7 @@ class Stack:
 
     def share_one_server(self) -> None:
         """Quick runs: one server for every scenario (saves a start per scenario)."""
-        self.shared = spawn(self.url, port=free_port(), extra_env=SERVER_ENV)
+        self.shared = spawn(self.url, extra_env=SERVER_ENV)
 
     def destroy(self) -> None:
         if self.shared is not None:

@@ -16,6 +16,9 @@ import httpx
 
 from backend.connectors.embedded import free_port as free_port
 
+PORT_ATTEMPTS = 3
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
 
 @dataclass
 class ServerProcess:
@@ -58,8 +61,25 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30
 def spawn(
     database_url: str, *, port: int | None = None, extra_env: dict[str, str] | None = None
 ) -> ServerProcess:
-    """Start `python -m backend serve` and wait until /healthz answers 200."""
-    port = port or free_port()
+    """Start `python -m backend serve` and wait until /healthz answers 200.
+
+    Without a `port`, a free one is picked; another test's server may take it first (the
+    port is free only until someone binds it), and then /healthz would answer from that
+    server. So the port must be held by this process, or another port is tried."""
+    for _ in range(PORT_ATTEMPTS - 1 if port is None else 0):
+        server = _start(database_url, free_port(), extra_env)
+        if _listens_on(server.process.pid, server.port):
+            return server
+        server.stop(signal.SIGKILL)
+        server.log_path.unlink(missing_ok=True)
+    server = _start(database_url, port or free_port(), extra_env)
+    if not _listens_on(server.process.pid, server.port):
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"port {server.port} is held by another process, not the server")
+    return server
+
+
+def _start(database_url: str, port: int, extra_env: dict[str, str] | None) -> ServerProcess:
     env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"}
     env.update(extra_env or {})
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgcast-server-{port}.log"
@@ -77,6 +97,27 @@ def spawn(
         server.stop(signal.SIGKILL)
         raise
     return server
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux /proc:
+    the listener's inode in /proc/net/tcp among the process's open sockets)."""
+    local = f"0100007F:{port:04X}"
+    listening = {
+        fields[9]
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == local and fields[3] == TCP_LISTEN
+    }
+    wanted = {f"socket:[{inode}]" for inode in listening}
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # the process is gone
+        return False
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(descriptor) in wanted:
+                return True
+    return False
 
 
 @contextlib.contextmanager
