@@ -44,7 +44,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=sorted(scenarios),
-        help="run only this scenario (repeatable); default: all, in suite order",
+        help=(
+            "run only this scenario (repeatable); default: all, in suite order; with --peers,"
+            " the peer scenarios among them"
+        ),
     )
     parser.add_argument(
         "--peers",

@@ -497,7 +497,8 @@ def markdown(run: dict[str, Any], results: list[ScenarioResult]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Install the peers, run every scenario, print the table, write JSON and markdown."""
+    """Install the peers, run every scenario (or those `--only` names), print the table,
+    write JSON and markdown."""
     try:
         python = peer_python()
     except PeersUnavailable as exc:
@@ -507,6 +508,10 @@ def main(args: argparse.Namespace) -> int:
     notes = [nchan.note] if nchan.note else []
     for note in notes:
         print(f"[bench] {note}", flush=True)
+    keys = [key for key in SCENARIOS if not args.only or key in args.only]
+    if not keys:
+        print(f"[bench] no peer scenario among {args.only}; they are {list(SCENARIOS)}")
+        return 2
     sizes = QUICK if args.quick else FULL
     if args.repetitions:
         sizes = PeerSizes(**{**vars(sizes), "repetitions": args.repetitions})
@@ -519,10 +524,11 @@ def main(args: argparse.Namespace) -> int:
         machine = machine_info(stack.version(), stack.workdir)
         ctx = Context(stack, BASE_QUICK if args.quick else BASE_FULL)
         run = Run(ctx, sizes, python, nchan)
-        results = [_scenario(key, run) for key in SCENARIOS]
+        results = [_scenario(key, run) for key in keys]
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    only = "".join(f" --only {key}" for key in args.only or ())
     record = {
-        "command": "python -m bench --peers" + (" --quick" if args.quick else ""),
+        "command": "python -m bench --peers" + (" --quick" if args.quick else "") + only,
         "started": started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "seconds": round(time.monotonic() - started, 1),
         "quick": args.quick,
