@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from backend.connectors.embedded import free_port
+from backend.testing.server import stop_process, wait_healthy
 from bench.machine import children_of
 from bench.peers.install import PEERS_DIR, Nchan
 from bench.scenarios.common import Context
@@ -58,25 +59,10 @@ def head_of(port: int, topic: str) -> str:
 
 
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PeerError(f"{name} exited with status {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise PeerError(f"{name} did not answer /healthz within 30 s")
-
-
-def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+    except (RuntimeError, TimeoutError) as exc:
+        raise PeerError(f"{name}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -116,7 +102,7 @@ def nchan(found: Nchan) -> Iterator[PubSub]:
             raise PeerError(f"nginx started {len(workers)} workers, expected 1")
         yield PubSub("Nchan", port, workers[0], (201, 202))
     finally:
-        _stop(process, signal.SIGQUIT)
+        stop_process(process, signal.SIGQUIT)
         shutil.rmtree(prefix, ignore_errors=True)
 
 
@@ -135,7 +121,7 @@ def broadcaster(python: Path, database_url: str) -> Iterator[PubSub]:
                 raise PeerError(f"{exc}: {log.read().decode(errors='replace')[-2000:]}") from None
             yield PubSub("broadcaster", port, process.pid, (201,))
         finally:
-            _stop(process)
+            stop_process(process)
 
 
 class LineProcess:
@@ -164,14 +150,14 @@ class LineProcess:
             message = json.loads(line)
             if key in message:
                 return dict(message)
-        _stop(self.process)
+        stop_process(self.process)
         assert self.process.stderr is not None
         error = self.process.stderr.read().decode(errors="replace")[-2000:]
         self.stop()
         raise PeerError(f"{self.process.args!r}: no {key!r} within {timeout:.0f} s\n{error}")
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
         self._selector.close()
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
