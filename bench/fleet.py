@@ -81,6 +81,7 @@ async def stream_fleet(
         error_count=len(errors),
     )
     started = time.process_time()  # receiving starts now (latency runs say `expect` later)
+    started_at = time.monotonic()
     order = await ctl.expect("expect", within=600)
     for kind, fleet in fleets.items():
         fleet.expect(order["events"], opened[kind])
@@ -91,7 +92,12 @@ async def stream_fleet(
     except TimeoutError:
         pass
     report = {kind: fleet_report(fleets[kind], len(opened[kind])) for kind in fleets}
-    ctl.send("result", cpu=time.process_time() - started, **report)
+    ctl.send(
+        "result",
+        cpu=time.process_time() - started,
+        elapsed=time.monotonic() - started_at,
+        **report,
+    )
     for streams in opened.values():
         for stream in streams:
             stream.close()
