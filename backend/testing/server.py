@@ -107,13 +107,14 @@ def _start(database_url: str, port: int, extra_env: dict[str, str] | None) -> Se
 
 
 def _listens_on(pid: int, port: int) -> bool:
-    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux /proc:
-    the listener's inode in /proc/net/tcp among the process's open sockets)."""
-    local = f"0100007F:{port:04X}"
+    """Whether process `pid` holds the socket listening on `port`, on any address (Linux
+    /proc: the listener's inode in /proc/net/tcp or tcp6 among the process's open sockets)."""
+    suffix = f":{port:04X}"
     listening = {
         fields[9]
-        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-        if fields[1] == local and fields[3] == TCP_LISTEN
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for fields in (line.split() for line in Path(table).read_text().splitlines()[1:])
+        if fields[1].endswith(suffix) and fields[3] == TCP_LISTEN
     }
     wanted = {f"socket:[{inode}]" for inode in listening}
     try:

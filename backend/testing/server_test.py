@@ -38,3 +38,10 @@ def test_a_port_another_process_listens_on_is_not_ours() -> None:
             assert not _listens_on(os.getpid(), port)
         finally:
             holder.kill()
+
+
+def test_a_port_listened_on_every_address_is_recognised() -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        assert _listens_on(os.getpid(), sock.getsockname()[1])
