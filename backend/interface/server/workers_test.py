@@ -25,9 +25,16 @@ MAX_STREAMS = 40  # all on one worker by chance: 2 x 2**-40
 
 
 def workers_of(server: ServerProcess) -> set[int]:
-    """The pids of the worker processes (not multiprocessing's resource tracker)."""
-    children = psutil.Process(server.process.pid).children()
-    return {child.pid for child in children if "spawn_main" in " ".join(child.cmdline())}
+    """The pids of the live worker processes (not multiprocessing's resource tracker, nor
+    a killed worker the supervisor has not reaped yet)."""
+    workers = set()
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.add(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return workers
 
 
 async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
