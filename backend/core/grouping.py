@@ -125,6 +125,11 @@ class Grouped(Generic[K, R, A]):
         except Exception as exc:  # noqa: BLE001 - every caller in the batch raises it
             for waiting in batch:
                 waiting.error = exc
+        except BaseException:  # the runner's own task is ending: the others get no answer
+            unfinished = DatabaseUnavailable("the run serving this request did not finish")
+            for waiting in batch:
+                waiting.error = unfinished
+            raise
         finally:
             for waiting in batch:
                 waiting.answered = True
