@@ -112,16 +112,18 @@ class Grouped(Generic[K, R, A]):
         for waiting in batch:
             waiting.taken = True
         line.running = True
+        answers: list[A] | None = None
         try:
-            with anyio.CancelScope(shield=True):
-                with anyio.fail_after(RUN_SECONDS):
-                    answers = await self.run(key, [w.request for w in batch])
-            for waiting, answer in zip(batch, answers, strict=True):
-                waiting.answer = answer
-        except TimeoutError:
-            late = DatabaseUnavailable(f"the database did not answer within {RUN_SECONDS:g} s")
-            for waiting in batch:
-                waiting.error = late
+            # One scope for both jobs: shielded from the callers, cancelled by its deadline.
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + RUN_SECONDS):
+                answers = await self.run(key, [w.request for w in batch])
+            if answers is None:  # the deadline cancelled the run
+                late = DatabaseUnavailable(f"the database did not answer within {RUN_SECONDS:g} s")
+                for waiting in batch:
+                    waiting.error = late
+            else:
+                for waiting, answer in zip(batch, answers, strict=True):
+                    waiting.answer = answer
         except Exception as exc:  # noqa: BLE001 - every caller in the batch raises it
             for waiting in batch:
                 waiting.error = exc

@@ -53,14 +53,22 @@ async def publish(
 
 @asynccontextmanager
 async def consume(
-    queue: str, *, prefetch: int = 1, lease: float = 30.0, engine: Engine | None = None
+    queue: str,
+    *,
+    prefetch: int = 1,
+    lease: float = 30.0,
+    read_ahead: int = 0,
+    engine: Engine | None = None,
 ) -> AsyncIterator[AsyncIterator[Delivery]]:
     """Consume `queue` on `engine` (default: the current one).
 
     Example: `async with consume("jobs", prefetch=4) as deliveries: async for d in deliveries:`
-    then `await d.ack()` (or `nack(delay=..., error=...)`, `extend(seconds)`).
+    then `await d.ack()` (or `nack(delay=..., error=...)`, `extend(seconds)`). With
+    `read_ahead=N`, up to N more are claimed while you work and handed out as you settle.
     """
-    async with (engine or Engine.current()).consume(queue, prefetch=prefetch, lease=lease) as it:
+    async with (engine or Engine.current()).consume(
+        queue, prefetch=prefetch, lease=lease, read_ahead=read_ahead
+    ) as it:
         yield it
 
 

@@ -1,11 +1,11 @@
 """Claims cancelled at random moments: no lease is ever stranded, no unseen claim costs an attempt.
 
-Consumers (prefetch 1 to 5) and long-poll JSON claims run against a real Postgres and are
-cancelled after a random few milliseconds, which lands in every step: waiting for a
-connection, the claim statement, the connection going back to the pool, between the
-deliveries of one batch, in an ack. Afterwards every message must be ready, acked or
-dead-lettered, none leased, and its attempt count must equal the number of times it
-actually reached a consumer.
+Consumers (prefetch 1 to 5, some reading ahead) and long-poll JSON claims run against a
+real Postgres and are cancelled after a random few milliseconds, which lands in every
+step: waiting for a connection, the claim statement, the connection going back to the
+pool, between the deliveries of one batch, while a read-ahead message is held, in an ack.
+Afterwards every message must be ready, acked or dead-lettered, none leased, and its
+attempt count must equal the number of times it actually reached a consumer.
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ class Seen:
 
 
 async def _consumer(queues: Queues, rng: random.Random, seen: Seen) -> None:
-    async with consume(queues, QUEUE, prefetch=rng.randint(1, 5), lease=60) as deliveries:
+    prefetch = rng.randint(1, 5)
+    read_ahead = rng.choice([0, 1, prefetch])
+    async with consume(
+        queues, QUEUE, prefetch=prefetch, lease=60, read_ahead=read_ahead
+    ) as deliveries:
         async for delivery in deliveries:
             seen.delivered[delivery.id] += 1
             if rng.random() < 0.3:

@@ -6,14 +6,22 @@ Leaving it returns every unsettled message to the queue at once (not after the l
 so a consumer that stops, is cancelled or disconnects never strands work; settled
 (acked) messages stay acked, and claimed messages that never reached the consumer go
 back with their attempt restored.
+
+With `read_ahead`, a consumer whose client is full claims that many more and holds them
+until the client has room, so the next message is at hand when an ack comes instead of a
+claim away. A held message has its lease running, so it is held at most `ahead_seconds`
+(then it goes back, its attempt unused), and a consumer whose client was slower than
+that stops reading ahead until it is fast again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -30,6 +38,9 @@ from backend.services.queues import (
 )
 from backend.services.settle import Retry, Settle
 
+AHEAD_SECONDS = 0.25
+"""How long a read-ahead message waits at most for its consumer (less for short leases)."""
+
 
 @dataclass(eq=False)
 class Delivery:
@@ -39,6 +50,11 @@ class Delivery:
     message: Message
     delivered: bool = False
     """Whether it reached its consumer; one that never did goes back without using an attempt."""
+    handed_at: float = 0.0
+    """When the iterator handed it out (`time.monotonic`, a cheaper clock to read than
+    the event loop's)."""
+    held_until: float = 0.0
+    """Read ahead: when it goes back if it has not been handed out by then."""
 
     @property
     def id(self) -> int:
@@ -107,16 +123,34 @@ class Consumer:
     """Leases in `in_flight` whose settlement is committing: they leave room for the next."""
     _freed: anyio.Event | None = None
 
+    read_ahead: int = 0
+    """How many to claim beyond `prefetch` while the client is full, held in `ahead`."""
+    ahead: deque[Delivery] = field(default_factory=deque)
+    """Claimed (and in `in_flight`) but not handed out yet, oldest first."""
+    _slow: bool = False
+    """The client held a message longer than `ahead_seconds`: no reading ahead for now."""
+
     def settled(self, lease: str) -> None:
         self.queues.holders.pop(lease, None)
+        let_go = lease in self.settling
         self.settling.discard(lease)
-        if self.in_flight.pop(lease, None) is not None:
+        delivery = self.in_flight.pop(lease, None)
+        if delivery is not None:
+            if not let_go:
+                self._note_pace(delivery)
             self._wake()
 
     def letting_go(self, lease: str) -> None:
-        if lease in self.in_flight and lease not in self.settling:
+        delivery = self.in_flight.get(lease)
+        if delivery is not None and lease not in self.settling:
             self.settling.add(lease)
+            self._note_pace(delivery)
             self._wake()
+
+    def _note_pace(self, delivery: Delivery) -> None:
+        if self.read_ahead and delivery.handed_at:
+            held = monotonic() - delivery.handed_at
+            self._slow = held > self.ahead_seconds
 
     def _wake(self) -> None:
         """Room came back: only this consumer cares (an ack makes nothing claimable)."""
@@ -124,16 +158,26 @@ class Consumer:
             self._freed.set()
 
     @property
+    def ahead_seconds(self) -> float:
+        return min(AHEAD_SECONDS, self.lease_seconds / 10)
+
+    @property
     def room(self) -> int:
-        """How many more messages it may claim: prefetch less those the client holds."""
-        return self.prefetch - len(self.in_flight) + len(self.settling)
+        """How many more messages the client may get: prefetch less those it holds."""
+        return self.prefetch - len(self.in_flight) + len(self.settling) + len(self.ahead)
 
     async def deliveries(self) -> AsyncGenerator[Delivery, None]:
-        """A full consumer waits for its own room to come back; one with room waits for
-        the queue's wake-ups (enqueues, nacks, returns)."""
+        """A full consumer reads ahead, if it may, then waits for its own room to come
+        back; one with room waits for the queue's wake-ups (enqueues, nacks, returns)."""
         quiet = False
         while True:
             room = self.room
+            if room > 0 and self.ahead:
+                for delivery in self._hand_out(room):
+                    if not self.marks_delivered:
+                        delivery.delivered = True
+                    yield delivery
+                continue
             if room <= 0 and quiet:
                 # Settles in this process free room at once (`Queues.holders`); only after
                 # a quiet poll ask the database about the rest (another process, reaped).
@@ -142,19 +186,50 @@ class Consumer:
             if room > 0:
                 woken = self.queues.waker.event(self.queue)
                 claimed = await self.queues.claim(self.queue, room, self.lease_seconds)
+                self._hold([self._track(message) for message in claimed])
             else:
                 woken = self._freed = anyio.Event()
-                claimed = []
-            batch = [self._track(message) for message in claimed]
-            for delivery in batch:
-                if not self.marks_delivered:
-                    delivery.delivered = True
-                yield delivery
+                claimed = await self._claim_ahead()
             if claimed:
                 continue
             with anyio.move_on_after(await self._idle_wait(room, woken)) as waited:
                 await woken.wait()
             quiet = waited.cancelled_caught
+            if self.ahead and monotonic() >= self.ahead[0].held_until:
+                quiet = False
+                self._slow = True
+                await self._give_back_ahead()
+
+    def _hand_out(self, room: int) -> list[Delivery]:
+        now = monotonic()
+        batch = [self.ahead.popleft() for _ in range(min(room, len(self.ahead)))]
+        for delivery in batch:
+            delivery.handed_at = now
+        return batch
+
+    def _hold(self, batch: list[Delivery]) -> None:
+        until = monotonic() + self.ahead_seconds
+        for delivery in batch:
+            delivery.held_until = until
+        self.ahead.extend(batch)
+
+    async def _claim_ahead(self) -> list[Message]:
+        """While the client is full and keeps pace, claim the next ones for it now."""
+        wanted = self.read_ahead - len(self.ahead)
+        if self._slow or wanted <= 0:
+            return []
+        claimed = await self.queues.claim(self.queue, wanted, self.lease_seconds)
+        self._hold([self._track(message) for message in claimed])
+        return claimed
+
+    async def _give_back_ahead(self) -> None:
+        """The client kept its room too long: the held messages go back, attempt unused."""
+        leases = [delivery.lease for delivery in self.ahead]
+        await self.queues.give_back(leases)
+        self.ahead.clear()
+        for lease in leases:
+            self.in_flight.pop(lease, None)
+            self.queues.holders.pop(lease, None)
 
     def _track(self, message: Message) -> Delivery:
         delivery = Delivery(self, message)
@@ -163,9 +238,13 @@ class Consumer:
         return delivery
 
     async def _idle_wait(self, room: int, woken: anyio.Event) -> float:
-        """Sleep until woken, the next delayed message is due, or the safety poll."""
+        """Sleep until woken, the next delayed message is due, the safety poll, or the
+        time a held message goes back."""
         if room <= 0:
-            return self.queues.poll_interval
+            longest = self.queues.poll_interval
+            if self.ahead:
+                longest = min(longest, max(0.0, self.ahead[0].held_until - monotonic()))
+            return longest
         return await due_wait(self.queues, self.queue, self.queues.poll_interval, woken)
 
     async def _forget_settled_elsewhere(self) -> None:
@@ -175,10 +254,12 @@ class Consumer:
             del self.in_flight[lease]
             self.settling.discard(lease)
             self.queues.holders.pop(lease, None)
+        self.ahead = deque(d for d in self.ahead if d.lease in self.in_flight)
 
     async def release_all(self) -> None:
         held, self.in_flight = list(self.in_flight.values()), {}
         self.settling.clear()
+        self.ahead.clear()
         for delivery in held:
             self.queues.holders.pop(delivery.lease, None)
         with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -224,6 +305,7 @@ async def consume(
     prefetch: int = 1,
     lease: float = 30.0,
     marks_delivered: bool = False,
+    read_ahead: int = 0,
 ) -> AsyncIterator[AsyncIterator[Delivery]]:
     """`async with consume(queues, "jobs", prefetch=4) as deliveries: async for d in deliveries`."""
     consumer = Consumer(
@@ -232,6 +314,7 @@ async def consume(
         integer(prefetch, "prefetch", 1, 1000),
         number(lease, "lease", 0.1, MAX_LEASE_SECONDS),
         marks_delivered,
+        read_ahead=integer(read_ahead, "read_ahead", 0, 1000),
     )
     try:
         async with aclosing(consumer.deliveries()) as deliveries:

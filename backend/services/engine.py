@@ -203,10 +203,13 @@ class Engine:
 
     @asynccontextmanager
     async def consume(
-        self, queue: str, *, prefetch: int = 1, lease: float = 30.0
+        self, queue: str, *, prefetch: int = 1, lease: float = 30.0, read_ahead: int = 0
     ) -> AsyncIterator[AsyncIterator[Delivery]]:
-        """Leased deliveries from `queue`; unsettled ones go back to the queue on exit."""
-        async with consume(self.queues, queue, prefetch=prefetch, lease=lease) as deliveries:
+        """Leased deliveries from `queue`; unsettled ones go back to the queue on exit.
+        `read_ahead`: how many to hold ready beyond `prefetch` (see `consume.Consumer`)."""
+        async with consume(
+            self.queues, queue, prefetch=prefetch, lease=lease, read_ahead=read_ahead
+        ) as deliveries:
             yield deliveries
 
     async def enqueue(

@@ -100,7 +100,7 @@ def _consumer_stream(
 ) -> EventStream:
     async def pump(send: MemoryObjectSendStream[bytes]) -> None:
         async with consume(
-            state.engine.queues, queue, prefetch=prefetch, lease=lease
+            state.engine.queues, queue, prefetch=prefetch, lease=lease, read_ahead=prefetch
         ) as deliveries:
             async for delivery in deliveries:
                 await send.send(b"event: message\ndata: %s\n\n" % delivery.message.to_json())

@@ -78,6 +78,7 @@ async def run_consumer(
                 prefetch=prefetch,
                 lease=lease,
                 marks_delivered=True,
+                read_ahead=prefetch,
             ) as deliveries:
                 await connection.send({"op": "subscribed", "id": sub})
                 async for delivery in deliveries:
