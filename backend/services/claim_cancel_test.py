@@ -5,7 +5,10 @@ real Postgres and are cancelled after a random few milliseconds, which lands in 
 step: waiting for a connection, the claim statement, the connection going back to the
 pool, between the deliveries of one batch, while a read-ahead message is held, in an ack.
 Afterwards every message must be ready, acked or dead-lettered, none leased, and its
-attempt count must equal the number of times it actually reached a consumer.
+attempt count must equal the number of times it actually reached a consumer. A second
+mix has every consumer reading ahead and acking most messages, with some clients slower
+than their consumer's holding time, so kept messages are also taken over by idle
+consumers and given back while cancellations land.
 """
 
 from __future__ import annotations
@@ -27,11 +30,29 @@ from backend.testing.engine import running_engine
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 
 QUEUE = "cancelled"
-MESSAGES = 40
-ROUNDS = 120
 CONSUMERS = 3
 POLL_LEASE = 0.2
 FAST = {"poll_interval_seconds": 0.05, "queue_reap_interval_seconds": 0.1}
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One run's shape: how many messages and rounds, and how its consumers behave."""
+
+    messages: int
+    rounds: int
+    longest: float
+    """Each consumer or poller is cancelled after up to this many seconds."""
+    read_ahead: tuple[int, ...]
+    """Read-ahead settings to pick from (a negative one means the consumer's prefetch)."""
+    ack_rate: float
+    lease: float
+    slow_rate: float = 0.0
+    """How often a consumer's client sits on a message past its consumer's holding time."""
+
+
+CLAIMS = Mix(40, 120, 0.015, (0, 1, -1), 0.3, 60)
+READ_AHEAD = Mix(1000, 30, 0.15, (1, 4, 8, -1), 0.9, 0.5, slow_rate=0.1)
 
 
 @dataclass
@@ -43,22 +64,27 @@ class Seen:
     acked: set[int] = field(default_factory=set)
 
 
-async def _consumer(queues: Queues, rng: random.Random, seen: Seen) -> None:
+async def _consumer(queues: Queues, rng: random.Random, seen: Seen, mix: Mix) -> None:
     prefetch = rng.randint(1, 5)
-    read_ahead = rng.choice([0, 1, prefetch])
+    read_ahead = rng.choice(mix.read_ahead)
     async with consume(
-        queues, QUEUE, prefetch=prefetch, lease=60, read_ahead=read_ahead
+        queues,
+        QUEUE,
+        prefetch=prefetch,
+        lease=mix.lease,
+        read_ahead=prefetch if read_ahead < 0 else read_ahead,
     ) as deliveries:
         async for delivery in deliveries:
             seen.delivered[delivery.id] += 1
-            if rng.random() < 0.3:
+            if rng.random() < mix.ack_rate:
                 seen.ack_tried.add(delivery.id)
                 await delivery.ack()
                 seen.acked.add(delivery.id)
-            await anyio.sleep(rng.uniform(0, 0.002))
+            slow = rng.random() < mix.slow_rate
+            await anyio.sleep(mix.lease / 5 if slow else rng.uniform(0, 0.002))
 
 
-async def _poller(queues: Queues, rng: random.Random, seen: Seen) -> None:
+async def _poller(queues: Queues, rng: random.Random, seen: Seen, _mix: Mix) -> None:
     """JSON claims keep their leases until they expire: short ones, for the reaper."""
     while True:
         limit, wait = rng.randint(1, 5), rng.uniform(0, 0.01)
@@ -67,29 +93,33 @@ async def _poller(queues: Queues, rng: random.Random, seen: Seen) -> None:
 
 
 async def _cancelled_after(
-    delay: float, run: Callable[[Queues, random.Random, Seen], Awaitable[None]], *args: Any
+    delay: float, run: Callable[[Queues, random.Random, Seen, Mix], Awaitable[None]], *args: Any
 ) -> None:
     with anyio.move_on_after(delay):
         await run(*args)
 
 
-async def test_random_cancellations_strand_nothing(database_url: str) -> None:
+@pytest.mark.parametrize("mix", [CLAIMS, READ_AHEAD], ids=["claims", "read_ahead"])
+async def test_random_cancellations_strand_nothing(database_url: str, mix: Mix) -> None:
     rng = random.Random(19)
     seen = Seen()
     async with running_engine(database_url, **FAST) as engine:
         queues = engine.queues
         await queues.enqueue(
-            [queues.message(QUEUE, i, max_attempts=rng.choice([1, 1000])) for i in range(MESSAGES)]
+            [
+                queues.message(QUEUE, i, max_attempts=rng.choice([1, 1000]))
+                for i in range(mix.messages)
+            ]
         )
-        for _ in range(ROUNDS):
+        for _ in range(mix.rounds):
             async with anyio.create_task_group() as tg:
                 for _ in range(CONSUMERS):
                     run = _consumer if rng.random() < 0.7 else _poller
                     own_rng = random.Random(rng.random())
-                    tg.start_soon(
-                        _cancelled_after, rng.uniform(0, 0.015), run, queues, own_rng, seen
-                    )
+                    delay = rng.uniform(0, mix.longest)
+                    tg.start_soon(_cancelled_after, delay, run, queues, own_rng, seen, mix)
         await anyio.sleep(POLL_LEASE + 0.5)  # the reaper returns the JSON claims
+        assert queues.keeping == {}
     conn = await connect(database_url)
     try:
         rows = await conn.fetch(
@@ -98,7 +128,7 @@ async def test_random_cancellations_strand_nothing(database_url: str) -> None:
         )
     finally:
         await conn.close()
-    assert len(rows) == MESSAGES
+    assert len(rows) == mix.messages
     for row in rows:
         message = row["id"]
         assert row["state"] != "leased", f"message {message} is leased to a gone consumer"
@@ -111,4 +141,4 @@ async def test_random_cancellations_strand_nothing(database_url: str) -> None:
             assert row["state"] == "acked"
         if row["state"] == "dead":
             assert seen.delivered[message] >= row["max_attempts"]
-    assert sum(seen.delivered.values()) > MESSAGES, "too few claims to mean anything"
+    assert sum(seen.delivered.values()) > mix.messages, "too few claims to mean anything"

@@ -7,11 +7,12 @@ so a consumer that stops, is cancelled or disconnects never strands work; settle
 (acked) messages stay acked, and claimed messages that never reached the consumer go
 back with their attempt restored.
 
-With `read_ahead`, a consumer whose client is full claims that many more and holds them
-until the client has room, so the next message is at hand when an ack comes instead of a
-claim away. A held message has its lease running, so it is held at most `ahead_seconds`
-(then it goes back, its attempt unused), and a consumer whose client was slower than
-that stops reading ahead until it is fast again.
+With `read_ahead`, a consumer claims up to that many more than its client may hold and
+keeps them until the client has room, so the next message is at hand when an ack comes
+instead of a claim away, and claims come in batches. A held message has its lease
+running, so it is held at most `ahead_seconds` (then it goes back, its attempt unused),
+and the consumer holds only as many as its client's pace takes in half that time: none
+before the client has settled a message, none after held ones had to go back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from math import inf
 from time import monotonic
 from typing import Any
 
@@ -40,6 +42,8 @@ from backend.services.settle import Retry, Settle
 
 AHEAD_SECONDS = 0.25
 """How long a read-ahead message waits at most for its consumer (less for short leases)."""
+STREAM_READ_AHEAD = 8
+"""How many SSE and WebSocket consumers read ahead at most (their `prefetch` if larger)."""
 
 
 @dataclass(eq=False)
@@ -127,8 +131,9 @@ class Consumer:
     """How many to claim beyond `prefetch` while the client is full, held in `ahead`."""
     ahead: deque[Delivery] = field(default_factory=deque)
     """Claimed (and in `in_flight`) but not handed out yet, oldest first."""
-    _slow: bool = False
-    """The client held a message longer than `ahead_seconds`: no reading ahead for now."""
+    _held_for: float = inf
+    """How long the client held the last message it settled (inf: not known yet, or
+    held messages had to go back): how many it takes within `ahead_seconds`."""
 
     def settled(self, lease: str) -> None:
         self.queues.holders.pop(lease, None)
@@ -149,8 +154,15 @@ class Consumer:
 
     def _note_pace(self, delivery: Delivery) -> None:
         if self.read_ahead and delivery.handed_at:
-            held = monotonic() - delivery.handed_at
-            self._slow = held > self.ahead_seconds
+            self._held_for = monotonic() - delivery.handed_at
+
+    def _ahead_target(self) -> int:
+        """As many as the client is expected to take in half the holding time, at most
+        `read_ahead`; none before its pace is known or once it fell behind."""
+        if not self.read_ahead or self._held_for == inf:
+            return 0
+        takes = self.prefetch * self.ahead_seconds / 2 / max(self._held_for, 1e-6)
+        return min(self.read_ahead, int(takes))
 
     def _wake(self) -> None:
         """Room came back: only this consumer cares (an ack makes nothing claimable)."""
@@ -184,9 +196,12 @@ class Consumer:
                 await self._forget_settled_elsewhere()
                 room = self.room
             if room > 0:
+                if self._take_kept(room):
+                    continue
                 woken = self.queues.waker.event(self.queue)
-                claimed = await self.queues.claim(self.queue, room, self.lease_seconds)
-                self._hold([self._track(message) for message in claimed])
+                limit = room + self._ahead_wanted()
+                claimed = await self.queues.claim(self.queue, limit, self.lease_seconds)
+                self._hold([self._track(message) for message in claimed], room)
             else:
                 woken = self._freed = anyio.Event()
                 claimed = await self._claim_ahead()
@@ -197,7 +212,7 @@ class Consumer:
             quiet = waited.cancelled_caught
             if self.ahead and monotonic() >= self.ahead[0].held_until:
                 quiet = False
-                self._slow = True
+                self._held_for = inf
                 await self._give_back_ahead()
 
     def _hand_out(self, room: int) -> list[Delivery]:
@@ -205,28 +220,77 @@ class Consumer:
         batch = [self.ahead.popleft() for _ in range(min(room, len(self.ahead)))]
         for delivery in batch:
             delivery.handed_at = now
+        self._note_kept()
         return batch
 
-    def _hold(self, batch: list[Delivery]) -> None:
+    def _hold(self, batch: list[Delivery], room: int) -> None:
+        """Keep a claim's messages until handed out; those beyond the client's `room`
+        wake this queue's idle consumers here, which may take them (`_take_kept`)."""
         until = monotonic() + self.ahead_seconds
         for delivery in batch:
             delivery.held_until = until
         self.ahead.extend(batch)
+        if len(batch) > room:
+            self._note_kept()
+            self.queues.waker.wake(self.queue)
+
+    def _take_kept(self, room: int) -> bool:
+        """A consumer with room and nothing kept first takes what other consumers of its
+        queue here keep (with the same lease length), newest first, as each keeper hands
+        out its oldest next: no message waits on a busy consumer while this one idles."""
+        keepers = self.queues.keeping.get(self.queue)
+        if not keepers:
+            return False
+        for other in list(keepers):
+            if other is self or other.lease_seconds != self.lease_seconds:
+                continue
+            while room > len(self.ahead) and other.ahead:
+                delivery = other.ahead.pop()
+                del other.in_flight[delivery.lease]
+                delivery.consumer = self
+                self.in_flight[delivery.lease] = delivery
+                self.queues.holders[delivery.lease] = self.settled
+                self.ahead.appendleft(delivery)
+            other._note_kept()
+        self._note_kept()
+        return bool(self.ahead)
+
+    def _note_kept(self) -> None:
+        """List this consumer among its queue's keepers while it keeps any message."""
+        keeping = self.queues.keeping
+        if self.ahead:
+            keeping.setdefault(self.queue, set()).add(self)
+            return
+        keepers = keeping.get(self.queue)
+        if keepers is not None and self in keepers:
+            keepers.discard(self)
+            if not keepers:
+                del keeping[self.queue]
+
+    def _ahead_wanted(self) -> int:
+        """How many more to hold: none until half of those held are gone, then enough for
+        the target again, so they come in few claims."""
+        target = self._ahead_target()
+        if len(self.ahead) * 2 > target:
+            return 0
+        return target - len(self.ahead)
 
     async def _claim_ahead(self) -> list[Message]:
         """While the client is full and keeps pace, claim the next ones for it now."""
-        wanted = self.read_ahead - len(self.ahead)
-        if self._slow or wanted <= 0:
+        wanted = self._ahead_wanted()
+        if not wanted:
             return []
         claimed = await self.queues.claim(self.queue, wanted, self.lease_seconds)
-        self._hold([self._track(message) for message in claimed])
+        self._hold([self._track(message) for message in claimed], 0)
         return claimed
 
     async def _give_back_ahead(self) -> None:
-        """The client kept its room too long: the held messages go back, attempt unused."""
+        """The client kept its room too long: the held messages go back, attempt unused.
+        They leave `ahead` first, so no other consumer takes one on its way back."""
         leases = [delivery.lease for delivery in self.ahead]
-        await self.queues.give_back(leases)
         self.ahead.clear()
+        self._note_kept()
+        await self.queues.give_back(leases)
         for lease in leases:
             self.in_flight.pop(lease, None)
             self.queues.holders.pop(lease, None)
@@ -255,11 +319,13 @@ class Consumer:
             self.settling.discard(lease)
             self.queues.holders.pop(lease, None)
         self.ahead = deque(d for d in self.ahead if d.lease in self.in_flight)
+        self._note_kept()
 
     async def release_all(self) -> None:
         held, self.in_flight = list(self.in_flight.values()), {}
         self.settling.clear()
         self.ahead.clear()
+        self._note_kept()
         for delivery in held:
             self.queues.holders.pop(delivery.lease, None)
         with anyio.move_on_after(CLEANUP_SECONDS, shield=True):

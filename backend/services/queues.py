@@ -162,6 +162,9 @@ class Queues:
     holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
+    keeping: dict[str, set[Any]] = field(default_factory=dict)
+    """By queue, this process's consumers (`consume.Consumer`) that keep read-ahead
+    messages, which an idle consumer of the queue may take over."""
     settlements: SettleBatcher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)

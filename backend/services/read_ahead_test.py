@@ -45,7 +45,7 @@ async def test_a_full_consumer_holds_the_next_message_and_hands_it_out_on_ack(
 ) -> None:
     async with running_engine(database_url, **FAST) as engine:
         queues = engine.queues
-        await queues.enqueue([queues.message("ahead", n) for n in range(3)])
+        await queues.enqueue([queues.message("ahead", n) for n in range(4)])
         consumer = Consumer(queues, "ahead", prefetch=1, read_ahead=1)
         claims: list[int] = []
         real_claim = queues.claim
@@ -57,28 +57,32 @@ async def test_a_full_consumer_holds_the_next_message_and_hands_it_out_on_ack(
         queues.claim = counted  # type: ignore[method-assign]
         try:
             async with aclosing(consumer.deliveries()) as deliveries:
+                # Its client's pace is not known yet: nothing is held for it.
                 first = await anext(deliveries)
                 got: list[Delivery] = []
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
-                    await _until(queues, "ahead", 1, ("leased", 1))  # held, not handed out
-                    assert got == []
-                    assert [d.data for d in consumer.ahead] == [1]
-                    assert consumer.room == 0
-                    claims_before_ack = len(claims)
+                    await anyio.sleep(0.1)
+                    assert (await _states(queues, "ahead"))[1] == ("ready", 0)
                     await first.ack()
-                assert [d.data for d in got] == [1]
-                assert len(claims) == claims_before_ack  # handed out with no claim between
-                # Waiting for room again, it holds the third one for its client.
+                await got[0].ack()  # at once: now it is known to keep pace
+                second = await anext(deliveries)
+                # A client that keeps pace: while it is full, the next one is held for it.
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
-                    await _until(queues, "ahead", 2, ("leased", 1))
-                    tg.cancel_scope.cancel()
+                    await _until(queues, "ahead", 3, ("leased", 1))
+                    assert len(got) == 1
+                    assert [d.data for d in consumer.ahead] == [3]
+                    assert consumer.room == 0
+                    claims_before_ack = len(claims)
+                    await second.ack()
+                assert [d.data for d in got] == [1, 3]
+                assert len(claims) == claims_before_ack  # handed out with no claim between
         finally:
             await consumer.release_all()
         states = await _states(queues, "ahead")
-    # Leaving gave back the one handed out as a disconnect, and the held one unused.
-    assert states == {0: ("acked", 1), 1: ("ready", 1), 2: ("ready", 0)}
+    # Leaving gave back the one handed out and not settled as a disconnect.
+    assert states == {0: ("acked", 1), 1: ("acked", 1), 2: ("acked", 1), 3: ("ready", 1)}
 
 
 async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_ahead(
@@ -86,44 +90,45 @@ async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_
 ) -> None:
     async with running_engine(database_url, **FAST) as engine:
         queues = engine.queues
-        await queues.enqueue([queues.message("slow", n) for n in range(6)])
+        await queues.enqueue([queues.message("slow", n) for n in range(7)])
         consumer = Consumer(queues, "slow", prefetch=1, lease_seconds=1.0, read_ahead=1)
         assert consumer.ahead_seconds == pytest.approx(0.1)
         try:
             async with aclosing(consumer.deliveries()) as deliveries:
-                first = await anext(deliveries)
+                await (await anext(deliveries)).ack()
+                second = await anext(deliveries)  # the first went fast: it reads ahead
                 got: list[Delivery] = []
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
-                    await _until(queues, "slow", 1, ("leased", 1))
+                    await _until(queues, "slow", 2, ("leased", 1))
                     # Not handed out within 0.1 s: back to the queue, its attempt unused,
                     # where another consumer can have it.
-                    await _until(queues, "slow", 1, ("ready", 0))
+                    await _until(queues, "slow", 2, ("ready", 0))
                     assert not consumer.ahead
                     async with engine.consume("slow") as others:
                         with anyio.fail_after(5):
                             taken = await anext(others)
                         await taken.ack()
-                    await first.ack()
-                assert taken.data == 1
-                assert [d.data for d in got] == [2]
+                    await second.ack()
+                assert taken.data == 2
+                assert [d.data for d in got] == [3]
                 # That client held its message 0.1 s or more: no reading ahead now.
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
                     await anyio.sleep(0.3)
-                    assert (await _states(queues, "slow"))[3] == ("ready", 0)
+                    assert (await _states(queues, "slow"))[4] == ("ready", 0)
                     assert not consumer.ahead
                     await got[-1].ack()
-                assert [d.data for d in got] == [2, 3]
+                assert [d.data for d in got] == [3, 4]
                 # A quick ack: it keeps pace again, so it holds the next one again.
                 await got[-1].ack()
                 with anyio.fail_after(5):
                     got.append(await anext(deliveries))
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
-                    await _until(queues, "slow", 5, ("leased", 1))
+                    await _until(queues, "slow", 6, ("leased", 1))
                     tg.cancel_scope.cancel()
-                assert [d.data for d in got] == [2, 3, 4]
+                assert [d.data for d in got] == [3, 4, 5]
         finally:
             await consumer.release_all()
         states = await _states(queues, "slow")
@@ -132,6 +137,87 @@ async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_
         1: ("acked", 1),
         2: ("acked", 1),
         3: ("acked", 1),
-        4: ("ready", 1),
-        5: ("ready", 0),
+        4: ("acked", 1),
+        5: ("ready", 1),
+        6: ("ready", 0),
     }
+
+
+async def test_a_fast_client_gets_several_held_in_one_claim(database_url: str) -> None:
+    """Held messages are claimed once half of them are gone, enough for the target."""
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue([queues.message("batch", n) for n in range(20)])
+        consumer = Consumer(queues, "batch", prefetch=1, lease_seconds=30, read_ahead=4)
+        claims: list[int] = []
+        real_claim = queues.claim
+
+        async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
+            claims.append(limit)
+            return await real_claim(queue, limit, lease_seconds)
+
+        queues.claim = counted  # type: ignore[method-assign]
+        seen: list[int] = []
+        try:
+            async with aclosing(consumer.deliveries()) as deliveries:
+                with anyio.fail_after(10):
+                    async for delivery in deliveries:
+                        seen.append(delivery.data)
+                        await delivery.ack()
+                        if len(seen) == 20:
+                            break
+        finally:
+            await consumer.release_all()
+    assert seen == list(range(20))
+    # The first claim is for the client alone; once its pace is known, each claim also
+    # takes up to 4 to hold, and the next comes when those are handed out.
+    assert claims[0] == 1
+    assert max(claims) == 5
+    assert len(claims) <= 6
+
+
+async def test_an_idle_consumer_takes_over_what_a_busy_one_keeps(database_url: str) -> None:
+    async with running_engine(database_url, **FAST) as engine:
+        queues = engine.queues
+        await queues.enqueue([queues.message("share", n) for n in range(6)])
+        busy = Consumer(queues, "share", prefetch=1, read_ahead=4)
+        idle = Consumer(queues, "share", prefetch=1)
+        claims: list[int] = []
+        real_claim = queues.claim
+
+        async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
+            claims.append(limit)
+            return await real_claim(queue, limit, lease_seconds)
+
+        queues.claim = counted  # type: ignore[method-assign]
+        try:
+            async with (
+                aclosing(busy.deliveries()) as busy_deliveries,
+                aclosing(idle.deliveries()) as idle_deliveries,
+            ):
+                await (await anext(busy_deliveries)).ack()
+                held = await anext(busy_deliveries)  # one claim: this one and 4 to keep
+                assert [d.data for d in busy.ahead] == [2, 3, 4, 5]
+                claims_before = len(claims)
+                with anyio.fail_after(5):
+                    taken = await anext(idle_deliveries)
+                assert taken.data == 5  # the newest kept one, without a claim
+                assert len(claims) == claims_before
+                assert taken.consumer is idle
+                assert [d.data for d in busy.ahead] == [2, 3, 4]
+                await taken.ack()
+                await held.ack()
+                rest = []
+                for _ in range(3):
+                    with anyio.fail_after(5):
+                        delivery = await anext(busy_deliveries)
+                    rest.append(delivery.data)
+                    await delivery.ack()
+        finally:
+            await busy.release_all()
+            await idle.release_all()
+        states = await _states(queues, "share")
+        assert queues.keeping == {}
+    assert held.data == 1
+    assert rest == [2, 3, 4]
+    assert states == dict.fromkeys(range(6), ("acked", 1))

@@ -25,7 +25,7 @@ from backend.interface.security.access import require, throttle
 from backend.interface.security.auth import Permission, Principal
 from backend.interface.server.state import AppState
 from backend.interface.stream.sse import EventStream, sse_response
-from backend.services.consume import claim_within, consume
+from backend.services.consume import STREAM_READ_AHEAD, claim_within, consume
 from backend.services.queues import (
     MAX_DELAY_SECONDS,
     MAX_LEASE_SECONDS,
@@ -100,7 +100,11 @@ def _consumer_stream(
 ) -> EventStream:
     async def pump(send: MemoryObjectSendStream[bytes]) -> None:
         async with consume(
-            state.engine.queues, queue, prefetch=prefetch, lease=lease, read_ahead=prefetch
+            state.engine.queues,
+            queue,
+            prefetch=prefetch,
+            lease=lease,
+            read_ahead=max(prefetch, STREAM_READ_AHEAD),
         ) as deliveries:
             async for delivery in deliveries:
                 await send.send(b"event: message\ndata: %s\n\n" % delivery.message.to_json())

@@ -19,7 +19,7 @@ from backend.interface.stream.session import Farewell, Opened, Session
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.direct import direct_frames
 from backend.interface.stream.ws.frames import SubId
-from backend.services.consume import Delivery, consume
+from backend.services.consume import STREAM_READ_AHEAD, Delivery, consume
 
 
 async def run_subscription(
@@ -78,7 +78,7 @@ async def run_consumer(
                 prefetch=prefetch,
                 lease=lease,
                 marks_delivered=True,
-                read_ahead=prefetch,
+                read_ahead=max(prefetch, STREAM_READ_AHEAD),
             ) as deliveries:
                 await connection.send({"op": "subscribed", "id": sub})
                 async for delivery in deliveries:
