@@ -26,8 +26,20 @@ def parse_id(text: str) -> int:
 
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a Z suffix."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC with microseconds and a Z suffix. Written field by field: it runs
+    three times for every queue message sent, and %-formatting takes 0.6 of `isoformat`'s
+    time here (an f-string 0.85)."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 - the fastest spelling
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond,
+    )
 
 
 @dataclass(frozen=True, slots=True)
