@@ -487,6 +487,38 @@ async def test_unsubscribe_right_after_consume_strands_nothing(shared: ServerPro
         assert [m["attempt"] for m in ready["messages"]] == [1] * (40 - len(got))
 
 
+async def test_a_consumer_that_keeps_pace_has_messages_kept_and_given_back_unused(
+    shared: ServerProcess,
+) -> None:
+    """Read-ahead over a real socket: once the client has acked one message quickly, the
+    server keeps more claimed for it than its prefetch of 1, and unsubscribing gives
+    those back with no attempt used (the one the client held counts, as a disconnect)."""
+    async with httpx.AsyncClient(base_url=shared.url) as client, connect(shared.url) as ws:
+        await client.post("/queues/wsahead/messages", json=[{"data": n} for n in range(10)])
+        await send(ws, op="consume", id="a", queue="wsahead", prefetch=1)
+        assert await receive(ws) == {"op": "subscribed", "id": "a"}
+        first = await receive(ws)
+        await send(ws, op="ack", message=first["id"])
+        answers = await receive_many(ws, 2)  # "acked" and the next message, in either order
+        second = next(frame for frame in answers if frame["op"] == "message")
+        assert {frame["op"] for frame in answers} == {"acked", "message"}
+        with anyio.fail_after(5):
+            while (leased := (await client.get("/queues/wsahead")).json()["leased"]) < 2:
+                await anyio.sleep(0.01)
+        await send(ws, op="unsubscribe", id="a")
+        assert await receive(ws) == {"op": "unsubscribed", "id": "a"}
+        with anyio.fail_after(2):
+            while (stats := (await client.get("/queues/wsahead")).json())["leased"]:
+                await anyio.sleep(0.05)
+        ready = (await client.get("/queues/wsahead/messages", params={"limit": 100})).json()
+    assert 2 <= leased <= 9  # the client's one, and up to 8 kept
+    assert stats["ready"] == 9
+    # The claim just above counts one attempt more than each message had: the held one
+    # had used one, the kept ones none.
+    attempts = {m["data"]: m["attempt"] for m in ready["messages"]}
+    assert attempts == {n: 2 if n == second["data"] else 1 for n in range(1, 10)}
+
+
 async def _negotiated_extensions(url: str) -> str | None:
     """The extensions header of a handshake that offers permessage-deflate."""
     ws_url = url.replace("http", "ws", 1) + "/ws"
