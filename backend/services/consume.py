@@ -114,7 +114,8 @@ class Consumer:
     gives back each one: those that reached the consumer as a disconnect, the others as if
     never claimed. With `marks_delivered` the caller sets `Delivery.delivered` itself when
     the message actually leaves (a transport that may be cancelled before it writes);
-    otherwise handing it out of the iterator counts.
+    otherwise handing it out of the iterator counts. Kept (read-ahead) messages are in
+    `in_flight` too, never delivered until handed out.
     """
 
     queues: Queues
@@ -128,7 +129,7 @@ class Consumer:
     _freed: anyio.Event | None = None
 
     read_ahead: int = 0
-    """How many to claim beyond `prefetch` while the client is full, held in `ahead`."""
+    """How many at most to keep claimed beyond what the client may hold (in `ahead`)."""
     ahead: deque[Delivery] = field(default_factory=deque)
     """Claimed (and in `in_flight`) but not handed out yet, oldest first."""
     _held_for: float = inf
