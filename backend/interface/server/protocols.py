@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -64,6 +65,11 @@ logger = logging.getLogger(__name__)
 
 CYCLE = "pgcast.cycle"  # the request's uvicorn cycle, in its scope while the app runs
 LOST = "pgcast.lost"  # a response's callback for the client's connection closing
+SCOPE_KEPT = frozenset(
+    ("type", "http_version", "method", "path", "root_path", "query_string", "client", CYCLE, LOST)
+)
+"""What a parked stream's scope keeps: uvicorn's cycle reads the method and, for its
+access log, the client, path, query string and HTTP version."""
 WS_PROTOCOL = "pgcast.ws"  # the socket's uvicorn protocol, in its scope while the app runs
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
@@ -126,8 +132,15 @@ class HttpProtocol(HttpToolsProtocol):
             scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
         ) -> None:
             scope[CYCLE] = cycle  # type: ignore[literal-required]
+            app_scope: AppScope = scope  # type: ignore[assignment]
             try:
-                await serve_with_handoff(app, scope, receive, send)  # type: ignore[arg-type]
+                await serve_with_handoff(
+                    app,  # type: ignore[arg-type]
+                    app_scope,
+                    receive,  # type: ignore[arg-type]
+                    send,  # type: ignore[arg-type]
+                    partial(self._lighten, app_scope),
+                )
             finally:
                 del scope[CYCLE]  # type: ignore[misc]
                 scope.pop(LOST, None)  # type: ignore[misc]
@@ -136,6 +149,16 @@ class HttpProtocol(HttpToolsProtocol):
                 self.transport.close()
 
         super()._start_asgi_task(cycle, run_then_close_unfinished)
+
+    def _lighten(self, scope: AppScope) -> None:
+        """A parked stream body is about to run long after the app: its scope keeps only
+        what uvicorn still reads (HEAD handling, the access log) and pgcast's own keys, and
+        the request's headers go (an idle SSE stream holds about 1 KiB less)."""
+        kept = {key: value for key, value in scope.items() if key in SCOPE_KEPT}
+        scope.clear()
+        scope.update(kept)
+        if self.scope is scope:
+            self.headers = None  # type: ignore[assignment]  # as before a request begins
 
     def _arm(self) -> None:
         self._deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)

@@ -37,8 +37,14 @@ class StreamHandoff:
         await serve_with_handoff(self.app, scope, receive, send)
 
 
-async def serve_with_handoff(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run `app`, then the body it parked, if any."""
+async def serve_with_handoff(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    before_body: Callable[[], None] | None = None,
+) -> None:
+    """Run `app`, then the body it parked, if any (after `before_body`)."""
     parked: list[Body] = []
     scope[SLOT] = parked
     try:
@@ -46,6 +52,8 @@ async def serve_with_handoff(app: ASGIApp, scope: Scope, receive: Receive, send:
     finally:
         del scope[SLOT]  # the scope outlives the body: it must not keep the body alive
     if parked:
+        if before_body is not None:
+            before_body()
         await parked.pop()(receive, send)
 
 

@@ -1,0 +1,65 @@
+"""A parked stream body runs with a scope trimmed to what uvicorn still reads.
+
+Runs `HttpProtocol` on a real socket pair: a request whose app parks a body, which then
+looks at the scope it shares with the server while the response streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from backend.interface.server.protocols import CYCLE, SCOPE_KEPT, HttpProtocol
+from backend.interface.stream.handoff import park
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_parked_body_keeps_only_what_the_server_reads() -> None:
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+    done = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["while_app_runs"] = set(scope)
+
+        async def body(receive: Any, send: Any) -> None:
+            seen["while_body_runs"] = dict(scope)
+            seen["protocol_headers"] = protocol.headers
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            done.set()
+
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert park(scope, body)
+
+    ours, theirs = socket.socketpair()
+    config = uvicorn.Config(app=app, http=HttpProtocol)
+    config.load()
+    _, protocol = await loop.connect_accepted_socket(
+        lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
+    )
+    try:
+        theirs.sendall(
+            b"GET /stream?x=1 HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n"
+            b"User-Agent: test\r\n\r\n"
+        )
+        await asyncio.wait_for(done.wait(), 5)
+        theirs.setblocking(False)
+        answer = theirs.recv(4096)
+    finally:
+        protocol.transport.close()
+        theirs.close()
+    assert {"headers", "state", "asgi", "server", "scheme"} <= seen["while_app_runs"]
+    kept = seen["while_body_runs"]
+    assert set(kept) <= SCOPE_KEPT
+    assert CYCLE in kept
+    assert (kept["method"], kept["path"], kept["query_string"]) == ("GET", "/stream", b"x=1")
+    assert seen["protocol_headers"] is None  # the request's headers are let go too
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"data: 1" in answer
