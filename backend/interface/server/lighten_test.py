@@ -26,11 +26,16 @@ async def test_a_parked_body_keeps_only_what_the_server_reads() -> None:
     done = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/again":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         seen["while_app_runs"] = set(scope)
 
         async def body(receive: Any, send: Any) -> None:
             seen["while_body_runs"] = dict(scope)
             seen["protocol_headers"] = protocol.headers
+            seen["protocol_parser"] = protocol.parser
             await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             done.set()
@@ -44,14 +49,18 @@ async def test_a_parked_body_keeps_only_what_the_server_reads() -> None:
     _, protocol = await loop.connect_accepted_socket(
         lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
     )
+    theirs.setblocking(False)
     try:
-        theirs.sendall(
+        await loop.sock_sendall(
+            theirs,
             b"GET /stream?x=1 HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n"
-            b"User-Agent: test\r\n\r\n"
+            b"User-Agent: test\r\n\r\n",
         )
         await asyncio.wait_for(done.wait(), 5)
-        theirs.setblocking(False)
-        answer = theirs.recv(4096)
+        answer = await asyncio.wait_for(loop.sock_recv(theirs, 4096), 5)
+        # The same connection serves the next request: a new parser is made for it.
+        await loop.sock_sendall(theirs, b"GET /again HTTP/1.1\r\nHost: h\r\n\r\n")
+        again = await asyncio.wait_for(loop.sock_recv(theirs, 4096), 5)
     finally:
         protocol.transport.close()
         theirs.close()
@@ -61,5 +70,7 @@ async def test_a_parked_body_keeps_only_what_the_server_reads() -> None:
     assert CYCLE in kept
     assert (kept["method"], kept["path"], kept["query_string"]) == ("GET", "/stream", b"x=1")
     assert seen["protocol_headers"] is None  # the request's headers are let go too
+    assert seen["protocol_parser"] is None  # and its parser, which has finished
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b"data: 1" in answer
+    assert again.startswith(b"HTTP/1.1 204 ")
