@@ -213,6 +213,16 @@ def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     return write_chunks
 
 
+def connection_aborter(scope: AppScope) -> Callable[[], None] | None:
+    """For a request served by `HttpProtocol`: a function that drops its connection at
+    once (the server then releases a waiting write and calls the `on_connection_lost`
+    callback). None under any other server."""
+    cycle = scope.get(CYCLE)
+    if not isinstance(cycle, RequestResponseCycle):
+        return None
+    return cycle.transport.abort
+
+
 def on_connection_lost(scope: AppScope, callback: Callable[[], None]) -> bool:
     """Have `callback` run when the client's connection closes before the response ends;
     False under any other server (nothing will call it)."""

@@ -33,6 +33,8 @@ class Farewell(Enum):
 
     SHUTDOWN = "server shutting down; reconnect"
     EXPIRED = "token expired"
+    GONE = "client gone"
+    """The server saw the client's connection close: nobody is left to hear a goodbye."""
 
 
 def farewell_due(stopping: anyio.Event, expires_at: float | None) -> Farewell | None:

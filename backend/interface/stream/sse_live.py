@@ -5,22 +5,23 @@ nothing of its own but this small object and the request task uvicorn already ha
 group, no writer/ping/disconnect tasks, no timeout scope per write. The task iterates the
 subscription's session (`stream.session.Session`) and writes each batch of pre-encoded
 frames as it comes; the process's `SseSweep` pokes it when a heartbeat is due (it then
-checks that the client is still there and writes a comment), cancels a write that makes
-no progress, and ends the session on shutdown or token expiry, after which the task
+checks that the client is still there and writes a comment), drops a client whose write
+makes no progress, and ends the session on shutdown or token expiry, after which the task
 writes the farewell comment itself. A resume point that is gone becomes an in-band
 `pgcast.reset` event. Once its headers are out the response parks its body with
 `handoff.StreamHandoff`, so no framework frame stays alive while it is open and no
 middleware wraps its writes. Then, under pgcast's own server, the stream is also its
 session's sink: while the task waits for events, the hub writes them into the response
-itself (`protocols.chunk_writer`), so a live event costs no task switch per subscriber.
-docs/performance.md has the measurements behind this design.
+itself (`protocols.chunk_writer`), so a live event costs no task switch per subscriber,
+and a closed or stalled connection ends the session (`LiveStream.lost`, `stalled`) with no
+cancel scope per stream. docs/performance.md has the measurements behind this design.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from datetime import UTC, datetime
 from functools import partial
 
@@ -31,7 +32,11 @@ from starlette.types import Receive, Scope, Send
 from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
-from backend.interface.server.protocols import chunk_writer, on_connection_lost
+from backend.interface.server.protocols import (
+    chunk_writer,
+    connection_aborter,
+    on_connection_lost,
+)
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import (
     WRITE_BYTES,
@@ -41,7 +46,7 @@ from backend.interface.stream.encoding import (
     sse_retry,
 )
 from backend.interface.stream.handoff import park
-from backend.interface.stream.session import Session
+from backend.interface.stream.session import Farewell, Session
 from backend.interface.stream.sse_sweep import LiveStream
 
 DB_DOWN_COMMENT = "database unavailable; reconnect"
@@ -52,6 +57,8 @@ HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 START = {"type": "http.response.start", "status": 200, "headers": HEADERS}
+NOT_CANCELLABLE = nullcontext()
+"""Under pgcast's server a stream needs no cancel scope of its own (`LiveStream.stalled`)."""
 END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -108,7 +115,8 @@ class LiveEventStream(Response):
                 return
             write = chunk_writer(scope)
             tally = self.state.metrics.tally("sse") if write is not None else None
-            stream = LiveStream(self.session, self.expires_at, write, tally)
+            abort = connection_aborter(scope)
+            stream = LiveStream(self.session, self.expires_at, write, tally, abort)
             on_connection_lost(scope, stream.lost)
             parked = park(scope, partial(self._run, stream))
             if not parked:
@@ -129,7 +137,7 @@ class LiveEventStream(Response):
             gauge.inc()
             state.sse.add(stream)
             try:
-                with stream.cancel:
+                with stream.cancel if stream.cancel is not None else NOT_CANCELLABLE:
                     if await self._serve(stream, receive, send):
                         await send(END)
             finally:
@@ -168,13 +176,16 @@ class LiveEventStream(Response):
         except DB_DOWN:
             await _write(stream, send, sse_comment(DB_DOWN_COMMENT))
             return True
+        if session.farewell is Farewell.GONE:
+            return False
         if session.farewell is not None:
             await _write(stream, send, sse_comment(session.farewell.value))
         return True
 
 
 async def _write(stream: LiveStream, send: Send, body: bytes) -> None:
-    """One body message; the sweep cancels it when it makes no progress for SEND_TIMEOUT."""
+    """One body message; the sweep drops the client when it makes no progress for
+    SEND_TIMEOUT."""
     stream.writing = True
     stream.written_at = time.monotonic()
     try:

@@ -41,9 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-FAREWELL_CLOSE: dict[Farewell, tuple[int, str]] = {
+FAREWELL_CLOSE: dict[Farewell, tuple[int | None, str]] = {
     Farewell.SHUTDOWN: (GOING_AWAY, ""),
     Farewell.EXPIRED: (POLICY_VIOLATION, Farewell.EXPIRED.value),
+    Farewell.GONE: (None, ""),
 }
 
 # Failures of one frame or one subscription that the client hears about in an error frame.
