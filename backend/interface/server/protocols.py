@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import httptools
@@ -60,7 +59,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
 from backend.interface.stream.encoding import WRITE_BYTES
-from backend.interface.stream.handoff import serve_with_handoff
+from backend.interface.stream.handoff import close_slot, open_slot
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +131,19 @@ class HttpProtocol(HttpToolsProtocol):
         async def run_then_close_unfinished(
             scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
         ) -> None:
+            # The handoff (`stream.handoff`) done here rather than in a function of its
+            # own: a parked body runs under this frame for as long as it streams.
             scope[CYCLE] = cycle  # type: ignore[literal-required]
             app_scope: AppScope = scope  # type: ignore[assignment]
+            parked = open_slot(app_scope)
             try:
-                await serve_with_handoff(
-                    app,  # type: ignore[arg-type]
-                    app_scope,
-                    receive,  # type: ignore[arg-type]
-                    send,  # type: ignore[arg-type]
-                    partial(self._lighten, app_scope),
-                )
+                try:
+                    await app(scope, receive, send)
+                finally:
+                    close_slot(app_scope)
+                if parked:
+                    self._lighten(app_scope)
+                    await parked.pop()(receive, send)  # type: ignore[arg-type]
             finally:
                 del scope[CYCLE]  # type: ignore[misc]
                 scope.pop(LOST, None)  # type: ignore[misc]

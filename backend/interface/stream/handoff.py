@@ -37,24 +37,29 @@ class StreamHandoff:
         await serve_with_handoff(self.app, scope, receive, send)
 
 
-async def serve_with_handoff(
-    app: ASGIApp,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    before_body: Callable[[], None] | None = None,
-) -> None:
-    """Run `app`, then the body it parked, if any (after `before_body`)."""
-    parked: list[Body] = []
-    scope[SLOT] = parked
+async def serve_with_handoff(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app`, then the body it parked, if any."""
+    parked = open_slot(scope)
     try:
         await app(scope, receive, send)
     finally:
-        del scope[SLOT]  # the scope outlives the body: it must not keep the body alive
+        close_slot(scope)
     if parked:
-        if before_body is not None:
-            before_body()
         await parked.pop()(receive, send)
+
+
+def open_slot(scope: Scope) -> list[Body]:
+    """The slot where `park` leaves a body while the app runs (a server that serves
+    parked bodies itself runs the app between `open_slot` and `close_slot`)."""
+    parked: list[Body] = []
+    scope[SLOT] = parked
+    return parked
+
+
+def close_slot(scope: Scope) -> None:
+    """Once the app has returned: the scope outlives the body, so it must not keep the
+    body alive."""
+    del scope[SLOT]
 
 
 def park(scope: Scope, body: Body) -> bool:

@@ -46,7 +46,7 @@ from backend.interface.stream.encoding import (
     sse_retry,
 )
 from backend.interface.stream.handoff import park
-from backend.interface.stream.session import Farewell, Session
+from backend.interface.stream.session import Farewell, Item, Session
 from backend.interface.stream.sse_sweep import LiveStream
 
 DB_DOWN_COMMENT = "database unavailable; reconnect"
@@ -128,6 +128,9 @@ class LiveEventStream(Response):
                 self.state.guard.slots.release()
 
     async def _run(self, stream: LiveStream, receive: Receive, send: Send) -> None:
+        """Write the stream until it ends (then the goodbye, if any, and the end of the
+        body) or its client leaves. The loop over the session is in this coroutine itself
+        rather than in one it awaits: every open stream holds this frame while it waits."""
         state = self.state
         session = self.session
         try:
@@ -138,7 +141,21 @@ class LiveEventStream(Response):
             state.sse.add(stream)
             try:
                 with stream.cancel if stream.cancel is not None else NOT_CANCELLABLE:
-                    if await self._serve(stream, receive, send):
+                    await _write(stream, send, sse_retry(state.settings.sse_retry_ms))
+                    gone = False
+                    try:
+                        async with aclosing(session.items()) as items:
+                            async for item in items:
+                                if not await self._write_item(stream, item, receive, send):
+                                    gone = True
+                                    break
+                        farewell = session.farewell
+                        gone = gone or farewell is Farewell.GONE
+                        if not gone and farewell is not None:
+                            await _write(stream, send, sse_comment(farewell.value))
+                    except DB_DOWN:
+                        await _write(stream, send, sse_comment(DB_DOWN_COMMENT))
+                    if not gone:
                         await send(END)
             finally:
                 session.sink = None
@@ -148,38 +165,26 @@ class LiveEventStream(Response):
             session.close()
             state.guard.slots.release()
 
-    async def _serve(self, stream: LiveStream, receive: Receive, send: Send) -> bool:
-        """Write the stream until it ends (True: say goodbye) or the client leaves (False)."""
-        state = self.state
-        session = self.session
-        metrics = state.metrics
-        heartbeat = state.settings.heartbeat_seconds
-        await _write(stream, send, sse_retry(state.settings.sse_retry_ms))
-        try:
-            async with aclosing(session.items()) as items:
-                async for item in items:
-                    poked = isinstance(item, list) and not item
-                    if poked or time.monotonic() - stream.probed_at >= heartbeat:
-                        if await client_gone(receive):
-                            return False
-                        stream.probed_at = time.monotonic()
-                    if isinstance(item, CursorExpired):
-                        await _write(stream, send, sse_reset(item))
-                    elif not isinstance(item, list):
-                        continue
-                    elif item:
-                        for chunk in chunks(item):
-                            await _write(stream, send, chunk)
-                        metrics.delivered("sse", item)
-                    elif time.monotonic() - stream.written_at >= heartbeat:
-                        await _write(stream, send, heartbeat_comment())
-        except DB_DOWN:
-            await _write(stream, send, sse_comment(DB_DOWN_COMMENT))
-            return True
-        if session.farewell is Farewell.GONE:
-            return False
-        if session.farewell is not None:
-            await _write(stream, send, sse_comment(session.farewell.value))
+    async def _write_item(
+        self, stream: LiveStream, item: Item, receive: Receive, send: Send
+    ) -> bool:
+        """Write one item of the session (events, a reset, or a heartbeat when poked and
+        due); False when the client turns out to have left."""
+        heartbeat = self.state.settings.heartbeat_seconds
+        poked = isinstance(item, list) and not item
+        if poked or time.monotonic() - stream.probed_at >= heartbeat:
+            if await client_gone(receive):
+                return False
+            stream.probed_at = time.monotonic()
+        if isinstance(item, CursorExpired):
+            await _write(stream, send, sse_reset(item))
+        elif isinstance(item, list):
+            if item:
+                for chunk in chunks(item):
+                    await _write(stream, send, chunk)
+                self.state.metrics.delivered("sse", item)
+            elif time.monotonic() - stream.written_at >= heartbeat:
+                await _write(stream, send, heartbeat_comment())
         return True
 
 
