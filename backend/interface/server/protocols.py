@@ -195,34 +195,37 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def chunk_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
-    """For a started, chunked response served by `HttpProtocol`: a function that writes
-    bytes already framed as whole chunks now (True), or refuses (False) when uvicorn's
-    `send` would have to wait or the response is over. None under any other server, or
-    for any other response."""
+class ChunkWriter:
+    """For a started, chunked response served by `HttpProtocol`: called with bytes already
+    framed as whole chunks, writes them now (True), or refuses (False) when uvicorn's
+    `send` would have to wait or the response is over. A slotted object rather than a
+    closure: every idle SSE stream holds one."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+
+    def __call__(self, chunks: bytes) -> bool:
+        cycle = self.cycle
+        if cycle.disconnected or cycle.response_complete or cycle.flow.write_paused:
+            return False
+        cycle.transport.write(chunks)
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection at once: the server then releases a waiting write and calls
+        the `on_connection_lost` callback."""
+        self.cycle.transport.abort()
+
+
+def chunk_writer(scope: AppScope) -> ChunkWriter | None:
+    """The response's `ChunkWriter`; None under any other server, or for a response that
+    is not chunked."""
     cycle = scope.get(CYCLE)
     if not isinstance(cycle, RequestResponseCycle) or not cycle.chunked_encoding:
         return None
-    transport = cycle.transport
-    flow = cycle.flow
-
-    def write_chunks(chunks: bytes) -> bool:
-        if cycle.disconnected or cycle.response_complete or flow.write_paused:
-            return False
-        transport.write(chunks)
-        return True
-
-    return write_chunks
-
-
-def connection_aborter(scope: AppScope) -> Callable[[], None] | None:
-    """For a request served by `HttpProtocol`: a function that drops its connection at
-    once (the server then releases a waiting write and calls the `on_connection_lost`
-    callback). None under any other server."""
-    cycle = scope.get(CYCLE)
-    if not isinstance(cycle, RequestResponseCycle):
-        return None
-    return cycle.transport.abort
+    return ChunkWriter(cycle)
 
 
 def on_connection_lost(scope: AppScope, callback: Callable[[], None]) -> bool:

@@ -34,7 +34,6 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.server.protocols import (
     chunk_writer,
-    connection_aborter,
     on_connection_lost,
 )
 from backend.interface.server.state import AppState
@@ -115,8 +114,7 @@ class LiveEventStream(Response):
                 return
             write = chunk_writer(scope)
             tally = self.state.metrics.tally("sse") if write is not None else None
-            abort = connection_aborter(scope)
-            stream = LiveStream(self.session, self.expires_at, write, tally, abort)
+            stream = LiveStream(self.session, self.expires_at, write, tally)
             on_connection_lost(scope, stream.lost)
             parked = park(scope, partial(self._run, stream))
             if not parked:

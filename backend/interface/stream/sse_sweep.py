@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -25,6 +24,7 @@ from sse_starlette.sse import AppStatus
 
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
+from backend.interface.server.protocols import ChunkWriter
 from backend.interface.stream.encoding import sse_chunk, sse_chunks
 from backend.interface.stream.session import Farewell, Session
 from backend.interface.stream.trim import Trimmer
@@ -39,15 +39,14 @@ REAP_WAIT_SECONDS = 0.05
 class LiveStream:
     """What the sweep knows of one open stream; `written_at` is the last write progress.
 
-    With a `write` (the server's direct chunk writer) the stream is also the session's
-    sink: the hub writes live events through `deliver` while the stream's task is idle.
-    Under pgcast's server (`abort` given) a stalled stream is ended by dropping its
-    connection, which releases the write and tells the stream (`lost`); elsewhere by
-    cancelling the stream's scope (`cancel`, which costs every stream about 0.6 KiB).
+    With a `write` (pgcast's server's direct chunk writer) the stream is also the
+    session's sink: the hub writes live events through `deliver` while the stream's task
+    is idle, and a stalled stream is ended by dropping its connection, which releases the
+    write and tells the stream (`lost`). Under another server the stream's scope is
+    cancelled instead (`cancel`, which costs every stream about 0.6 KiB).
     """
 
     __slots__ = (
-        "abort",
         "cancel",
         "expires_at",
         "probed_at",
@@ -62,16 +61,14 @@ class LiveStream:
         self,
         session: Session,
         expires_at: float | None,
-        write: Callable[[bytes], bool] | None = None,
+        write: ChunkWriter | None = None,
         tally: DirectTally | None = None,
-        abort: Callable[[], None] | None = None,
     ) -> None:
         self.session = session
         self.expires_at = expires_at
         self.write = write
         self.tally = tally
-        self.abort = abort
-        self.cancel = anyio.CancelScope() if abort is None else None
+        self.cancel = anyio.CancelScope() if write is None else None
         self.writing = False
         self.written_at = self.probed_at = time.monotonic()
 
@@ -83,8 +80,8 @@ class LiveStream:
 
     def stalled(self) -> None:
         """A write made no progress for SEND_TIMEOUT: drop the client."""
-        if self.abort is not None:
-            self.abort()
+        if self.write is not None:
+            self.write.abort()
         elif self.cancel is not None:
             self.cancel.cancel()
 
