@@ -52,7 +52,7 @@ class Mix:
 
 
 CLAIMS = Mix(40, 120, 0.015, (0, 1, -1), 0.3, 60)
-READ_AHEAD = Mix(1000, 30, 0.15, (1, 4, 8, -1), 0.9, 0.5, slow_rate=0.1)
+READ_AHEAD = Mix(1000, 20, 0.12, (1, 4, 8, -1), 0.9, 0.5, slow_rate=0.1)
 
 
 @dataclass
