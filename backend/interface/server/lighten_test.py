@@ -1,7 +1,8 @@
-"""A parked stream body runs with a scope trimmed to what uvicorn still reads.
+"""Long-lived streams keep a scope trimmed to what the server and pgcast still read.
 
 Runs `HttpProtocol` on a real socket pair: a request whose app parks a body, which then
-looks at the scope it shares with the server while the response streams.
+looks at the scope it shares with the server while the response streams. An accepted
+WebSocket's scope is trimmed only under pgcast's own WebSocket protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from backend.interface.server.protocols import CYCLE, SCOPE_KEPT, HttpProtocol
+from backend.interface.server.protocols import (
+    CYCLE,
+    SCOPE_KEPT,
+    WEBSOCKET_SCOPE_KEPT,
+    WS_PROTOCOL,
+    HttpProtocol,
+    WebSocketProtocol,
+    lighten_websocket_scope,
+)
 from backend.interface.stream.handoff import park
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +83,40 @@ async def test_a_parked_body_keeps_only_what_the_server_reads() -> None:
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b"data: 1" in answer
     assert again.startswith(b"HTTP/1.1 204 ")
+
+
+async def test_an_accepted_websockets_scope_keeps_what_is_still_read() -> None:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    config = uvicorn.Config(app=_no_app, ws=WebSocketProtocol)
+    config.load()
+    _, protocol = await loop.connect_accepted_socket(
+        lambda: WebSocketProtocol(config=config, server_state=ServerState(), app_state={}), ours
+    )
+    try:
+        handshake = {
+            "type": "websocket",
+            "path": "/ws",
+            "root_path": "",
+            "query_string": b"",
+            "client": ("127.0.0.1", 5000),
+            "app": object(),
+            "headers": [(b"host", b"h"), (b"origin", b"http://h")],
+            "subprotocols": ["pgcast.v1"],
+            "state": {},
+            "extensions": {"websocket.http.response": {}},
+        }
+        served = {**handshake, WS_PROTOCOL: protocol}
+        lighten_websocket_scope(served)
+        elsewhere = dict(handshake)
+        lighten_websocket_scope(elsewhere)  # not pgcast's protocol: left alone
+    finally:
+        protocol.transport.close()
+        theirs.close()
+    assert set(served) == WEBSOCKET_SCOPE_KEPT
+    assert served[WS_PROTOCOL] is protocol
+    assert elsewhere == handshake
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("no request reaches the app in this test")

@@ -71,6 +71,12 @@ SCOPE_KEPT = frozenset(
 """What a parked stream's scope keeps: uvicorn's cycle reads the method and, for its
 access log, the client, path, query string and HTTP version."""
 WS_PROTOCOL = "pgcast.ws"  # the socket's uvicorn protocol, in its scope while the app runs
+WEBSOCKET_SCOPE_KEPT = frozenset(
+    ("type", "path", "root_path", "query_string", "client", "app", WS_PROTOCOL)
+)
+"""What an accepted WebSocket's scope keeps: Starlette's `WebSocket` checks the type,
+uvicorn logs the client and path, ops find the app's state (`AppState.of`) and count
+publishes by client, and pgcast's writers find the protocol."""
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -259,6 +265,17 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
         return True
 
     return write_frames
+
+
+def lighten_websocket_scope(scope: AppScope) -> None:
+    """An accepted WebSocket served by `WebSocketProtocol` is about to run long after the
+    app: its scope keeps only what uvicorn (its access log) and pgcast still read, and the
+    handshake's headers go. Under any other server the scope is left as it is."""
+    if not isinstance(scope.get(WS_PROTOCOL), WebSocketProtocol):
+        return
+    kept = {key: value for key, value in scope.items() if key in WEBSOCKET_SCOPE_KEPT}
+    scope.clear()
+    scope.update(kept)
 
 
 def frame_sender(scope: AppScope) -> Callable[[bytes], bool] | None:

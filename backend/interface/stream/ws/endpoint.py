@@ -29,6 +29,7 @@ from backend.core.errors import Forbidden, PgcastError, Unauthorized
 from backend.interface.http.errors import error_response
 from backend.interface.security.access import principal_of
 from backend.interface.security.auth import Principal
+from backend.interface.server.protocols import lighten_websocket_scope
 from backend.interface.server.state import AppState
 from backend.interface.stream.handoff import park
 from backend.interface.stream.slots import acquire_slot
@@ -72,6 +73,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     scope = websocket.scope
 
     async def run_parked(receive: Receive, send: Send) -> None:
+        lighten_websocket_scope(scope)
         await _run(_accepted(scope, receive, send), state, principal)
 
     if not park(scope, run_parked):
