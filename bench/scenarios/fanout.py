@@ -207,8 +207,8 @@ def run(ctx: Context) -> ScenarioResult:
             )
         )
         single = measured[f"pgcast_{kind}_single"]
-        if ceiling["server_cpu_us_per_delivery"] is None:
-            continue  # a run too short for the ceiling's CPU to be sampled (--quick)
+        if None in (ceiling["server_cpu_us_per_delivery"], single["server_cpu_us_per_delivery"]):
+            continue  # a run too short for either side's CPU to be sampled (--quick)
         result.rows.append(
             Row(
                 f"{single['clients']} {label} subscribers, {sizes.fanout_events} single POSTs",
