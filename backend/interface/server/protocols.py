@@ -13,7 +13,10 @@ response unfinished, which uvicorn reports as an ERROR ("returned without comple
 response"). The app has already logged why; here the connection is just closed.
 
 Stream handoff. A stream response parks its body (`stream.handoff`), and the body runs
-here, after the whole app has returned: no framework frame stays alive while it is open.
+here, after the whole app has returned: no framework frame stays alive while it is open,
+its scope keeps only what is still read, and the finished request's headers and parser
+are let go (`lighten_websocket_scope` does the same for an accepted WebSocket). A stream
+can be dropped at once (`ChunkWriter.abort`), so it needs no cancel scope of its own.
 
 Lost clients. A stream response may ask to hear at once when its client's connection
 closes (`on_connection_lost`); uvicorn only tells a response that is waiting to receive.
