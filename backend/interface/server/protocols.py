@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httptools
@@ -270,6 +271,21 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     return write_frames
 
 
+async def _app_then_parked(
+    app: ASGI3Application, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    """The WebSocket handoff done outside the whole app, as `HttpProtocol` does it for
+    streams: no middleware's frame stays alive under an accepted socket."""
+    app_scope: AppScope = scope  # type: ignore[assignment]
+    parked = open_slot(app_scope)
+    try:
+        await app(scope, receive, send)
+    finally:
+        close_slot(app_scope)
+    if parked:
+        await parked.pop()(receive, send)  # type: ignore[arg-type]
+
+
 def lighten_websocket_scope(scope: AppScope) -> None:
     """An accepted WebSocket served by `WebSocketProtocol` is about to run long after the
     app: its scope keeps only what uvicorn (its access log) and pgcast still read, and the
@@ -320,9 +336,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def run_asgi(self) -> None:
         self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
+        app = self.app
+        self.app = partial(_app_then_parked, app)
         try:
             await super().run_asgi()
         finally:
+            self.app = app
             del self.scope[WS_PROTOCOL]  # type: ignore[misc]
 
     def send_soon(self, frames: bytes) -> bool:
