@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import anyio
@@ -47,6 +47,9 @@ from backend.entities.event import NewEvent, format_time
 from backend.entities.message import Message, NewMessage, QueueStats
 from backend.services.claiming import ClaimBatcher
 from backend.services.settle import Retry, Settle, SettleBatcher, Settled
+
+if TYPE_CHECKING:
+    from backend.services.consume import Consumer
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +165,9 @@ class Queues:
     holders: dict[str, Callable[[str], None]] = field(default_factory=dict)
     """Leases held by this process's consumers, and what to call when one is settled, by
     whichever connection: the consumer gets its room back without asking the database."""
-    keeping: dict[str, set[Any]] = field(default_factory=dict)
-    """By queue, this process's consumers (`consume.Consumer`) that keep read-ahead
-    messages, which an idle consumer of the queue may take over."""
+    keeping: dict[str, set[Consumer]] = field(default_factory=dict)
+    """By queue, this process's consumers that keep read-ahead messages, which an idle
+    consumer of the queue may take over."""
     settlements: SettleBatcher = field(init=False)
     claims: ClaimBatcher = field(init=False)
     _pending_notify: set[str] = field(default_factory=set)

@@ -36,6 +36,19 @@ async def _until(queues: Queues, queue: str, n: int, wanted: tuple[str, int]) ->
             await anyio.sleep(0.01)
 
 
+def _count_claims(queues: Queues) -> list[int]:
+    """The limit of every claim `queues` makes from now on (the real claim still runs)."""
+    claims: list[int] = []
+    real_claim = queues.claim
+
+    async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
+        claims.append(limit)
+        return await real_claim(queue, limit, lease_seconds)
+
+    queues.claim = counted  # type: ignore[method-assign]
+    return claims
+
+
 async def _next_later(deliveries: AsyncGenerator[Delivery, None], got: list[Delivery]) -> None:
     got.append(await anext(deliveries))
 
@@ -47,14 +60,7 @@ async def test_a_full_consumer_holds_the_next_message_and_hands_it_out_on_ack(
         queues = engine.queues
         await queues.enqueue([queues.message("ahead", n) for n in range(4)])
         consumer = Consumer(queues, "ahead", prefetch=1, read_ahead=1)
-        claims: list[int] = []
-        real_claim = queues.claim
-
-        async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
-            claims.append(limit)
-            return await real_claim(queue, limit, lease_seconds)
-
-        queues.claim = counted  # type: ignore[method-assign]
+        claims = _count_claims(queues)
         try:
             async with aclosing(consumer.deliveries()) as deliveries:
                 # Its client's pace is not known yet: nothing is held for it.
@@ -149,14 +155,7 @@ async def test_a_fast_client_gets_several_held_in_one_claim(database_url: str) -
         queues = engine.queues
         await queues.enqueue([queues.message("batch", n) for n in range(20)])
         consumer = Consumer(queues, "batch", prefetch=1, lease_seconds=30, read_ahead=4)
-        claims: list[int] = []
-        real_claim = queues.claim
-
-        async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
-            claims.append(limit)
-            return await real_claim(queue, limit, lease_seconds)
-
-        queues.claim = counted  # type: ignore[method-assign]
+        claims = _count_claims(queues)
         seen: list[int] = []
         try:
             async with aclosing(consumer.deliveries()) as deliveries:
@@ -182,14 +181,7 @@ async def test_an_idle_consumer_takes_over_what_a_busy_one_keeps(database_url: s
         await queues.enqueue([queues.message("share", n) for n in range(6)])
         busy = Consumer(queues, "share", prefetch=1, read_ahead=4)
         idle = Consumer(queues, "share", prefetch=1)
-        claims: list[int] = []
-        real_claim = queues.claim
-
-        async def counted(queue: str, limit: int, lease_seconds: float) -> list[Message]:
-            claims.append(limit)
-            return await real_claim(queue, limit, lease_seconds)
-
-        queues.claim = counted  # type: ignore[method-assign]
+        claims = _count_claims(queues)
         try:
             async with (
                 aclosing(busy.deliveries()) as busy_deliveries,

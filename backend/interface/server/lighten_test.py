@@ -22,10 +22,9 @@ from backend.interface.server.protocols import (
     WS_PROTOCOL,
     HttpProtocol,
     WebSocketProtocol,
-    _app_then_parked,
     lighten_websocket_scope,
 )
-from backend.interface.stream.handoff import SLOT, park
+from backend.interface.stream.handoff import park
 
 pytestmark = pytest.mark.anyio
 
@@ -121,20 +120,3 @@ async def test_an_accepted_websockets_scope_keeps_what_is_still_read() -> None:
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("no request reaches the app in this test")
-
-
-async def test_a_websockets_parked_body_runs_after_the_whole_app_has_returned() -> None:
-    """What `WebSocketProtocol` runs as the app: the app (every middleware included)
-    returns first, then the body it parked runs, with the slot gone from the scope."""
-    events: list[str] = []
-
-    async def body(receive: Any, send: Any) -> None:
-        events.append(f"body, slot in scope: {SLOT in scope}")
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        assert park(scope, body)
-        events.append("app returns")
-
-    scope: dict[str, Any] = {"type": "websocket"}
-    await _app_then_parked(app, scope, None, None)  # type: ignore[arg-type]
-    assert events == ["app returns", "body, slot in scope: False"]

@@ -63,7 +63,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
 from backend.interface.stream.encoding import WRITE_BYTES
-from backend.interface.stream.handoff import close_slot, open_slot
+from backend.interface.stream.handoff import close_slot, open_slot, serve_with_handoff
 
 logger = logging.getLogger(__name__)
 
@@ -271,21 +271,6 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     return write_frames
 
 
-async def _app_then_parked(
-    app: ASGI3Application, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-) -> None:
-    """The WebSocket handoff done outside the whole app, as `HttpProtocol` does it for
-    streams: no middleware's frame stays alive under an accepted socket."""
-    app_scope: AppScope = scope  # type: ignore[assignment]
-    parked = open_slot(app_scope)
-    try:
-        await app(scope, receive, send)
-    finally:
-        close_slot(app_scope)
-    if parked:
-        await parked.pop()(receive, send)  # type: ignore[arg-type]
-
-
 def lighten_websocket_scope(scope: AppScope) -> None:
     """An accepted WebSocket served by `WebSocketProtocol` is about to run long after the
     app: its scope keeps only what uvicorn (its access log) and pgcast still read, and the
@@ -337,7 +322,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     async def run_asgi(self) -> None:
         self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
         app = self.app
-        self.app = partial(_app_then_parked, app)
+        # The handoff outside the whole app, as `HttpProtocol` does it for streams: no
+        # middleware's frame stays alive under an accepted socket.
+        self.app = partial(serve_with_handoff, app)
         try:
             await super().run_asgi()
         finally:
