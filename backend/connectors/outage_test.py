@@ -90,14 +90,15 @@ def test_a_real_outage_logs_one_warning_and_one_info_and_no_traceback(tmp_path: 
     try:
         url = pg.start()
         upgrade(url)
-        server = spawn(url, extra_env={"POLL_INTERVAL_SECONDS": "0.5"})
+        env = {"POLL_INTERVAL_SECONDS": "0.5", "PROBE_INTERVAL_SECONDS": "0.5"}
+        server = spawn(url, extra_env=env)
         try:
             before = len(server.log())
             pg.stop("immediate")
-            refused = _publish_for(server.url, seconds=8)
+            refused = _publish_for(server.url, seconds=3)
             pg.start()
             _wait_ready(server.url)
-            time.sleep(2)
+            time.sleep(1.5)
             log = server.log()[before:]
         finally:
             server.stop()
