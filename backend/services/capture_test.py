@@ -147,6 +147,24 @@ async def test_a_primary_key_change_is_a_delete_and_an_insert(database_url: str)
     ]
 
 
+async def test_changed_compares_the_columns_as_json_values(database_url: str) -> None:
+    ddl = (
+        "CREATE TABLE public.shapes (id int PRIMARY KEY, doc json, spot point, amount numeric)"
+    )
+    async with database(database_url, ddl) as db, running_engine(database_url) as engine:
+        await db.execute("""INSERT INTO shapes VALUES (1, '{"a":1}', '(1,2)', 1.0)""")
+        await add_capture(engine.pool, "public.shapes")
+        async with engine.subscribe("db.public.shapes", after="latest") as events:
+            # Equal as JSON: other spacing, more trailing zeros. json and point have no
+            # equality operator, so only their JSON values can be compared.
+            await db.execute("""UPDATE shapes SET doc = '{"a": 1}', amount = 1.00""")
+            await db.execute("UPDATE shapes SET doc = 'null'")  # JSON null, as SQL NULL shows
+            await db.execute("UPDATE shapes SET doc = NULL, spot = '(1,3)'")
+            await db.execute("UPDATE shapes SET amount = NULL")
+            got = await take(events, 4)
+    assert [e.data["changed"] for e in got] == [[], ["doc"], ["spot"], ["amount"]]
+
+
 async def test_a_100k_row_update_is_captured_completely_in_one_statement(
     database_url: str,
 ) -> None:
