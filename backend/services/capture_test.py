@@ -148,9 +148,7 @@ async def test_a_primary_key_change_is_a_delete_and_an_insert(database_url: str)
 
 
 async def test_changed_compares_the_columns_as_json_values(database_url: str) -> None:
-    ddl = (
-        "CREATE TABLE public.shapes (id int PRIMARY KEY, doc json, spot point, amount numeric)"
-    )
+    ddl = "CREATE TABLE public.shapes (id int PRIMARY KEY, doc json, spot point, amount numeric)"
     async with database(database_url, ddl) as db, running_engine(database_url) as engine:
         await db.execute("""INSERT INTO shapes VALUES (1, '{"a":1}', '(1,2)', 1.0)""")
         await add_capture(engine.pool, "public.shapes")
