@@ -9,9 +9,7 @@ from typing import Annotated
 import typer
 
 from backend.core.errors import Unauthorized
-from backend.core.settings import MIN_SECRET_LENGTH
 from backend.interface.cli.client import command_group, fail, write_line
-from backend.interface.security.auth import create_token, parse_ttl
 
 token_app = command_group("token", "Access tokens signed with AUTH_SECRET.")
 
@@ -36,6 +34,10 @@ def create(
 
     Example: pgcast token create --sub alice --subscribe 'orders.>' --publish 'orders.*' --ttl 1h
     """
+    # Signing (PyJWT, cryptography) and the settings load for this command only.
+    from backend.core.settings import MIN_SECRET_LENGTH
+    from backend.interface.security.auth import create_token, parse_ttl
+
     secret = os.environ.get("AUTH_SECRET", "")
     if not secret:
         fail("AUTH_SECRET is not set: tokens are signed with it (the server's AUTH_SECRET)")

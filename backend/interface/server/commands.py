@@ -6,19 +6,24 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from backend.core.logging import configure_logging
-from backend.core.settings import Settings, load_settings, worker_count
+if TYPE_CHECKING:
+    from backend.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def settings_or_exit() -> Settings:
     """The settings, with logging set up from them. A bad variable raises ConfigError,
-    which `main` prints as one line naming it, with exit status 2."""
+    which `main` prints as one line naming it, with exit status 2. Settings and logging
+    load here, not at import: every `pgcast` command imports this module, and a client
+    command such as `pgcast publish` needs neither."""
+    from backend.core.logging import configure_logging
+    from backend.core.settings import load_settings
+
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return settings
@@ -105,6 +110,8 @@ def serve(
 
 
 def _with_workers(settings: Settings, text: str) -> Settings:
+    from backend.core.settings import worker_count
+
     try:
         count = worker_count(text)
     except ValueError as exc:

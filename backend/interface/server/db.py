@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from backend.core.settings import Settings
 from backend.interface.server.commands import settings_or_exit
 
 if TYPE_CHECKING:
     from backend.connectors.sql_shell import Outcome
+    from backend.core.settings import Settings
 
 db_app = typer.Typer(
     help="The PostgreSQL pgcast uses: its URL, and a SQL shell.", no_args_is_help=True
