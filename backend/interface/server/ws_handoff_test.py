@@ -1,0 +1,84 @@
+"""An accepted WebSocket can be served after the whole app has returned.
+
+Runs pgcast's `HttpProtocol` and `WebSocketProtocol` on a real socket pair: the client's
+upgrade request reaches an app that accepts, parks its body and returns; the body then
+talks to the client with the server's own receive and send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from backend.interface.server.protocols import HttpProtocol, WebSocketProtocol
+from backend.interface.stream.handoff import SLOT, park
+
+pytestmark = pytest.mark.anyio
+
+
+def _masked_text_frame(text: str) -> bytes:
+    """A client's text frame (short payload, masked as RFC 6455 requires)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def _read_until(loop: asyncio.AbstractEventLoop, sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while end not in data:
+        data += await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+    return data
+
+
+async def test_an_accepted_socket_is_served_after_the_app_has_returned() -> None:
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+    app_returned = asyncio.Event()
+    done = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+
+        async def body(receive: Any, send: Any) -> None:
+            seen["app_returned"] = app_returned.is_set()
+            seen["slot_left"] = SLOT in scope
+            message = await receive()
+            await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+            done.set()
+
+        seen["parked"] = park(scope, body)
+        app_returned.set()
+
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    config = uvicorn.Config(app=app, http=HttpProtocol, ws=WebSocketProtocol)
+    config.load()
+    _, protocol = await loop.connect_accepted_socket(
+        lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
+    )
+    key = base64.b64encode(os.urandom(16))
+    try:
+        await loop.sock_sendall(
+            theirs,
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        handshake = await _read_until(loop, theirs, b"\r\n\r\n")
+        await loop.sock_sendall(theirs, _masked_text_frame("hi"))
+        await asyncio.wait_for(done.wait(), 5)
+        echo = await _read_until(loop, theirs, b"echo:hi")
+    finally:
+        protocol.transport.close()
+        theirs.close()
+    assert handshake.startswith(b"HTTP/1.1 101 ")
+    assert seen == {"parked": True, "app_returned": True, "slot_left": False}
+    assert echo.endswith(b"\x81\x07echo:hi")
