@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 from backend.core import exactjson
@@ -25,10 +26,13 @@ def parse_id(text: str) -> int:
     return int(text)
 
 
+@lru_cache(maxsize=4096)
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a Z suffix. Written field by field: it runs
-    three times for every queue message sent, and %-formatting takes 0.6 of `isoformat`'s
-    time here (an f-string 0.85)."""
+    """RFC 3339 in UTC with microseconds and a Z suffix. It runs three times for every
+    queue message sent, mostly on times a batch shares (its enqueue, its claim's lease), so
+    answers are remembered: a hit costs a tenth of writing the fields. Equal aware times are
+    the same instant, so they share one answer. Written field by field, as %-formatting
+    takes 0.6 of `isoformat`'s time here (an f-string 0.85)."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 - the fastest spelling

@@ -25,3 +25,10 @@ def test_years_before_1000_keep_four_digits() -> None:
     assert format_time(datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == (
         "0999-12-31T23:59:59.999999Z"
     )
+
+
+def test_a_remembered_time_is_the_same_instant_whatever_its_offset() -> None:
+    utc = datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC)
+    same_instant = utc.astimezone(timezone(timedelta(hours=-5)))
+    assert format_time(utc) == format_time(same_instant) == "2026-03-01T12:00:00.000005Z"
+    assert format_time(utc + timedelta(microseconds=1)) == "2026-03-01T12:00:00.000006Z"

@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -94,11 +95,21 @@ def new_message(
 
 
 def validate_queue(queue: object) -> str:
-    """Queue names follow the topic rules, short enough for `pgcast.queues.<name>`."""
+    """Queue names follow the topic rules, short enough for `pgcast.queues.<name>`. Names
+    that passed are remembered: every message of a batch names its queue again."""
+    if isinstance(queue, str):
+        return _valid_queue_name(queue)
+    return _check_queue(queue)
+
+
+def _check_queue(queue: object) -> str:
     name = validate_name(queue, "queue")
     if len(name) > MAX_QUEUE_NAME:
         raise InvalidQueueName(f"queue {name[:40]!r}...: longer than {MAX_QUEUE_NAME} characters")
     return name
+
+
+_valid_queue_name = lru_cache(maxsize=1024)(_check_queue)
 
 
 def number(value: object, name: str, low: float, high: float) -> float:

@@ -35,11 +35,13 @@ def backoff_sql(base_param: int, cap_param: int) -> str:
 
 def to_message(row: Any) -> Message:
     """The message of a row, its data made compact JSON once (jsonb text has spaces): every
-    body that carries it later splices it as is."""
+    body that carries it later splices it as is. jsonb cannot hold a NUL, so none is
+    looked for."""
+    data = exactjson.loads(row["data_json"], "the message data", allow_nul=True)
     return Message(
         id=row["id"],
         queue=row["queue"],
-        data_json=exactjson.dumps(exactjson.loads(row["data_json"], "the message data")),
+        data_json=exactjson.dumps(data),
         key=row["key"],
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
