@@ -229,3 +229,22 @@ async def test_bad_queue_requests(
     response = await client.request(method, path, json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"] == code
+
+
+@pytest.mark.integrated
+async def test_a_replayed_enqueue_shows_the_messages_without_anyones_lease(
+    client: httpx.AsyncClient,
+) -> None:
+    body = [{"data": {"n": 1}}]
+    key = {"Idempotency-Key": "replay-1"}
+    first = await client.post("/queues/replayed/messages", json=body, headers=key)
+    assert first.headers["Idempotent-Replayed"] == "false"
+    (claimed,) = (await client.get("/queues/replayed/messages?lease=30")).json()["messages"]
+    assert "lease" in claimed
+    again = await client.post("/queues/replayed/messages", json=body, headers=key)
+    assert (again.status_code, again.headers["Idempotent-Replayed"]) == (201, "true")
+    (replayed,) = again.json()["messages"]
+    assert replayed["id"] == first.json()["messages"][0]["id"] == claimed["id"]
+    assert replayed["attempt"] == 1  # its state now: claimed once
+    assert "lease" not in replayed
+    assert "lease_until" not in replayed
