@@ -22,16 +22,21 @@ MIN_SECRET_LENGTH = 32
 EMBEDDED_PG_PORT = 54329
 
 
+MAX_WORKERS = 256
+
+
 def worker_count(text: str) -> int:
-    """`auto` (one per core) or a positive number of server processes."""
+    """`auto` (one per core, at most MAX_WORKERS) or a number of server processes from 1
+    to MAX_WORKERS; the same rule for WORKERS and `serve --workers`."""
     if text.strip().lower() == "auto":
-        return os.cpu_count() or 1
+        return min(os.cpu_count() or 1, MAX_WORKERS)
+    problem = f"must be a number from 1 to {MAX_WORKERS} or 'auto', got {text!r}"
     try:
         count = int(text)
     except ValueError:
-        raise ValueError(f"must be a positive number or 'auto', got {text!r}") from None
-    if count < 1:
-        raise ValueError(f"must be a positive number or 'auto', got {text!r}")
+        raise ValueError(problem) from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValueError(problem)
     return count
 
 
@@ -43,7 +48,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=256)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     data_dir: Path = Path(".data")
@@ -93,6 +98,14 @@ class Settings(BaseSettings):
     def _auto_workers(cls, value: object) -> object:
         """`auto` is one worker per core."""
         return worker_count(value) if isinstance(value, str) else value
+
+    @field_validator("retention", "idempotency_ttl")
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        """A zero or negative span would prune every event, or forget every key, at once."""
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -46,6 +46,10 @@ def test_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None
         ("PUBLISH_RATE", "-1"),
         ("WORKERS", "0"),
         ("WORKERS", "many"),
+        ("WORKERS", "257"),
+        ("RETENTION", "0"),
+        ("RETENTION", "-P1D"),
+        ("IDEMPOTENCY_TTL", "PT0S"),
     ],
 )
 def test_a_bad_value_names_the_variable(
@@ -69,3 +73,6 @@ def test_workers_default_to_one_and_auto_means_one_per_core(
     assert worker_count(" AUTO ") == (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="'auto'"):
         worker_count("-2")
+    assert worker_count("256") == 256
+    with pytest.raises(ValueError, match="from 1 to 256"):
+        worker_count("257")  # `serve --workers` follows the same rule as WORKERS
