@@ -89,13 +89,13 @@ async def consume_messages(request: Request) -> Response:
     lease = float_param(params, "lease", 30.0, 0.1, MAX_LEASE_SECONDS)
     if wants_sse(request):
         prefetch = int_param(params, "prefetch", 1, 1, MAX_PREFETCH)
-        return _consumer_stream(state, queue, prefetch, lease, principal.expires_at)
+        return await _consumer_stream(state, queue, prefetch, lease, principal.expires_at)
     limit = int_param(params, "limit", 1, 1, MAX_PREFETCH)
     wait = float_param(params, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
     return _json(_messages(await claim_within(state.engine.queues, queue, limit, lease, wait)))
 
 
-def _consumer_stream(
+async def _consumer_stream(
     state: AppState, queue: str, prefetch: int, lease: float, expires_at: float | None
 ) -> EventStream:
     async def pump(send: MemoryObjectSendStream[bytes]) -> None:
@@ -109,7 +109,7 @@ def _consumer_stream(
             async for delivery in deliveries:
                 await send.send(b"event: message\ndata: %s\n\n" % delivery.message.to_json())
 
-    return sse_response(state, pump, expires_at)
+    return await sse_response(state, pump, expires_at)
 
 
 async def _settle_body(request: Request) -> tuple[str, int, dict[str, Any], AppState]:

@@ -69,12 +69,6 @@ class EventStream(EventSourceResponse):
 Pump = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
 
 
-def _take_slot(state: AppState) -> None:
-    """Hold one of the process's streaming slots; TooManyConnections (503) when none is free."""
-    if not state.guard.slots.acquire():
-        raise _too_many(state)
-
-
 def _too_many(state: AppState) -> TooManyConnections:
     return TooManyConnections(
         f"this server holds its limit of {state.guard.slots.limit} streaming connections; "
@@ -88,7 +82,7 @@ def _respond(
     sender: Callable[[], Coroutine[None, None, None]],
     source: MemoryObjectReceiveStream[bytes] | None = None,
 ) -> EventStream:
-    """The response around `body`, releasing the slot taken by `_take_slot` when it ends."""
+    """The response around `body`, releasing its streaming slot when it ends."""
     settings = state.settings
     slots = state.guard.slots
     try:
@@ -108,13 +102,14 @@ def _respond(
     return response
 
 
-def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
+async def sse_response(state: AppState, pump: Pump, expires_at: float | None) -> EventStream:
     """An SSE response fed by `pump` through a small buffer (queue consumers).
 
     Retry hint, heartbeats and a clean shutdown; raises TooManyConnections (503) when every
-    streaming slot is taken.
+    streaming slot is taken, once those of clients that have left are reclaimed.
     """
-    _take_slot(state)
+    if not await acquire_slot(state):
+        raise _too_many(state)
     send, receive = anyio.create_memory_object_stream[bytes](WRITER_BUFFER)
     settings = state.settings
     stopping = state.lifecycle.shutting_down
