@@ -4,6 +4,7 @@ curl -s -XPOST "$URL/topics/orders.created/events" \
 echo
 # Every retained event of orders.* as Server-Sent Events (--max-time: stop after 2 s).
 curl -sN --max-time 2 -H 'Accept: text/event-stream' "$URL/topics/orders.*/events?after=earliest"
-# The same with the CLI, one JSON line per event. It starts at the newest event unless
-# told otherwise; without --limit it follows forever.
+# The same with the CLI, one JSON line per event. By default it prints only events
+# published after it starts (--from earliest: every retained one); without --limit it
+# follows forever.
 pgcast tail 'orders.>' --from earliest --limit 1 | jq -c .data
