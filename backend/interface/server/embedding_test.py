@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.external, pytest.mark.anyio]
 def host_app(database_url: str) -> Iterator[str]:
     """The example host application (backend/testing/host_app.py) under uvicorn."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url}
+    # Under another server a client that closed its stream is noticed by the next sweep
+    # round (a quarter heartbeat), and uvicorn's shutdown waits for it: keep rounds short.
+    env = {**os.environ, "DATABASE_URL": database_url, "HEARTBEAT_SECONDS": "1"}
     command = [sys.executable, "-m", "uvicorn", "backend.testing.host_app:app"]
     process = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
