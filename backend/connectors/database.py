@@ -127,7 +127,8 @@ async def _init_connection(conn: Connection) -> None:
 async def connect(
     url: str, *, connect_timeout: float = 10, application_name: str = "pgcast"
 ) -> Connection:
-    """One standalone connection (the LISTEN connection, tests)."""
+    """One standalone connection (the LISTEN connection, the schema-version check, scratch
+    databases, tests)."""
     try:
         conn: Connection = await asyncpg.connect(
             asyncpg_dsn(url),

@@ -29,7 +29,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """Install one stderr handler on the root logger; called by the CLI only."""
+    """Install one stderr handler on the root logger; called by the CLI and by each
+    `serve --workers` worker process."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -250,8 +250,8 @@ def batch(
     A batch is sent when full, when `max_wait` seconds have passed since its first item
     arrived, or when the source ends. It never sends an empty list. With `hold`, a batch
     waits for more only while `hold()` is true; otherwise it leaves at once with whatever
-    is ready (group commit holds only while another commit is in flight, so a lone
-    request pays no wait).
+    is ready (for instance: hold only while a downstream commit is in flight, so a lone
+    item pays no wait).
     """
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")

@@ -7,12 +7,13 @@ commit in flight, or a batch of several requests moments ago) a batch waits unti
 queued; after a quiet spell it leaves at once, so a lone publish pays no wait.
 The queue is a plain deque that workers drain themselves: a request costs one append and
 one wake-up, with no task in between that forwards it.
-Every caller is answered only after its own events are committed. When a batch fails
-for a reason other than the database being unreachable, each request is retried alone,
-so one bad request fails only itself. When the committer stops, every request it has not
-committed (still queued, or arriving later) is answered with ShuttingDown: nobody waits
-for an answer that cannot come. Commits use the pool's live reserve, so subscribers
-catching up cannot hold back publishing.
+Every caller is answered only after its own events are committed. When the database
+refuses an event of a batch (InvalidEvent: nothing was stored), each request is retried
+alone, so one bad request fails only itself; any other failure goes to every caller of
+the batch, since a retry after an unseen commit could store its events twice. When the
+committer stops, every request it has not committed (still queued, or arriving later) is
+answered with ShuttingDown: nobody waits for an answer that cannot come. Commits use the
+pool's live reserve, so subscribers catching up cannot hold back publishing.
 """
 
 from __future__ import annotations

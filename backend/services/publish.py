@@ -1,10 +1,10 @@
-"""Publishing: validate, append in one transaction, then stamp delivery positions.
+"""Publishing: validate, then append with delivery positions.
 
-Events are inserted without a position and committed with no NOTIFY (NOTIFY's commit-time
-lock is cluster-wide). Right after the commit the publisher runs the sequencer, which stamps
-positions on every committed, unpositioned row in one short serialized transaction and sends
-one wake-up for all of them; the same statement reads the caller's events back as
-subscribers will see them.
+A publish takes its positions at insert time: one statement (`append_positioned`) takes the
+position lock, inserts the events with their positions, moves the head and sends the
+wake-up, in one commit. An idempotent publish inserts unpositioned rows inside its key's
+transaction instead; right after that commit it runs the sequencer, which stamps them and
+reads them back as subscribers will see them (`sequence_and_read`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ extend are fenced on that token, so a late ack from a consumer that lost its lea
 message was redelivered) is refused, never applied twice. Expired leases are reaped back
 to the queue with exponential backoff; after `max_attempts` a message is dead-lettered.
 Retries, dead-letters and requeues are also published as events on `pgcast.queues.<name>`
-in the same transaction as the state change.
+in the same transaction as the state change (a message given back because its consumer
+left publishes nothing unless it is dead-lettered).
 
 Wake-ups: enqueues and other settles in this process wake local consumers directly and,
 coalesced, send one NOTIFY per queue to other processes (outside any data transaction);

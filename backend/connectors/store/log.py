@@ -75,7 +75,8 @@ async def read_all_after(conn: Connection, after: int, limit: int) -> list[Event
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A catch-up page, read in one snapshot together with the retention watermark."""
+    """A catch-up page, read in one snapshot together with the retention watermark when it
+    holds events (an empty page reads the watermark with a second statement)."""
 
     events: list[Event]
     pruned_through: int
@@ -203,8 +204,8 @@ async def sequence_and_read(
 ) -> list[Event]:
     """Stamp positions until `seqs` (committed) have theirs; return them as delivered.
 
-    One round trip when fewer than `batch` rows wait ahead of them, as in every publish
-    short of a large backlog; each call is one sequencer transaction, as before.
+    One round trip when fewer than `batch` rows wait ahead of them (an idempotent publish,
+    short of a large backlog); each call is one sequencer transaction.
     """
     while True:
         rows = await conn.fetch(

@@ -4,7 +4,8 @@ A transport iterates `Session.items()` and writes what it gets in its own encodi
 `OPENED` marker once the start is fixed, batches of events, and in-band resets (a resume
 point that is gone restarts the subscription from the oldest retained event, never a
 silent skip). Shutdown and token expiry end a session from outside (`end`, called by the
-process's SSE and WebSocket sweeps; queue-consumer streams wait in `until_farewell`);
+process's SSE sweep; the WebSocket sweep ends the whole connection instead, and
+queue-consumer streams wait in `until_farewell`);
 the transport then says goodbye its own way: SSE writes a comment, WebSocket closes the
 whole socket.
 """

@@ -5,7 +5,8 @@ them; acks and nacks commit in the background (`settling.py`) while the next fra
 read, and are still answered in order. A bad frame gets an `error` frame naming its `ref`,
 `id` or `message_id`, and the socket stays open. `subscribed` is sent once the start
 position is fixed, so anything published after the client sees it is delivered. Every op
-is checked against the token.
+that names a topic, queue or held message is checked against the token's grants (`ping`,
+`unsubscribe` and `auth` name none; an expired token closes the socket, `ws/sweep.py`).
 """
 
 from __future__ import annotations
