@@ -16,6 +16,7 @@ import orjson
 import pytest
 from httpx_ws import WebSocketDisconnect, WebSocketSession, WebSocketUpgradeError, connect_ws
 
+from backend.testing.proxy import nginx_in_front
 from backend.testing.security import SECRET, auth_server, bearer, token
 from backend.testing.server import ServerProcess, spawn
 
@@ -150,6 +151,18 @@ def test_websocket_handshakes(server: ServerProcess) -> None:
         ) as ws:
             send(ws, op="auth", token=READER)
             assert receive(ws)["op"] == "authed"
+
+
+def test_a_page_behind_the_shipped_nginx_site_opens_its_websocket(server: ServerProcess) -> None:
+    """The page's own origin is allowed: the proxy must pass the Host the browser sent,
+    port included, for the server to see that the origin is its own."""
+    with nginx_in_front([server.url.removeprefix("http://")]) as proxy, httpx.Client() as client:
+        url = proxy.replace("http", "ws", 1) + f"/ws?token={READER}"
+        with connect_ws(
+            url, client, headers={"Origin": proxy}, session_class=WebSocketSession
+        ) as ws:
+            send(ws, op="subscribe", id=1, topic="orders.*")
+            assert receive(ws) == {"op": "subscribed", "id": 1}
 
 
 def test_websocket_without_credentials(server: ServerProcess) -> None:
