@@ -82,7 +82,11 @@ async def enqueue(request: Request) -> Response:
 
 
 async def consume_messages(request: Request) -> Response:
-    """GET /queues/{queue}/messages: SSE stream of leased messages, or one JSON claim."""
+    """GET /queues/{queue}/messages: SSE stream of leased messages, or one JSON claim.
+
+    Not HEAD, which Starlette routes here too: it would lease messages nobody receives."""
+    if request.method == "HEAD":
+        raise RequestError(405, "method_not_allowed", "claim messages with GET, not HEAD")
     state = AppState.of(request)
     queue, principal = _queue(request, Permission.CONSUME)
     params = request.query_params

@@ -248,3 +248,13 @@ async def test_a_replayed_enqueue_shows_the_messages_without_anyones_lease(
     assert replayed["attempt"] == 1  # its state now: claimed once
     assert "lease" not in replayed
     assert "lease_until" not in replayed
+
+
+@pytest.mark.integrated
+async def test_head_is_refused_and_leases_nothing(client: httpx.AsyncClient) -> None:
+    await client.post("/queues/headed/messages", json={"data": 1})
+    for accept in ("application/json", "text/event-stream"):
+        refused = await client.head("/queues/headed/messages", headers={"Accept": accept})
+        assert refused.status_code == 405
+    stats = (await client.get("/queues/headed")).json()
+    assert (stats["ready"], stats["leased"]) == (1, 0)

@@ -138,6 +138,8 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Unauthorized("the token has no subject ('sub')")
+    if not subject.isprintable():  # also a lone surrogate, which no answer could carry
+        raise Unauthorized("the token's subject ('sub') holds a control or invalid character")
     expires = claims.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, int | float):
         raise Unauthorized("the token has no expiry ('exp')")

@@ -24,7 +24,8 @@ class OriginPolicy:
     """Which browser origins may open a WebSocket (browsers do not apply CORS to it).
 
     Allowed: no `Origin` at all (not a browser), the server's own origin, the listed
-    origins (`*`: any), and, only while auth is off, any loopback origin.
+    origins (`*`: any), and, only while auth is off, any loopback origin. An `Origin` that
+    is not a URL (`http://[`) is refused like a foreign one.
     """
 
     listed: frozenset[str]
@@ -36,12 +37,16 @@ class OriginPolicy:
         origin = origin.strip().lower().rstrip("/")
         if "*" in self.listed or origin in self.listed:
             return True
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+            hostname = parts.hostname
+        except ValueError:
+            return False
         if parts.scheme not in ("http", "https"):
             return False
         if host is not None and parts.netloc == host.strip().lower():
             return True
-        return self.loopback and is_loopback(parts.hostname)
+        return self.loopback and is_loopback(hostname)
 
 
 @dataclass(eq=False)

@@ -141,6 +141,7 @@ def test_websocket_handshakes(server: ServerProcess) -> None:
             ("?token=bad", {}, 401),
             ("", bearer(token(ttl=-30)), 401),
             ("", {**bearer(READER), "Origin": "https://evil.example"}, 403),
+            ("", {**bearer(READER), "Origin": "http://["}, 403),  # not even a URL
         ):
             assert handshake_status(ws_url(server, query), headers) == status
         with connect_ws(
@@ -260,6 +261,27 @@ def test_cors_preflight_allows_the_protocol_headers(server: ServerProcess) -> No
         asked.split(",")
     )
     assert foreign.status_code == 400
+    assert foreign.json()["error"] == "invalid_request"
+    assert "origin" in foreign.json()["message"]
+    patch = httpx.options(
+        url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PATCH"}
+    )
+    assert (patch.status_code, patch.json()["error"]) == (400, "invalid_request")
+    assert "method" in patch.json()["message"]
+
+
+def test_a_subject_no_answer_could_carry_is_refused(server: ServerProcess) -> None:
+    odd = token("\ud800", subscribe=["orders.>"])  # a lone surrogate, validly signed
+    refused = httpx.post(f"{server.url}/auth/cookie", headers=bearer(odd))
+    assert (refused.status_code, refused.json()["error"]) == (401, "unauthorized")
+    with (
+        httpx.Client() as client,
+        connect_ws(ws_url(server), client, session_class=WebSocketSession) as ws,
+    ):
+        send(ws, op="auth", token=odd)
+        assert receive(ws)["code"] == "unauthorized"
+        send(ws, op="auth", token=READER)
+        assert receive(ws)["op"] == "authed"
 
 
 def test_tokens_never_reach_the_log(server: ServerProcess) -> None:

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from backend.core.errors import ConfigError, PgcastError
@@ -25,6 +24,7 @@ from backend.interface.http import events as http_events
 from backend.interface.http import health
 from backend.interface.http import queues as http_queues
 from backend.interface.http import topics as http_topics
+from backend.interface.http.cors import JsonCorsMiddleware
 from backend.interface.http.errors import EXCEPTION_HANDLERS
 from backend.interface.security.guard import Guard, split_list
 from backend.interface.security.protection import LoopbackHostOnly, install_log_redaction
@@ -53,7 +53,7 @@ def _middleware(settings: Settings, guard: Guard) -> list[Middleware]:
     if origins:
         stack.append(
             Middleware(
-                CORSMiddleware,
+                JsonCorsMiddleware,
                 allow_origins=origins,
                 allow_methods=["GET", "POST", "PUT", "DELETE"],
                 allow_headers=CORS_REQUEST_HEADERS,
