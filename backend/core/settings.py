@@ -11,6 +11,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,6 +144,12 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("postgres://", "postgresql://", "postgresql+asyncpg://")):
             raise ValueError("must be a postgresql:// URL")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+            parts.hostname  # noqa: B018 - raises for a malformed IPv6 address
+        except ValueError as exc:
+            raise ValueError(f"must be a valid postgresql:// URL: {exc}") from None
         return value
 
 

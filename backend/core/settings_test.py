@@ -41,6 +41,8 @@ def test_values_are_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None
         ("LOG_LEVEL", "loud"),
         ("LOG_FORMAT", "xml"),
         ("DATABASE_URL", "mysql://x"),
+        ("DATABASE_URL", "postgresql://127.0.0.1:99999/x"),
+        ("DATABASE_URL", "postgresql://[bad"),
         ("MAX_EVENT_BYTES", "0"),
         ("AUTH_SECRET", "too-short"),
         ("PUBLISH_RATE", "-1"),

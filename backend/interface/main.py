@@ -18,10 +18,31 @@ app.add_typer(db_app, name="db")
 
 
 def main() -> None:
-    """Entry point: typed errors become one line on stderr and a documented exit status."""
+    """Entry point: typed errors become one line on stderr and a documented exit status.
+
+    So do text that cannot be sent (an argument or variable that is not UTF-8, a token or
+    URL that is not ASCII: status 2) and a file the command cannot use, such as a DATA_DIR
+    that is not a directory (status 1)."""
     try:
         app()
     except PgcastError as exc:
         line, status = describe(exc)
         typer.echo(line, err=True)
         sys.exit(status)
+    except UnicodeError as exc:
+        typer.echo(f"pgcast: {_unsendable(exc)}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        typer.echo(f"pgcast: {exc}", err=True)
+        sys.exit(1)
+
+
+def _unsendable(exc: UnicodeError) -> str:
+    """Which text could not be encoded, and why."""
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start : exc.end]
+        if all("\udc80" <= char <= "\udcff" for char in bad):  # bytes that were not UTF-8
+            raw = " ".join(f"0x{ord(char) - 0xDC00:02x}" for char in bad)
+            return f"an argument or variable holds bytes that are not UTF-8 ({raw})"
+        return f"an argument or variable holds {bad!r}, which cannot be sent ({exc.reason})"
+    return f"an argument or variable cannot be read as text ({exc})"

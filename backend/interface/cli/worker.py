@@ -260,7 +260,9 @@ def check_runnable(command: list[str]) -> None:
     program = command[0]
     if shutil.which(program) is not None:
         return
-    if os.sep in program and os.path.isfile(program):
+    if os.sep in program and os.path.isdir(program):
+        reason = "Is a directory"
+    elif os.sep in program and os.path.isfile(program):
         reason = "Permission denied"
     elif os.sep in program:
         reason = "No such file or directory"

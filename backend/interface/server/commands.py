@@ -55,7 +55,9 @@ def _database(settings: Settings, *, stable: bool) -> Iterator[str]:
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (env PORT; 0: any free one).")
+    ] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
     workers: Annotated[
         str | None,

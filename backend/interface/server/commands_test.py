@@ -235,3 +235,43 @@ def test_capture_tables_naming_a_missing_table_is_one_line_and_status_2(
     workers = _run("serve", PORT=str(free_port()), LOG_LEVEL="ERROR", WORKERS="2", **env)
     assert workers.returncode == 2, workers.stderr
     assert set(workers.stderr.splitlines()) == {expected}  # each worker that tried says so
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "status", "says"),
+    [
+        ([b"publish", b"\xff", b"{}"], {}, 2, "bytes that are not UTF-8 (0xff)"),
+        ([b"topics", b"--token", "é".encode()], {}, 2, "'é', which cannot be sent"),
+        (
+            [b"db", b"shell", b"-c", b"select 1"],
+            {"DATABASE_URL": "postgresql://h:99999/x"},
+            2,
+            "DATABASE_URL: ",
+        ),
+        ([b"migrate"], {"DATABASE_URL": "postgresql://[bad"}, 2, "DATABASE_URL: "),
+        ([b"db", b"url"], {"DATA_DIR": "/dev/null/x"}, 1, "Not a directory"),
+        ([b"queue", b"work", b"q", b"--", b"/tmp"], {}, 2, "cannot run /tmp: Is a directory"),
+    ],
+    ids=["non-utf8-argument", "non-ascii-token", "url-port", "url-ipv6", "data-dir", "dir-cmd"],
+)
+def test_unusable_arguments_and_variables_are_one_line(
+    args: list[bytes], env: dict[str, str], status: int, says: str
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"backend", *args],
+        env=_env(PGCAST_URL=closed, LOG_LEVEL="ERROR", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("pgcast: "), line
+    assert says in line, line
+
+
+def test_serve_refuses_a_port_out_of_range() -> None:
+    result = _run("serve", "--port", "99999")
+    assert result.returncode == 2
+    assert "--port" in result.stderr
