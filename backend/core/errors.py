@@ -145,3 +145,9 @@ class TooManyConnections(PgcastError):
     """This process holds MAX_CONNECTIONS streaming connections; retry after a while."""
 
     code = "too_many_connections"
+
+
+class CannotListen(PgcastError):
+    """`serve` cannot bind its address: the port is taken, out of reach or not allowed."""
+
+    code = "cannot_listen"

@@ -275,3 +275,18 @@ def test_serve_refuses_a_port_out_of_range() -> None:
     result = _run("serve", "--port", "99999")
     assert result.returncode == 2
     assert "--port" in result.stderr
+
+
+@pytest.mark.external
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_and_status_1(database_url: str, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("serve", "--port", str(port), "--workers", workers, DATABASE_URL=database_url)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"pgcast: cannot listen on 127.0.0.1:{port}: "), last
+    assert "in use" in last, last
+    assert "Traceback" not in result.stderr

@@ -27,6 +27,7 @@ import sniffio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.core.errors import CannotListen
 from backend.core.settings import Settings
 from backend.interface.server.app import create_app
 from backend.interface.server.lifecycle import Lifecycle
@@ -47,14 +48,17 @@ STREAM_GOODBYE_SECONDS = 2
 
 
 class QuietStartupFailure(logging.Filter):
-    """Drops uvicorn's error lines about a failed start-up that the command line reports."""
+    """Drops uvicorn's error lines about a failed start-up that the command line reports
+    (a typed start-up error, or the address it could not listen on)."""
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         super().__init__()
         self.lifecycle = lifecycle
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.lifecycle.startup_error is None or record.levelno < logging.ERROR
+        if record.levelno < logging.ERROR:
+            return True
+        return self.lifecycle.startup_error is None and not isinstance(record.msg, OSError)
 
 
 def report_startup_errors(app: ASGIApp, lifecycle: Lifecycle) -> ASGIApp:
@@ -104,10 +108,10 @@ class Server(uvicorn.Server):
         sniffio.current_async_library_cvar.set("asyncio")
         try:
             await super().startup(sockets)
-        except SystemExit:
+        except SystemExit as exit_:
             if self.lifecycle.startup_error is not None:
                 raise self.lifecycle.startup_error from None
-            raise
+            raise cannot_listen(self.config, exit_) or exit_ from None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.begin_shutdown()
@@ -120,6 +124,16 @@ class Server(uvicorn.Server):
         with anyio.move_on_after(STREAM_GOODBYE_SECONDS):
             await self.lifecycle.streams_closed()
         await super().shutdown(sockets)
+
+
+def cannot_listen(config: uvicorn.Config, exit_: SystemExit) -> CannotListen | None:
+    """The typed error for uvicorn's exit after it could not bind (it logs the OSError and
+    exits from within its handler, so the OSError is the exit's context); None otherwise."""
+    reason = exit_.__context__
+    if not isinstance(reason, OSError):
+        return None
+    problem = reason.strerror or str(reason)
+    return CannotListen(f"cannot listen on {config.host}:{config.port}: {problem}")
 
 
 def protocol_options(settings: Settings) -> dict[str, Any]:

@@ -136,7 +136,10 @@ def supervise(settings: Settings, *, host: str, port: int, count: int) -> int:
     config = uvicorn.Config(
         "backend.interface.server.app:create_app", host=host, port=port, log_config=None
     )
-    sock = config.bind_socket()
+    try:
+        sock = config.bind_socket()
+    except SystemExit as exit_:
+        raise runner.cannot_listen(config, exit_) or exit_ from None
     metrics_dir = tempfile.mkdtemp(prefix="pgcast-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir
     try:
