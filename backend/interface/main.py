@@ -23,6 +23,12 @@ def main() -> None:
     So do text that cannot be sent (an argument or variable that is not UTF-8, a token or
     URL that is not ASCII: status 2) and a file the command cannot use, such as a DATA_DIR
     that is not a directory (status 1)."""
+    for index, argument in enumerate(sys.argv[1:], 1):
+        try:
+            argument.encode()
+        except UnicodeEncodeError as exc:
+            typer.echo(f"pgcast: argument {index} {_unsendable(exc)}", err=True)
+            sys.exit(2)
     try:
         app()
     except PgcastError as exc:
@@ -30,7 +36,7 @@ def main() -> None:
         typer.echo(line, err=True)
         sys.exit(status)
     except UnicodeError as exc:
-        typer.echo(f"pgcast: {_unsendable(exc)}", err=True)
+        typer.echo(f"pgcast: an argument or variable {_unsendable(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:
         typer.echo(f"pgcast: {exc}", err=True)
@@ -43,6 +49,6 @@ def _unsendable(exc: UnicodeError) -> str:
         bad = exc.object[exc.start : exc.end]
         if all("\udc80" <= char <= "\udcff" for char in bad):  # bytes that were not UTF-8
             raw = " ".join(f"0x{ord(char) - 0xDC00:02x}" for char in bad)
-            return f"an argument or variable holds bytes that are not UTF-8 ({raw})"
-        return f"an argument or variable holds {bad!r}, which cannot be sent ({exc.reason})"
-    return f"an argument or variable cannot be read as text ({exc})"
+            return f"holds bytes that are not UTF-8 ({raw})"
+        return f"holds {bad!r}, which cannot be sent ({exc.reason})"
+    return f"cannot be read as text ({exc})"

@@ -13,6 +13,7 @@ from backend.interface.cli.client import (
     Url,
     command_group,
     guarded,
+    notice,
     segment,
 )
 
@@ -36,6 +37,11 @@ def _call(method: str, url: str, path: str, token: str | None, body: Any = None)
 
 
 def _path(table: str) -> str:
+    """The table's route; a name no route could carry (empty, or with a `/`) is a usage
+    error here rather than a bare `Not Found` from the server."""
+    if not table or "/" in table:
+        notice(f"invalid table {table!r}: expected [schema.]table")
+        raise typer.Exit(2)
     return "/admin/captures/" + segment(table)
 
 

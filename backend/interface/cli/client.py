@@ -20,7 +20,8 @@ import orjson
 import typer
 
 from backend.core import exactjson
-from backend.core.errors import PgcastError
+from backend.core.errors import InvalidName, PgcastError
+from backend.core.names import validate_name
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -63,6 +64,18 @@ def command_group(name: str, help: str) -> typer.Typer:
 def segment(name: str) -> str:
     """A topic, pattern or queue name as one path segment."""
     return quote(name, safe="")
+
+
+def name_segment(name: str, kind: str) -> str:
+    """A topic or queue name checked here first, as one path segment: a name the server
+    could not route (empty, or with a `/`) is a usage error (status 2) naming the rule,
+    not a bare `Not Found` from the server."""
+    try:
+        validate_name(name, kind)
+    except InvalidName as exc:
+        notice(exc.message)
+        raise typer.Exit(2) from None
+    return segment(name)
 
 
 def notice(text: str) -> None:

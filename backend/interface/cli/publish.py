@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from backend.interface.cli.client import DEFAULT_URL, Api, Token, Url, segment
+from backend.interface.cli.client import DEFAULT_URL, Api, Token, Url, name_segment
 from backend.interface.cli.lines import post_created
 
 
@@ -37,5 +37,5 @@ def publish(
 
       jq -c '.[]' orders.json | pgcast publish orders.created --type order.created
     """
-    path = f"/topics/{segment(topic)}/events"
+    path = f"/topics/{name_segment(topic, 'topic')}/events"
     post_created(Api(url, token), path, value, {"type": type_, "key": key}, "events")

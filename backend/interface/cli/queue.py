@@ -15,6 +15,7 @@ from backend.interface.cli.client import (
     Url,
     command_group,
     guarded,
+    name_segment,
     segment,
     write_line,
 )
@@ -62,7 +63,7 @@ def enqueue(
 
       jq -c '.[]' jobs.json | pgcast queue enqueue jobs --delay 60
     """
-    path = f"/queues/{segment(queue)}/messages"
+    path = f"/queues/{name_segment(queue, 'queue')}/messages"
     fields = {"delay_seconds": delay, "max_attempts": max_attempts, "key": key}
     post_created(Api(url, token), path, value, fields, "messages")
 
@@ -100,7 +101,7 @@ def stats(
     """
     api = Api(url, token)
     with guarded(), api.client() as client:
-        path = "/queues" if queue is None else f"/queues/{segment(queue)}"
+        path = "/queues" if queue is None else f"/queues/{name_segment(queue, 'queue')}"
         body = api.call(client, "GET", path)
         if sys.stdout.isatty():
             _table(body["queues"] if queue is None else [body])
@@ -115,7 +116,7 @@ def dead(queue: Queue, url: Url = DEFAULT_URL, token: Token = None) -> None:
     Example: pgcast queue dead emails | jq -r .last_error
     """
     api = Api(url, token)
-    path = f"/queues/{segment(queue)}/dead"
+    path = f"/queues/{name_segment(queue, 'queue')}/dead"
     after: str | None = None
     with guarded(), api.client() as client:
         while True:
@@ -148,8 +149,10 @@ def requeue(
     """
     if (message_id is None) == (not all_):
         raise typer.BadParameter("give exactly one of a message ID or --all")
+    if message_id is not None and not (message_id.isascii() and message_id.isdigit()):
+        raise typer.BadParameter(f"a message ID is a number, not {message_id!r}")
     api = Api(url, token)
-    base = f"/queues/{segment(queue)}/dead"
+    base = f"/queues/{name_segment(queue, 'queue')}/dead"
     with guarded(), api.client() as client:
         if message_id is not None:
             api.call(client, "POST", f"{base}/{segment(message_id)}/requeue")

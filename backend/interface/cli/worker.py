@@ -39,6 +39,7 @@ from backend.interface.cli.client import (
     error_of,
     guarded,
     json_body,
+    name_segment,
     notice,
     segment,
 )
@@ -63,7 +64,7 @@ class Worker:
     ) -> None:
         self.api = api
         self.queue = queue
-        self.path = f"/queues/{segment(queue)}/messages"
+        self.path = f"/queues/{name_segment(queue, 'queue')}/messages"
         self.command = command
         self.prefetch = prefetch
         self.lease = lease

@@ -251,8 +251,21 @@ def test_capture_tables_naming_a_missing_table_is_one_line_and_status_2(
         ([b"migrate"], {"DATABASE_URL": "postgresql://[bad"}, 2, "DATABASE_URL: "),
         ([b"db", b"url"], {"DATA_DIR": "/dev/null/x"}, 1, "Not a directory"),
         ([b"queue", b"work", b"q", b"--", b"/tmp"], {}, 2, "cannot run /tmp: Is a directory"),
+        ([b"publish", b"", b"{}"], {}, 2, "topic '': must not be empty"),
+        ([b"queue", b"stats", b"a/b"], {}, 2, "invalid character '/'"),
+        ([b"capture", b"remove", b""], {}, 2, "invalid table ''"),
     ],
-    ids=["non-utf8-argument", "non-ascii-token", "url-port", "url-ipv6", "data-dir", "dir-cmd"],
+    ids=[
+        "non-utf8-argument",
+        "non-ascii-token",
+        "url-port",
+        "url-ipv6",
+        "data-dir",
+        "dir-cmd",
+        "empty-topic",
+        "slashed-queue",
+        "empty-table",
+    ],
 )
 def test_unusable_arguments_and_variables_are_one_line(
     args: list[bytes], env: dict[str, str], status: int, says: str
