@@ -3,7 +3,9 @@
 A batch is sent when it reaches `MAX_LINES` lines or `MAX_BYTES` bytes, when the input has
 been idle for `IDLE_SECONDS`, or at the end of the input. A line that is not JSON stops
 the run after everything before it has been sent, so the caller knows exactly which
-lines made it: all the lines before the bad one.
+lines made it: all the lines before the bad one. So does a line the server refuses (too
+large, say): a batch is all or nothing, so a refused one is sent again line by line, up
+to the line at fault, which is named.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from backend.core import exactjson
 from backend.core.errors import InvalidJson, PgcastError
-from backend.interface.cli.client import Api, fail, guarded, write_line
+from backend.interface.cli.client import Api, ApiError, fail, guarded, write_line
 
 MAX_LINES = 500
 MAX_BYTES = 4 * 1024 * 1024
@@ -24,6 +26,8 @@ IDLE_SECONDS = 0.05
 READ_SIZE = 64 * 1024
 
 Send = Callable[[list[dict[str, Any]]], None]
+REFUSED_ITEM = frozenset({"invalid_event", "event_too_large"})
+"""Refusals about one item of a batch (the rest of the batch was fine)."""
 
 
 def _readable(selector: selectors.BaseSelector, fd: int) -> bool:
@@ -69,14 +73,15 @@ def _lines(fd: int) -> Iterator[bytes | None]:
 def _post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
     """Read stdin to its end, posting `make_item(value)` for every non-blank line."""
     batch: list[dict[str, Any]] = []
+    numbers: list[int] = []
     size = 0
     number = 0
 
     def flush() -> None:
-        nonlocal batch, size
+        nonlocal batch, numbers, size
         if batch:
-            send(batch)
-        batch, size = [], 0
+            _send_naming_the_line(send, batch, numbers)
+        batch, numbers, size = [], [], 0
 
     for line in _lines(sys.stdin.fileno()):
         if line is None:
@@ -91,10 +96,29 @@ def _post_lines(make_item: Callable[[Any], dict[str, Any]], send: Send) -> None:
             flush()
             fail(exc.message if isinstance(exc, InvalidJson) else f"line {number}: {exc.message}")
         batch.append(make_item(value))
+        numbers.append(number)
         size += len(line)
         if len(batch) >= MAX_LINES or size >= MAX_BYTES:
             flush()
     flush()
+
+
+def _send_naming_the_line(send: Send, batch: list[dict[str, Any]], numbers: list[int]) -> None:
+    """Send the batch; if the server refuses one of its items, send them one by one so that
+    every line before that one is published, then stop naming its line."""
+    try:
+        send(batch)
+        return
+    except ApiError as exc:
+        if exc.code not in REFUSED_ITEM:
+            raise
+    for item, number in zip(batch, numbers, strict=True):
+        try:
+            send([item])
+        except ApiError as exc:
+            if exc.code not in REFUSED_ITEM:
+                raise
+            fail(f"line {number}: {exc.message}")
 
 
 def post_created(

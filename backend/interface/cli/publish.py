@@ -27,9 +27,10 @@ def publish(
     Without one, read JSON Lines from stdin: every non-blank line is one
     event's data, sent in batches (up to 500 lines, or when input pauses).
 
-    If line N is not valid JSON, pgcast stops with exit status 1 and
-    `pgcast: line N is not valid JSON: ...`: lines 1 to N-1 have been published
-    (their ids are printed), line N and everything after it have not.
+    If line N is not valid JSON, or the server refuses it (too large, say),
+    pgcast stops with exit status 1 and `pgcast: line N ...` saying why:
+    lines 1 to N-1 have been published (their ids are printed), line N and
+    everything after it have not.
 
     Examples:
 

@@ -57,6 +57,20 @@ def test_bad_json_on_line_3_publishes_lines_1_and_2_and_exits_1(
     assert result.stdout.splitlines() == [e["id"] for e in events]
 
 
+def test_a_refused_line_publishes_the_lines_before_it_and_is_named(
+    cli_server: ServerProcess,
+) -> None:
+    too_large = '"' + "x" * (1024 * 1024 + 10) + '"'  # over the default MAX_EVENT_BYTES
+    lines = "".join(f'{{"n": {n}}}\n' for n in range(1, 4)) + too_large + '\n{"n": 5}\n'
+    result = run(cli_server.url, "publish", "refused", stdin=lines)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("pgcast: line 4: event data is "), line
+    events = stored(cli_server, "refused")
+    assert [e["data"] for e in events] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert result.stdout.splitlines() == [e["id"] for e in events]
+
+
 def test_a_usage_error_exits_2() -> None:
     result = run("http://127.0.0.1:1", "publish")
     assert result.returncode == 2
