@@ -2,12 +2,11 @@
 
 import asyncio
 
-from sqlalchemy import pool, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
-from backend.connectors.database import sqlalchemy_url
+from backend.connectors.database import migration_engine
 from backend.entities.models import SCHEMA, metadata
 
 config = context.config
@@ -41,7 +40,7 @@ async def run_async() -> None:
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("no database URL: run migrations through `pgcast migrate`")
-    engine = create_async_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    engine = migration_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_with)

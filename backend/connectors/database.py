@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from backend.core.errors import ConfigError, DatabaseUnavailable, PgcastError
 
@@ -51,8 +53,10 @@ CANNOT_CONNECT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-# Errors that mean "the server answered, and DATABASE_URL is wrong": retrying cannot help.
+# Errors that mean "DATABASE_URL is wrong" (the server answered so, or the driver cannot use
+# one of its options, such as a bad sslmode): retrying cannot help.
 REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ClientConfigurationError,
     asyncpg.exceptions.InvalidCatalogNameError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidPasswordError,
@@ -86,10 +90,18 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
-def sqlalchemy_url(url: str) -> str:
-    """SQLAlchemy needs the driver named in the scheme."""
-    plain = asyncpg_dsn(url).replace("postgres://", "postgresql://", 1)
-    return plain.replace("postgresql://", "postgresql+asyncpg://", 1)
+def migration_engine(url: str) -> AsyncEngine:
+    """An engine for Alembic whose connections asyncpg opens from the whole URL, so every
+    option asyncpg reads there (`sslmode`, `sslrootcert`, ...) works as for the server's
+    pool. From a URL, SQLAlchemy would pass the query's options as keyword arguments,
+    which asyncpg does not take (`?sslmode=require` failed with a TypeError)."""
+    dsn = asyncpg_dsn(url)
+
+    async def connect() -> Connection:
+        connection: Connection = await asyncpg.connect(dsn)
+        return connection
+
+    return create_async_engine("postgresql+asyncpg://", poolclass=NullPool, async_creator=connect)
 
 
 def connect_failure(exc: BaseException) -> PgcastError | None:

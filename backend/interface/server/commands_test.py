@@ -249,6 +249,7 @@ def test_capture_tables_naming_a_missing_table_is_one_line_and_status_2(
             "DATABASE_URL: ",
         ),
         ([b"migrate"], {"DATABASE_URL": "postgresql://[bad"}, 2, "DATABASE_URL: "),
+        ([b"migrate"], {"DATABASE_URL": "postgresql://127.0.0.1:9/x?sslmode=bogus"}, 2, "sslmode"),
         ([b"db", b"url"], {"DATA_DIR": "/dev/null/x"}, 1, "Not a directory"),
         ([b"queue", b"work", b"q", b"--", b"/tmp"], {}, 2, "cannot run /tmp: Is a directory"),
         ([b"publish", b"", b"{}"], {}, 2, "topic '': must not be empty"),
@@ -260,6 +261,7 @@ def test_capture_tables_naming_a_missing_table_is_one_line_and_status_2(
         "non-ascii-token",
         "url-port",
         "url-ipv6",
+        "url-option",
         "data-dir",
         "dir-cmd",
         "empty-topic",
@@ -303,3 +305,9 @@ def test_a_port_in_use_is_one_line_and_status_1(database_url: str, workers: str)
     assert last.startswith(f"pgcast: cannot listen on 127.0.0.1:{port}: "), last
     assert "in use" in last, last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.external
+def test_migrate_takes_the_url_options_asyncpg_reads(database_url: str) -> None:
+    result = _run("migrate", DATABASE_URL=f"{database_url}?sslmode=disable")
+    assert result.returncode == 0, result.stderr
