@@ -141,7 +141,10 @@ class EmbeddedPostgres:
         return result.stdout
 
     def _prepare(self) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         if _as_root():
             entry = _ensure_system_user()
             _open_path_for_others(self.pgdata)
@@ -172,6 +175,9 @@ class EmbeddedPostgres:
             if not self.durable:
                 conf.write(FAST_CONFIG)
 
+    def _unusable(self, exc: OSError) -> ConfigError:
+        return ConfigError(f"cannot use {self.pgdata} as a data directory: {exc.strerror}")
+
     def running_port(self) -> int | None:
         """The port of the server running on this data dir, or None."""
         pidfile = self.pgdata / "postmaster.pid"
@@ -179,6 +185,8 @@ class EmbeddedPostgres:
             lines = pidfile.read_text().splitlines()
         except (FileNotFoundError, PermissionError):
             return None
+        except OSError as exc:  # a path that cannot be a directory (DATA_DIR=/dev/null/x)
+            raise self._unusable(exc) from None
         if len(lines) < 4:
             return None
         try:

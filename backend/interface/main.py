@@ -20,9 +20,8 @@ app.add_typer(db_app, name="db")
 def main() -> None:
     """Entry point: typed errors become one line on stderr and a documented exit status.
 
-    So do text that cannot be sent (an argument or variable that is not UTF-8, a token or
-    URL that is not ASCII: status 2) and a file the command cannot use, such as a DATA_DIR
-    that is not a directory (status 1)."""
+    So does text that cannot be sent: an argument or variable that is not UTF-8, or a token
+    or URL that is not ASCII (status 2)."""
     for index, argument in enumerate(sys.argv[1:], 1):
         try:
             argument.encode()
@@ -38,9 +37,6 @@ def main() -> None:
     except UnicodeError as exc:
         typer.echo(f"pgcast: an argument or variable {_unsendable(exc)}", err=True)
         sys.exit(2)
-    except OSError as exc:
-        typer.echo(f"pgcast: {exc}", err=True)
-        sys.exit(1)
 
 
 def _unsendable(exc: UnicodeError) -> str:

@@ -250,7 +250,7 @@ def test_capture_tables_naming_a_missing_table_is_one_line_and_status_2(
         ),
         ([b"migrate"], {"DATABASE_URL": "postgresql://[bad"}, 2, "DATABASE_URL: "),
         ([b"migrate"], {"DATABASE_URL": "postgresql://127.0.0.1:9/x?sslmode=bogus"}, 2, "sslmode"),
-        ([b"db", b"url"], {"DATA_DIR": "/dev/null/x"}, 1, "Not a directory"),
+        ([b"db", b"url"], {"DATA_DIR": "/dev/null/x"}, 2, "as a data directory: Not a directory"),
         ([b"queue", b"work", b"q", b"--", b"/tmp"], {}, 2, "cannot run /tmp: Is a directory"),
         ([b"publish", b"", b"{}"], {}, 2, "topic '': must not be empty"),
         ([b"queue", b"stats", b"a/b"], {}, 2, "invalid character '/'"),

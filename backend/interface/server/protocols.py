@@ -168,9 +168,7 @@ class HttpProtocol(HttpToolsProtocol):
         what uvicorn still reads (HEAD handling, the access log) and pgcast's own keys, and
         the request's headers and its finished parser go (an idle SSE stream holds about
         2 KiB less)."""
-        kept = {key: value for key, value in scope.items() if key in SCOPE_KEPT}
-        scope.clear()
-        scope.update(kept)
+        _keep_only(scope, SCOPE_KEPT)
         if self.scope is scope:
             self.headers = None  # type: ignore[assignment]  # as before a request begins
             if not self.cycle.more_body:  # the request is parsed to its end
@@ -275,9 +273,13 @@ def lighten_websocket_scope(scope: AppScope) -> None:
     """An accepted WebSocket served by `WebSocketProtocol` is about to run long after the
     app: its scope keeps only what uvicorn (its access log) and pgcast still read, and the
     handshake's headers go. Under any other server the scope is left as it is."""
-    if not isinstance(scope.get(WS_PROTOCOL), WebSocketProtocol):
-        return
-    kept = {key: value for key, value in scope.items() if key in WEBSOCKET_SCOPE_KEPT}
+    if isinstance(scope.get(WS_PROTOCOL), WebSocketProtocol):
+        _keep_only(scope, WEBSOCKET_SCOPE_KEPT)
+
+
+def _keep_only(scope: AppScope, keys: frozenset[str]) -> None:
+    """Drop every other key, in place: the server and the stream share this dict."""
+    kept = {key: value for key, value in scope.items() if key in keys}
     scope.clear()
     scope.update(kept)
 

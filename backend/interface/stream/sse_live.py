@@ -32,10 +32,7 @@ from starlette.types import Receive, Scope, Send
 from backend.core.errors import CursorExpired
 from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
-from backend.interface.server.protocols import (
-    chunk_writer,
-    on_connection_lost,
-)
+from backend.interface.server.protocols import chunk_writer, on_connection_lost
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import (
     WRITE_BYTES,
