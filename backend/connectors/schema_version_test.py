@@ -16,6 +16,13 @@ from backend.connectors.scratch import create_database, drop_database
 from backend.testing import postgres
 
 
+@pytest.fixture
+def admin_url() -> str:
+    """The shared server's admin URL; it starts the server if need be, which must happen
+    outside a test's event loop."""
+    return postgres.shared_server_url()
+
+
 def test_head_is_alembics_head() -> None:
     script = ScriptDirectory.from_config(alembic_config("postgresql://unused/db"))
     assert schema_version.head_revision() == script.get_current_head()
@@ -28,9 +35,11 @@ def test_head_of_a_folder_without_migrations_is_none(tmp_path: Path) -> None:
 
 @pytest.mark.integrated
 @pytest.mark.anyio
-async def test_a_migrated_database_is_current_and_an_empty_one_is_not(database_url: str) -> None:
+async def test_a_migrated_database_is_current_and_an_empty_one_is_not(
+    database_url: str, admin_url: str
+) -> None:
     assert await schema_version.is_current(database_url)
-    server = postgres.shared_server_url()
+    server = admin_url
     name = f"pgcast_empty_{secrets.token_hex(4)}"
     empty = await create_database(server, name)
     try:
@@ -42,13 +51,13 @@ async def test_a_migrated_database_is_current_and_an_empty_one_is_not(database_u
 
 @pytest.mark.integrated
 @pytest.mark.anyio
-async def test_migrations_wait_for_each_other() -> None:
+async def test_migrations_wait_for_each_other(admin_url: str) -> None:
     """Replicas that start together migrate one at a time (an advisory lock in alembic/env.py).
 
     Holding that lock here, a `pgcast migrate` process must queue for it, then finish once
     it is released.
     """
-    server = postgres.shared_server_url()
+    server = admin_url
     name = f"pgcast_race_{secrets.token_hex(4)}"
     empty = await create_database(server, name)
     holder = await connect(empty)
