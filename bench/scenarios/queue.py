@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 
 from bench.fleet import queue_consumers
@@ -23,32 +22,39 @@ from bench.loadgen import skip_locked_workers
 from bench.model import Row, ScenarioResult
 from bench.procs import Child, stop_all
 from bench.scenarios.common import Context
+from bench.wire import HttpConn
 
 KEY = "queue"
 TITLE = "Queue: jobs/s from enqueue to ack"
 METHOD = (
     "WebSocket consumers (`consume`, lease 60 s) that ack each message on arrival, in one "
     "client process (the acks for the frames of one read go out in one write); the "
-    "producer enqueues over HTTP in arrays of 100 (orjson, keep-alive) once they are "
-    "subscribed. Each job costs pgcast its share of a claim statement and of an ack commit "
-    "(claims and settlements made together share them). Baseline: asyncpg "
+    "producer enqueues over HTTP in arrays of 100 (a raw keep-alive HTTP/1.1 client, orjson, "
+    "one request at a time) once they are subscribed. Each job costs pgcast its share of a "
+    "claim statement and of an ack commit (claims and settlements made together share "
+    "them). Baseline: asyncpg "
     "workers, each looping over BEGIN; SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1; DELETE; "
     "COMMIT (sleeping 2 ms on an empty claim), fed by INSERTs of 100 rows."
 )
 CHUNK = 100
-JSON_BODY = {"content-type": "application/json"}
 
 
-def _enqueue(base_url: str, queue: str, jobs: int, padding: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+async def _enqueue(port: int, queue: str, jobs: int, padding: str) -> None:
+    """One keep-alive connection, one request at a time, as the peers' producers insert
+    one batch at a time; a raw client (`bench.wire`), so the producer's own CPU (about a
+    tenth of httpx's per request) takes little from the server on this small machine."""
+    conn = await asyncio.wait_for(HttpConn.open(port), 30)
+    try:
         sent = 0
         while sent < jobs:
             size = min(CHUNK, jobs - sent)
             body = [{"data": {"n": sent + i, "pad": padding}} for i in range(size)]
-            client.post(
-                f"/queues/{queue}/messages", content=orjson.dumps(body), headers=JSON_BODY
-            ).raise_for_status()
+            await asyncio.wait_for(
+                conn.expect("POST", f"/queues/{queue}/messages", orjson.dumps(body), 201), 60
+            )
             sent += size
+    finally:
+        conn.close()
 
 
 def _pgcast(ctx: Context, prefetch: int, jobs: int) -> dict[str, Any]:
@@ -69,7 +75,7 @@ def _pgcast(ctx: Context, prefetch: int, jobs: int) -> dict[str, Any]:
             meter = ctx.meter(server.process.pid)
             meter.start()
             started = time.time()
-            _enqueue(server.url, queue, jobs, ctx.padding)
+            asyncio.run(_enqueue(server.port, queue, jobs, ctx.padding))
             report = consumer.expect("result", timeout=180)
             cpu = meter.stop()
         finally:
