@@ -153,6 +153,9 @@ async def connect(
     return conn
 
 
+Warm: TypeAlias = Callable[[Connection], Awaitable[None]]
+
+
 @asynccontextmanager
 async def open_pool(
     url: str,
@@ -160,15 +163,28 @@ async def open_pool(
     size: int = 10,
     acquire_timeout: float = ACQUIRE_TIMEOUT_SECONDS,
     live_reserve: int = LIVE_RESERVE,
+    warm: Warm | None = None,
 ) -> AsyncIterator[Pool]:
-    """A pool for the lifetime of the block, closed within a bounded time."""
+    """A pool for the lifetime of the block, closed within a bounded time.
+
+    `warm` runs once on every connection the pool opens, before its first use (the hot
+    statements, `store.warm`). Connections stay open once made: a quiet spell does not
+    leave the next burst to open and warm them again inside its requests.
+    """
     stateless: set[int] = set()
+
+    async def init(conn: Connection) -> None:
+        await _init_connection(conn)
+        if warm is not None:
+            await warm(conn)
+
     try:
         driver: DriverPool = await asyncpg.create_pool(
             asyncpg_dsn(url),
             min_size=1,
             max_size=size,
-            init=_init_connection,
+            max_inactive_connection_lifetime=0,
+            init=init,
             reset=_reset_unless(stateless),
             command_timeout=60,
             server_settings={"application_name": APPLICATION_NAME},
@@ -218,6 +234,7 @@ class Pool:
     ) -> None:
         self._driver = driver
         self._stateless = stateless
+        self.size = size
         reserve = max(0, min(live_reserve, size - 1))
         self._general = anyio.Semaphore(size - reserve)
         self._reserve = anyio.Semaphore(reserve) if reserve else None
@@ -252,6 +269,28 @@ class Pool:
                 if _closed(conn):
                     raise DatabaseUnavailable(_unavailable(exc)) from exc
                 raise
+
+    async def open_all(self) -> None:
+        """Open every connection the pool may hold, all at once, rather than one by one
+        inside the requests of the first burst (a new connection costs a few milliseconds
+        to open and warm). Best effort, meant to run in the background of start-up: if the
+        database cannot be reached, the pool opens connections on demand as before."""
+        held: list[PoolConnectionProxy[asyncpg.Record]] = []
+
+        async def hold() -> None:
+            held.append(await self._driver.acquire())
+
+        try:
+            with anyio.fail_after(self.acquire_timeout):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.size):
+                        tg.start_soon(hold)
+        except Exception as exc:  # noqa: BLE001 - on demand is the fallback, and the outage is reported elsewhere
+            logger.debug("could not open the whole pool at start: %r", exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for conn in held:
+                    await self._driver.release(conn)
 
     async def ping(self) -> None:
         """One round trip on a general connection (the health check)."""

@@ -19,6 +19,7 @@ from backend.connectors.listener import Listener
 from backend.connectors.outage import install_pool_filter
 from backend.connectors.store import log as log_queries
 from backend.connectors.store.log import PostgresLog, TopicSummary
+from backend.connectors.store.warm import warm
 from backend.core.concurrency import unwrap_single_error
 from backend.core.filters import Filter
 from backend.core.names import Pattern
@@ -76,7 +77,10 @@ class Engine:
         """Run the engine for the duration of the block; it is also the current engine."""
         install_pool_filter()
         async with open_pool(
-            url, size=settings.pool_size, acquire_timeout=settings.pool_acquire_timeout_seconds
+            url,
+            size=settings.pool_size,
+            acquire_timeout=settings.pool_acquire_timeout_seconds,
+            warm=warm,
         ) as pool:
             hub = Hub(
                 PostgresLog(pool),
@@ -132,6 +136,7 @@ class Engine:
                         tg.start_soon(retention.run)
                         tg.start_soon(committer.run)
                         tg.start_soon(queues.run)
+                        tg.start_soon(pool.open_all)
                         try:
                             yield engine
                         finally:
