@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from backend.testing.server import ServerProcess, spawn
 
 # The server as one would run it in production: no per-request INFO logging.
 SERVER_ENV = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS": "19500"}  # room for `--full`
+ROOT = Path(__file__).resolve().parent.parent
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench;
@@ -47,6 +50,7 @@ class Stack:
 
     @classmethod
     def start(cls) -> Stack:
+        compile_sources()
         workdir = Path(tempfile.mkdtemp(prefix="pgcast-bench-"))
         postgres = EmbeddedPostgres(workdir / "pg", durable=True)
         url = postgres.start()
@@ -89,6 +93,18 @@ class Stack:
             self.shared = None
         self.postgres.destroy()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def compile_sources() -> None:
+    """Write the bytecode files of pgcast and of the raw servers before anything starts,
+    so every server loads its modules from them, as a deployed server does (Python reads
+    them even under PYTHONDONTWRITEBYTECODE). A server that compiles its modules from
+    source at start-up frees the compiler's memory, and its first few thousand
+    connections fill those holes: an idle SSE connection looked 1 KiB smaller that way."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "backend"), str(ROOT / "bench")],
+        check=True,
+    )
 
 
 def _stop(process: ServerProcess) -> None:
