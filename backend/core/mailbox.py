@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """Holds at most `capacity` items; `offer_all` never blocks, `take` waits only when empty."""
+    """Holds at most `capacity` items; `offer_all` never blocks; the reader takes what is
+    `ready` and awaits `arrival` only when there is nothing."""
 
     __slots__ = ("_items", "_poked", "_waiter", "capacity", "closed")
 
@@ -61,30 +62,28 @@ class Mailbox(Generic[T]):
         self._poked = True
         self._wake()
 
-    async def take(self, limit: int) -> list[T]:
-        """Up to `limit` items, oldest first; waits while empty; [] once closed and drained,
-        or after a `poke` (then `closed` is still False).
-
-        Returns at once, without a checkpoint, when items are ready.
-        """
-        while not self._items:
+    def ready(self, limit: int) -> list[T] | None:
+        """Up to `limit` items, oldest first, without waiting; [] once closed and drained,
+        or after a `poke` (then `closed` is still False); None when there is nothing to
+        take yet (await `arrival` and ask again)."""
+        items = self._items
+        if not items:
             if self.closed or self._poked:
                 self._poked = False
                 return []
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        items = self._items
+            return None
         self._poked = False
         if len(items) <= limit:
-            taken = list(items)
             self._items = None
-        else:
-            taken = [items.popleft() for _ in range(limit)]
-        return taken
+            return list(items)
+        return [items.popleft() for _ in range(limit)]
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done by the next offer, `close` or `poke`. The reader awaits it in its
+        own frame (no coroutine of the mailbox's stays alive while it waits); cancelling
+        that await loses nothing, as nothing is taken until `ready`."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter

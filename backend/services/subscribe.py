@@ -132,10 +132,30 @@ class Subscription:
                 reg = self._reg
                 if reg is None:
                     return
-                async for page in self._backlog(reg.start):
-                    yield page
-                async for batch in self._live(reg):
-                    yield batch
+                if self.position < reg.start:  # no generator to make when nothing is missed
+                    async for page in self._backlog(reg.start):
+                        yield page
+                # Live, in this frame rather than a generator of its own: an idle
+                # subscription keeps one frame fewer (docs/performance.md). Each round takes
+                # everything buffered, minus positions already passed; [] when poked. While
+                # it waits on an empty buffer, the hub may write through `sink`.
+                mailbox = reg.mailbox
+                direct = self._write_through if self.sink is not None else None
+                while True:
+                    taken = mailbox.ready(self.page_size)
+                    if taken is None:
+                        reg.direct = direct
+                        try:
+                            await mailbox.arrival()
+                        finally:
+                            reg.direct = None
+                    elif taken:
+                        if batch := self._unseen(taken):
+                            yield batch
+                    elif mailbox.closed:
+                        break
+                    else:
+                        yield taken  # poked: [] while still open
                 self.close()
         finally:
             self.close()
@@ -157,26 +177,12 @@ class Subscription:
             if wanted:
                 yield wanted
 
-    async def _live(self, reg: Registration) -> AsyncIterator[list[Event]]:
-        """Everything buffered at each wake-up, minus positions already passed; [] when
-        poked. While it waits on an empty buffer, the hub may write through `sink`."""
-        mailbox = reg.mailbox
-        direct = self._write_through if self.sink is not None else None
-        while True:
-            reg.direct = direct
-            try:
-                taken = await mailbox.take(self.page_size)
-            finally:
-                reg.direct = None
-            if not taken:
-                if mailbox.closed:
-                    return
-                yield taken
-                continue
-            batch = [event for event in taken if event.pos > self.position]
-            if batch:
-                self.position = batch[-1].pos
-                yield batch
+    def _unseen(self, events: list[Event]) -> list[Event]:
+        """The events past this subscription's position, which then moves to the last."""
+        batch = [event for event in events if event.pos > self.position]
+        if batch:
+            self.position = batch[-1].pos
+        return batch
 
     def _write_through(self, events: list[Event]) -> bool:
         """The hub's direct write: the same skip of passed positions as the buffered path."""
