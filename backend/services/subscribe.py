@@ -77,8 +77,13 @@ class Subscription:
     _stopped: bool = field(default=False, init=False)
 
     def join_if_near(self) -> None:
-        """Register with the hub now when little backlog is left, so events buffer from here on."""
-        if self._reg is None and self.hub.position - self.position <= self.hub.buffer_size // 2:
+        """Register with the hub now when little backlog is left, so events buffer from here on;
+        never once stopped (nothing would close the new registration's buffer)."""
+        if (
+            self._reg is None
+            and not self._stopped
+            and self.hub.position - self.position <= self.hub.buffer_size // 2
+        ):
             self._reg = self.hub.register(self.patterns, self.filter)
 
     def close(self) -> None:
