@@ -168,8 +168,7 @@ async def open_pool(
     """A pool for the lifetime of the block, closed within a bounded time.
 
     `warm` runs once on every connection the pool opens, before its first use (the hot
-    statements, `store.warm`). Connections stay open once made: a quiet spell does not
-    leave the next burst to open and warm them again inside its requests.
+    statements, `store.warm`); `Pool.prefill` opens them ahead of the first requests.
     """
     stateless: set[int] = set()
 
@@ -183,7 +182,6 @@ async def open_pool(
             asyncpg_dsn(url),
             min_size=1,
             max_size=size,
-            max_inactive_connection_lifetime=0,
             init=init,
             reset=_reset_unless(stateless),
             command_timeout=60,
@@ -270,27 +268,45 @@ class Pool:
                     raise DatabaseUnavailable(_unavailable(exc)) from exc
                 raise
 
-    async def open_all(self) -> None:
-        """Open every connection the pool may hold, all at once, rather than one by one
-        inside the requests of the first burst (a new connection costs a few milliseconds
-        to open and warm). Best effort, meant to run in the background of start-up: if the
-        database cannot be reached, the pool opens connections on demand as before."""
+    async def prefill(self) -> None:
+        """Open now, all at once, the general share's connections that nobody is using,
+        rather than one by one inside the requests of the first burst (a new connection
+        costs a few milliseconds to open and warm). Best effort, for the background of
+        start-up: it takes only free slots of the general share, so it never waits for a
+        connection in use and leaves the live reserve alone; a request that comes
+        meanwhile waits only while the new connections open (at most the acquire
+        timeout). Each goes back without a reset round trip, as it has run nothing but
+        the pool's `init` and warm-up, which leave no session state."""
+        slots = 0
+        try:
+            while True:
+                self._general.acquire_nowait()
+                slots += 1
+        except anyio.WouldBlock:
+            pass
         held: list[PoolConnectionProxy[asyncpg.Record]] = []
 
-        async def hold() -> None:
+        async def open_one() -> None:
             held.append(await self._driver.acquire())
 
         try:
             with anyio.fail_after(self.acquire_timeout):
                 async with anyio.create_task_group() as tg:
-                    for _ in range(self.size):
-                        tg.start_soon(hold)
-        except Exception as exc:  # noqa: BLE001 - on demand is the fallback, and the outage is reported elsewhere
-            logger.debug("could not open the whole pool at start: %r", exc)
+                    for _ in range(slots):
+                        tg.start_soon(open_one)
+        except Exception as exc:  # noqa: BLE001 - on demand is the fallback; outages are reported elsewhere
+            logger.debug("could not open the pool's connections at start: %r", exc)
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(1, shield=True):  # no round trips: at once
                 for conn in held:
-                    await self._driver.release(conn)
+                    if not _closed(conn):
+                        self._stateless.add(conn.get_server_pid())
+                    try:
+                        await self._give_back(conn)
+                    except Exception as exc:  # noqa: BLE001 - the driver has discarded it
+                        logger.debug("a connection opened at start failed: %r", exc)
+            for _ in range(slots):
+                self._general.release()
 
     async def ping(self) -> None:
         """One round trip on a general connection (the health check)."""

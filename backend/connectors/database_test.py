@@ -159,7 +159,7 @@ async def test_a_stateless_block_that_left_a_transaction_open_is_rolled_back(
             assert await conn.fetchval("SHOW application_name") == "pgcast"
 
 
-async def test_open_all_opens_every_connection_once_warmed_and_keeps_them(
+async def test_prefill_opens_the_general_share_each_connection_warmed_once(
     database_url: str,
 ) -> None:
     warmed: list[int] = []
@@ -168,18 +168,18 @@ async def test_open_all_opens_every_connection_once_warmed_and_keeps_them(
         warmed.append(conn.get_server_pid())
 
     async with open_pool(database_url, size=4, live_reserve=1, warm=warm) as pool:
-        await pool.open_all()
-        assert len(set(warmed)) == 4
+        await pool.prefill()
+        assert len(set(warmed)) == 3  # the general share; the live reserve opens on demand
         async with AsyncExitStack() as held:
             pids = set()
-            for _ in range(3):  # the general share; every one already open and warmed
+            for _ in range(3):
                 conn = await held.enter_async_context(pool.acquire())
                 pids.add(conn.get_server_pid())
-            assert pids <= set(warmed)
-        assert len(warmed) == 4
+            assert pids == set(warmed)
+        assert len(warmed) == 3
 
 
-async def test_open_all_is_best_effort_and_leaves_the_pool_working(database_url: str) -> None:
+async def test_prefill_is_best_effort_and_leaves_the_pool_working(database_url: str) -> None:
     calls = 0
 
     async def warm(conn: Connection) -> None:
@@ -188,8 +188,10 @@ async def test_open_all_is_best_effort_and_leaves_the_pool_working(database_url:
         if calls > 1:  # the pool's first connection opens; every later one fails
             raise ConnectionRefusedError("no more connections")
 
-    async with open_pool(database_url, size=3, acquire_timeout=2, warm=warm) as pool:
-        await pool.open_all()  # returns without raising
+    async with open_pool(
+        database_url, size=3, live_reserve=0, acquire_timeout=2, warm=warm
+    ) as pool:
+        await pool.prefill()  # returns without raising
         assert calls > 1
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT 1") == 1

@@ -57,7 +57,7 @@ class Mailbox(Generic[T]):
         self._wake()
 
     def poke(self) -> None:
-        """Wake the reader with nothing to read: its `take` returns an empty list while the
+        """Wake the reader with nothing to read: `ready` then gives one empty list while the
         mailbox is still open (a transport's heartbeat uses this to run on its own task)."""
         self._poked = True
         self._wake()

@@ -136,7 +136,7 @@ class Engine:
                         tg.start_soon(retention.run)
                         tg.start_soon(committer.run)
                         tg.start_soon(queues.run)
-                        tg.start_soon(pool.open_all)
+                        tg.start_soon(pool.prefill)
                         try:
                             yield engine
                         finally:

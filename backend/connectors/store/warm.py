@@ -4,8 +4,8 @@ A new Postgres backend loads its catalog caches on first use of a table, and asy
 prepares each statement text once per connection: on a fresh connection the first enqueue
 of 100 messages took 10-14 ms instead of 2, and a fresh server opens several connections
 inside its first burst (docs/performance.md, "Warm connections"). Each statement here runs
-on empty input, so it changes nothing; the publish path's statement takes the log's lock
-and is left out.
+on empty input, so it writes nothing (it still takes its table's ordinary lock, so it waits
+behind a migration's); the publish path's statement takes the log's lock and is left out.
 """
 
 from __future__ import annotations
