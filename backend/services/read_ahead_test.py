@@ -97,8 +97,10 @@ async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_
     async with running_engine(database_url, **FAST) as engine:
         queues = engine.queues
         await queues.enqueue([queues.message("slow", n) for n in range(7)])
-        consumer = Consumer(queues, "slow", prefetch=1, lease_seconds=1.0, read_ahead=1)
-        assert consumer.ahead_seconds == pytest.approx(0.1)
+        # The longest holding time (the cap, 0.25 s): the first ack counts as fast up to
+        # 0.125 s after its message was handed out, even on a loaded machine.
+        consumer = Consumer(queues, "slow", prefetch=1, lease_seconds=2.5, read_ahead=1)
+        assert consumer.ahead_seconds == pytest.approx(0.25)
         try:
             async with aclosing(consumer.deliveries()) as deliveries:
                 await (await anext(deliveries)).ack()
@@ -107,7 +109,7 @@ async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
                     await _until(queues, "slow", 2, ("leased", 1))
-                    # Not handed out within 0.1 s: back to the queue, its attempt unused,
+                    # Not handed out within 0.25 s: back to the queue, its attempt unused,
                     # where another consumer can have it.
                     await _until(queues, "slow", 2, ("ready", 0))
                     assert not consumer.ahead
@@ -118,7 +120,7 @@ async def test_a_slow_client_gets_its_held_message_taken_back_and_stops_reading_
                     await second.ack()
                 assert taken.data == 2
                 assert [d.data for d in got] == [3]
-                # That client held its message 0.1 s or more: no reading ahead now.
+                # That client held its message 0.3 s: no reading ahead now.
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_next_later, deliveries, got)
                     await anyio.sleep(0.3)
@@ -188,15 +190,19 @@ async def test_an_idle_consumer_takes_over_what_a_busy_one_keeps(database_url: s
                 aclosing(idle.deliveries()) as idle_deliveries,
             ):
                 await (await anext(busy_deliveries)).ack()
-                held = await anext(busy_deliveries)  # one claim: this one and 4 to keep
-                assert [d.data for d in busy.ahead] == [2, 3, 4, 5]
+                # One claim: this one and up to 4 to keep, as many as the pace of the first
+                # ack promises (fewer when a loaded machine made that ack slow).
+                held = await anext(busy_deliveries)
+                kept = [d.data for d in busy.ahead]
+                assert kept == list(range(2, 2 + len(kept)))
+                assert kept
                 claims_before = len(claims)
                 with anyio.fail_after(5):
                     taken = await anext(idle_deliveries)
-                assert taken.data == 5  # the newest kept one, without a claim
+                assert taken.data == kept[-1]  # the newest kept one, without a claim
                 assert len(claims) == claims_before
                 assert taken.consumer is idle
-                assert [d.data for d in busy.ahead] == [2, 3, 4]
+                assert [d.data for d in busy.ahead] == kept[:-1]
                 await taken.ack()
                 await held.ack()
                 rest = []
@@ -211,5 +217,5 @@ async def test_an_idle_consumer_takes_over_what_a_busy_one_keeps(database_url: s
         states = await _states(queues, "share")
         assert queues.keeping == {}
     assert held.data == 1
-    assert rest == [2, 3, 4]
+    assert rest == [n for n in range(2, 6) if n != kept[-1]]
     assert states == dict.fromkeys(range(6), ("acked", 1))
