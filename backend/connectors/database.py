@@ -298,13 +298,16 @@ class Pool:
             logger.debug("could not open the pool's connections at start: %r", exc)
         finally:
             with anyio.move_on_after(1, shield=True):  # no round trips: at once
-                for conn in held:
+                while held:
+                    conn = held.pop()
                     if not _closed(conn):
                         self._stateless.add(conn.get_server_pid())
                     try:
                         await self._give_back(conn)
                     except Exception as exc:  # noqa: BLE001 - the driver has discarded it
                         logger.debug("a connection opened at start failed: %r", exc)
+            for conn in held:  # not given back in time (a stalled loop): closed, so the
+                conn.terminate()  # driver has the slot back before the share does
             for _ in range(slots):
                 self._general.release()
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from backend.connectors.database import Connection, Pool, connect, open_pool
@@ -131,3 +133,22 @@ async def test_prefill_never_waits_for_a_busy_connection(database_url: str) -> N
         async with pool.acquire(live=True) as conn:  # the hub's read, a publish
             await conn.fetchval("SELECT 1")
         assert anyio.current_time() - started < 0.5
+
+
+async def test_prefill_gives_back_every_connection_though_the_loop_stalls_meanwhile(
+    database_url: str,
+) -> None:
+    async with open_pool(database_url, size=3, live_reserve=0, acquire_timeout=1) as pool:
+
+        async def stall_during_give_back() -> None:
+            with anyio.fail_after(5):
+                while not pool._stateless:  # prefill has begun giving its connections back
+                    await anyio.lowlevel.checkpoint()
+            time.sleep(1.1)  # noqa: ASYNC251 - the point: CPU-bound work, a GC pause
+
+        # The stall outlasts prefill's 1 s bound on giving back: whatever it had not given
+        # back by then is closed, not left checked out of the driver.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stall_during_give_back)
+            await pool.prefill()
+        assert await can_hold_all(pool)

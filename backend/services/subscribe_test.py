@@ -18,10 +18,10 @@ pytestmark = pytest.mark.anyio
 
 async def test_a_stop_during_the_last_page_of_catch_up_ends_the_stream() -> None:
     """The transport is writing a backlog page that ends near the head when the session
-    is ended (`Session.end` calls `stop` once). The catch-up loop then still joins the hub
-    (`join_if_near` does not look at `_stopped`), and the live loop waits on a fresh
-    mailbox that nothing will close: the stream outlives its farewell and goes on
-    delivering new events (to a client whose token has expired), until the hub closes."""
+    is ended (`Session.end` calls `stop` once). The catch-up loop must not join the hub
+    then: nothing would close the new registration's buffer, and the stream would outlive
+    its farewell, delivering new events (to a client whose token has expired) until the
+    hub closed."""
     log = MemoryLog()
     async with running_hub(log, buffer_size=4) as hub:
         publish(log, hub, "t", 6)
