@@ -232,7 +232,6 @@ class Pool:
     ) -> None:
         self._driver = driver
         self._stateless = stateless
-        self.size = size
         reserve = max(0, min(live_reserve, size - 1))
         self._general = anyio.Semaphore(size - reserve)
         self._reserve = anyio.Semaphore(reserve) if reserve else None
