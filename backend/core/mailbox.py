@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,7 +25,7 @@ class Mailbox(Generic[T]):
     """Holds at most `capacity` items; `offer_all` never blocks; the reader takes what is
     `ready` and awaits `arrival` only when there is nothing."""
 
-    __slots__ = ("_items", "_poked", "_waiter", "capacity", "closed")
+    __slots__ = ("_items", "_on_wake", "_poked", "_waiter", "capacity", "closed")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -33,6 +34,7 @@ class Mailbox(Generic[T]):
         self.closed = False
         self._items: deque[T] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._on_wake: Callable[[], None] | None = None
         self._poked = False
 
     def offer_all(self, items: list[T]) -> bool:
@@ -85,9 +87,18 @@ class Mailbox(Generic[T]):
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         return waiter
 
+    def on_wake(self, hook: Callable[[], None] | None) -> None:
+        """Call `hook` once, at the next offer, `close` or `poke`: for a reader that stopped
+        waiting and must be started again (`Subscription.resume`); None withdraws it."""
+        self._on_wake = hook
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        hook = self._on_wake
+        if hook is not None:
+            self._on_wake = None
+            hook()

@@ -9,12 +9,16 @@ cycle from where it stopped.
 
 A transport that can write to its client without waiting sets `sink`: while the
 subscription's task is idle on the live path (its buffer empty, nothing taken and not yet
-written), the hub writes through it directly and the task sleeps on.
+written), the hub writes through it directly and the task sleeps on. A transport that can
+also start a task for it again sets `resume`: there, the live loop ends instead of
+sleeping ("parks"), so an idle subscription holds no task and no generator frame at all,
+and the next thing its buffer gets (an event the writer refused, `stop`, the hub closing)
+calls `resume`, whose new task picks up where the old one ended.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -73,6 +77,11 @@ class Subscription:
     position: int
     page_size: int = 500
     sink: DirectWriter | None = None
+    resume: Callable[[], None] | None = None
+    """With a `sink`: serves the subscription again from a new task (see the module's
+    docstring); called at most once per park, from whichever task wakes the buffer."""
+    parked: bool = field(default=False, init=False)
+    """The live loop ended idle, leaving the registration and its direct writer in place."""
     _reg: Registration | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
 
@@ -88,7 +97,9 @@ class Subscription:
 
     def close(self) -> None:
         """Leave the hub; idempotent and synchronous, so safe in any cleanup path."""
+        self.parked = False
         if self._reg is not None:
+            self._reg.mailbox.on_wake(None)
             self.hub.unregister(self._reg)
             self._reg = None
 
@@ -150,6 +161,10 @@ class Subscription:
                     taken = mailbox.ready(self.page_size)
                     if taken is None:
                         reg.direct = direct
+                        if direct is not None and self.resume is not None:
+                            self.parked = True
+                            mailbox.on_wake(self._unpark)
+                            return
                         try:
                             await mailbox.arrival()
                         finally:
@@ -163,7 +178,16 @@ class Subscription:
                         yield taken  # poked: [] while still open
                 self.close()
         finally:
-            self.close()
+            if not self.parked:
+                self.close()
+
+    def _unpark(self) -> None:
+        """The buffer was woken while parked: the task to be started owns delivery again."""
+        self.parked = False
+        if self._reg is not None:
+            self._reg.direct = None
+        if self.resume is not None:
+            self.resume()
 
     async def _backlog(self, upto: int) -> AsyncIterator[list[Event]]:
         while self.position < upto and not self._stopped:

@@ -13,7 +13,7 @@ whole socket.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -83,6 +83,11 @@ class Session:
     farewell: Farewell | None = None
     sink: DirectWriter | None = None
     """The transport's direct writer, handed to each subscription (see `Subscription.sink`)."""
+    resume: Callable[[], None] | None = None
+    """The transport's way to iterate `items` again from a new task, handed to each
+    subscription (see `Subscription.resume`); `items` then ends whenever it parks."""
+    announced: bool = field(default=False, init=False)
+    """`OPENED` has been yielded (by this `items` or an earlier one that parked)."""
     _subscription: Subscription | None = field(default=None, init=False)
     _opened: Subscription | CursorExpired | None = field(default=None, init=False)
 
@@ -98,10 +103,14 @@ class Session:
             self._opened = exc
 
     def close(self) -> None:
-        """Let go of a start fixed by `open` that `items` never took; safe to repeat."""
+        """Let go of a start fixed by `open` that `items` never took, and of a parked
+        subscription; safe to repeat, and only while no task iterates `items`."""
         opened, self._opened = self._opened, None
         if isinstance(opened, Subscription):
             opened.close()
+        parked, self._subscription = self._subscription, None
+        if parked is not None:
+            parked.close()
 
     def end(self, farewell: Farewell) -> None:
         """Stop from outside; the first farewell wins, and `items` then runs out."""
@@ -119,43 +128,54 @@ class Session:
         """`OPENED` once (before any batch or reset), then batches (empty after a `poke`)
         and resets.
 
-        Ends when the engine stops or the session is ended; a lost database raises.
+        Ends when the engine stops or the session is ended; a lost database raises. With
+        `resume` set it also ends when its subscription parks (`parked`), and the next
+        call carries on from there.
         """
-        opened = False
         after = self.after
-        while self.farewell is None:
+        while self._subscription is not None or self.farewell is None:
             try:
-                ready, self._opened = self._opened, None
-                if isinstance(ready, CursorExpired):
-                    raise ready
-                subscription = ready
+                subscription = self._subscription  # parked by an earlier call
                 if subscription is None:
-                    subscription = await self.engine.start_subscription(
-                        self.patterns, after, self.filter
-                    )
-                try:
+                    ready, self._opened = self._opened, None
+                    if isinstance(ready, CursorExpired):
+                        raise ready
+                    subscription = ready
+                    if subscription is None:
+                        subscription = await self.engine.start_subscription(
+                            self.patterns, after, self.filter
+                        )
                     self._follow(subscription)
-                    if not opened:
-                        opened = True
+                parked = False
+                try:
+                    if not self.announced:
+                        self.announced = True
                         yield OPENED
                     async with aclosing(subscription.batches()) as batches:
                         async for batch in batches:
                             yield batch
+                    parked = subscription.parked
                 finally:
-                    subscription.close()
+                    if not parked:
+                        self._subscription = None
+                        subscription.close()
                 return
             except CursorExpired as exc:
                 reset = exc
-            finally:
-                self._subscription = None
-            if not opened:
-                opened = True
+            if not self.announced:
+                self.announced = True
                 yield OPENED
             yield reset
             after = EARLIEST
 
+    @property
+    def parked(self) -> bool:
+        """`items` ended because its subscription parked; call it again when resumed."""
+        return self._subscription is not None and self._subscription.parked
+
     def _follow(self, subscription: Subscription) -> None:
         self._subscription = subscription
         subscription.sink = self.sink
+        subscription.resume = self.resume
         if self.farewell is not None:
             subscription.stop()

@@ -88,3 +88,51 @@ async def test_a_gone_resume_point_resets_in_band_and_ending_stops_the_items(
     assert [e.id for e in batch] == [e.id for e in published]
     assert rest == []
     assert session.farewell is Farewell.EXPIRED
+
+
+@pytest.mark.integrated
+async def test_a_resumed_session_carries_on_after_its_park_without_a_second_opened(
+    database_url: str,
+) -> None:
+    """What the WebSocket transport relies on: with `resume` set, `items` ends whenever its
+    subscription parks, and the next `items` takes up from there; an ending of the
+    session while parked resumes it once more, to finish."""
+    direct: list[int] = []
+    accepting = True
+    resumes = 0
+
+    def resume() -> None:
+        nonlocal resumes
+        resumes += 1
+
+    async def resumed(count: int) -> None:
+        while resumes < count:
+            await anyio.sleep(0.01)
+
+    def sink(events: list[Event]) -> bool:
+        if accepting:
+            direct.extend(e.pos for e in events)
+        return accepting
+
+    async with running_engine(database_url) as engine:
+        session = Session(engine, parse_patterns(["park"]), "latest", None, sink=sink)
+        session.resume = resume
+        with anyio.fail_after(10):
+            first_run = [item async for item in session.items()]
+            assert (first_run, session.parked) == ([OPENED], True)
+            written = await engine.publish("park", 1)
+            while not direct:
+                await anyio.sleep(0.01)
+            accepting = False
+            refused = await engine.publish("park", 2)
+            await resumed(1)
+            second_run = [item async for item in session.items()]
+            assert session.parked
+            session.end(Farewell.SHUTDOWN)
+            await resumed(2)
+            last_run = [item async for item in session.items()]
+    assert direct == [written.pos]
+    assert [[e.pos for e in b] for b in second_run if isinstance(b, list)] == [[refused.pos]]
+    assert len(second_run) == 1
+    assert (last_run, session.parked, resumes) == ([], False, 2)
+    assert engine.hub.subscribers == 0

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterable
 from itertools import chain
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -58,6 +58,15 @@ def _as_error(exc: BaseException) -> PgcastError:
     return DatabaseUnavailable(f"the database is unavailable: {exc}")
 
 
+class Cancellable(Protocol):
+    """What `unsubscribe` and the end of a socket stop; no frame of its id follows `cancel`."""
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
 class Connection:
     """One socket: its subscriptions, the task group they run in, and who writes now."""
 
@@ -84,7 +93,9 @@ class Connection:
         self.state = state
         self.tasks = tasks
         self._principal = principal
-        self.subscriptions: dict[SubId, anyio.CancelScope] = {}
+        self.subscriptions: dict[SubId, Cancellable] = {}
+        """What serves each subscription id: a consumer's cancel scope, or an event
+        subscription (`runners.EventSubscription`)."""
         self.held: dict[str, tuple[SubId, Delivery]] = {}
         self.settling: Settling | None = None
         """Acks and nacks handed in and not yet answered (`settling.py`); None when there
@@ -114,6 +125,13 @@ class Connection:
             self.close_code = code
             self.close_reason = reason
             self.tasks.cancel_scope.cancel()
+
+    def stop_subscriptions(self) -> None:
+        """Stop everything the socket serves, parked subscriptions included (no task of
+        theirs would see the task group's cancellation)."""
+        for running in list(self.subscriptions.values()):
+            running.cancel()
+        self.subscriptions.clear()
 
     def say_farewell(self, farewell: Farewell) -> None:
         """End the connection with the close frame that tells the client why."""

@@ -14,14 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import anyio
-
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import frame_writer
 from backend.interface.stream.encoding import WsEventWire, one_write
-from backend.interface.stream.ws.connection import Connection
-from backend.interface.stream.ws.frames import SubId
+from backend.interface.stream.ws.connection import Cancellable, Connection
 from backend.services.hub import DirectWriter
 
 
@@ -40,7 +37,7 @@ class DirectFrames:
         self,
         write: Callable[[bytes], bool],
         connection: Turns,
-        scope: anyio.CancelScope,
+        scope: Cancellable,
         sub_text: str,
         tally: DirectTally,
     ) -> None:
@@ -62,10 +59,14 @@ class DirectFrames:
         return True
 
 
-def direct_frames(connection: Connection, sub: SubId, sub_text: str) -> DirectWriter | None:
-    """Subscription `sub`'s direct writer, or None where the socket cannot have one."""
+def direct_frames(
+    connection: Connection, subscription: Cancellable, sub_text: str
+) -> DirectWriter | None:
+    """A subscription's direct writer, or None where the socket cannot have one; it
+    writes nothing once the subscription is cancelled."""
     write = frame_writer(connection.websocket.scope)
-    scope = connection.subscriptions.get(sub)
-    if write is None or scope is None:
+    if write is None:
         return None
-    return DirectFrames(write, connection, scope, sub_text, connection.state.metrics.tally("ws"))
+    return DirectFrames(
+        write, connection, subscription, sub_text, connection.state.metrics.tally("ws")
+    )

@@ -10,7 +10,8 @@ first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS
 token expiring closes the socket with 1008. A full server (MAX_CONNECTIONS) accepts and
 closes at once with 1013.
 
-A connection runs on uvicorn's task, plus one task per subscription; the deadlines, the
+A connection runs on uvicorn's task, plus one task per subscription while it has work (an
+idle event subscription parks: runners.py); the deadlines, the
 stall watchdog and the shutdown close are the process's `WsSweep`'s (ws/sweep.py). Once
 accepted, the socket is served after the framework has unwound (`handoff.StreamHandoff`),
 so no middleware or router frame stays alive while it is open.
@@ -125,6 +126,7 @@ async def _serve(
             await _receive(connection)
         finally:
             state.ws.discard(connection)
+            connection.stop_subscriptions()
         connection.end(None)
     return connection.close_code, connection.close_reason
 

@@ -206,6 +206,36 @@ async def test_no_event_follows_unsubscribed_while_events_keep_coming(
             tg.cancel_scope.cancel()
 
 
+async def test_idle_subscriptions_leave_the_hub_on_unsubscribe_and_on_disconnect(
+    server: ServerProcess,
+) -> None:
+    """An idle subscription is parked, with no task of its own (runners.py): unsubscribing
+    one, and then closing the socket, must still take each off the hub at once."""
+    async with httpx.AsyncClient() as client:
+        async with connect(server.url) as ws:
+            for sub in ("a", "b", "c"):
+                await subscribe(ws, sub, f"parked.{sub}")
+            (first,) = await publish(client, server.url, "parked.a", 1)
+            assert await receive(ws) == event_frame("a", first)
+            assert await subscriptions(client, server.url) == 3
+            await send(ws, op="unsubscribe", id="b")
+            assert await receive(ws) == {"op": "unsubscribed", "id": "b"}
+            assert await subscriptions(client, server.url) == 2
+            await publish(client, server.url, "parked.b", 2)
+            (third,) = await publish(client, server.url, "parked.c", 3)
+            assert await receive(ws) == event_frame("c", third)  # nothing for `b` before it
+        with anyio.fail_after(WAIT):
+            while await subscriptions(client, server.url) != 0:
+                await anyio.sleep(0.02)
+
+
+async def subscriptions(client: httpx.AsyncClient, url: str) -> float:
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r"^pgcast_subscriptions (\S+)$", text, re.M)
+    assert found, "no pgcast_subscriptions in /metrics"
+    return float(found.group(1))
+
+
 async def hub_direct(client: httpx.AsyncClient, url: str) -> float:
     text = (await client.get(f"{url}/metrics")).text
     found = re.search(r"^pgcast_hub_direct_deliveries_total (\S+)$", text, re.M)

@@ -38,7 +38,7 @@ from backend.interface.stream.ws.frames import (
     required,
     sub_id,
 )
-from backend.interface.stream.ws.runners import run_consumer, run_subscription
+from backend.interface.stream.ws.runners import EventSubscription, run_consumer
 from backend.interface.stream.ws.settling import Pending, hand_in, until_settled
 from backend.services.consume import Delivery
 from backend.services.queues import (
@@ -101,18 +101,21 @@ async def subscribe(connection: Connection, frame: Frame) -> None:
     connection.allow(Permission.SUBSCRIBE, patterns[0].text)
     after = parse_after(frame.get("after"))
     flt = compile_filter(frame.get("filter"))
-    scope = connection.subscriptions[sub] = anyio.CancelScope()
-    connection.tasks.start_soon(run_subscription, connection, sub, scope, patterns, after, flt)
+    subscription = connection.subscriptions[sub] = EventSubscription(
+        connection, sub, patterns, after, flt
+    )
+    subscription.start()
 
 
 async def unsubscribe(connection: Connection, frame: Frame) -> None:
-    """No event of `id` follows `unsubscribed`: its task is cancelled before this writes,
-    and frames it was writing are ahead of it in the queue of writers."""
+    """No event of `id` follows `unsubscribed`: its task is cancelled (or its parked
+    subscription closed) before this writes, and frames it was writing are ahead of it in
+    the queue of writers."""
     sub = sub_id(frame)
-    scope = connection.subscriptions.pop(sub, None)
-    if scope is None:
+    running = connection.subscriptions.pop(sub, None)
+    if running is None:
         raise FrameError("unknown_id", "no active subscription has this id")
-    scope.cancel()
+    running.cancel()
     await connection.send({"op": "unsubscribed", "id": sub})
 
 

@@ -1,5 +1,10 @@
 """The tasks behind `subscribe` and `consume`: one per subscription id, each in its own
 cancel scope, so `unsubscribe` stops just that one and a lost database ends just that one.
+
+An event subscription's task runs only while there is work: catching up, or writing what
+the hub could not write itself. Idle on the live path it parks (`Subscription.resume`): the
+task ends, the hub writes the subscription's events through its direct writer, and the
+first batch the writer refuses starts a new task (`EventSubscription.__call__`).
 """
 
 from __future__ import annotations
@@ -22,41 +27,91 @@ from backend.interface.stream.ws.frames import SubId
 from backend.services.consume import STREAM_READ_AHEAD, Delivery, consume
 
 
-async def run_subscription(
-    connection: Connection,
-    sub: SubId,
-    scope: anyio.CancelScope,
-    patterns: tuple[Pattern, ...],
-    after: str | int,
-    flt: Filter | None,
-) -> None:
+class EventSubscription:
+    """One `subscribe` of a socket: its session, and the cancel scope of the task serving
+    it while one runs (None while it is parked or not started yet)."""
+
+    __slots__ = ("cancel_called", "connection", "id", "scope", "session", "text")
+
+    def __init__(
+        self,
+        connection: Connection,
+        sub: SubId,
+        patterns: tuple[Pattern, ...],
+        after: str | int,
+        flt: Filter | None,
+    ) -> None:
+        self.connection = connection
+        self.id = sub
+        self.text = exactjson.dumps(sub).decode()
+        self.session = Session(connection.state.engine, patterns, after, flt, resume=self)
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_called = False
+
+    def start(self) -> None:
+        """Serve it from a new task of the socket's task group."""
+        self.connection.tasks.start_soon(run_subscription, self)
+
+    def cancel(self) -> None:
+        """Stop it for good: its task, or its parked subscription at once; no event of its
+        id is written after this returns."""
+        self.cancel_called = True
+        if self.scope is not None:
+            self.scope.cancel()
+        else:
+            self.session.close()
+            self.session.resume = None
+
+    def __call__(self) -> None:
+        """Resume after a park. Called from whichever task woke the buffer (the hub's, an
+        engine stopping): it must not raise."""
+        if self.cancel_called:
+            return
+        try:
+            self.start()
+        except RuntimeError:  # the socket's task group has exited: nobody is left to serve
+            self.cancel()
+
+
+async def run_subscription(sub: EventSubscription) -> None:
     """A lost database ends just this subscription (the client may resubscribe with
     `after`); its stream ending means the engine is stopping, which ends the connection."""
-    with scope:
+    if sub.cancel_called:
+        return
+    connection = sub.connection
+    parked = False
+    with anyio.CancelScope() as scope:
+        sub.scope = scope
         try:
-            await _follow(connection, sub, Session(connection.state.engine, patterns, after, flt))
-            connection.say_farewell(Farewell.SHUTDOWN)
+            parked = await _follow(connection, sub)
+            if not parked:
+                connection.say_farewell(Farewell.SHUTDOWN)
         except DB_DOWN as exc:
-            await connection.send_error({"id": sub}, exc)
+            await connection.send_error({"id": sub.id}, exc)
         finally:
-            if connection.subscriptions.get(sub) is scope:
-                del connection.subscriptions[sub]
+            if sub.scope is scope:
+                sub.scope = None
+            if not parked and connection.subscriptions.get(sub.id) is sub:
+                del connection.subscriptions[sub.id]
 
 
-async def _follow(connection: Connection, sub: SubId, session: Session) -> None:
-    """`subscribed` once the start is fixed, then events, and resets in-band."""
-    sub_text = exactjson.dumps(sub).decode()
+async def _follow(connection: Connection, sub: EventSubscription) -> bool:
+    """`subscribed` once the start is fixed, then events, and resets in-band; True when
+    the subscription parked."""
+    session = sub.session
     metrics = connection.state.metrics
-    session.sink = direct_frames(connection, sub, sub_text)
+    if session.sink is None:
+        session.sink = direct_frames(connection, sub, sub.text)
     async with aclosing(session.items()) as items:
         async for item in items:
             if isinstance(item, Opened):
-                await connection.send({"op": "subscribed", "id": sub})
+                await connection.send({"op": "subscribed", "id": sub.id})
             elif isinstance(item, CursorExpired):
-                await connection.send({"op": "reset", "sub": sub, **reset_payload(item)})
+                await connection.send({"op": "reset", "sub": sub.id, **reset_payload(item)})
             else:
-                await connection.write(ws_event_frame(sub_text, event) for event in item)
+                await connection.write(ws_event_frame(sub.text, event) for event in item)
                 metrics.delivered("ws", item)
+    return session.parked
 
 
 async def run_consumer(

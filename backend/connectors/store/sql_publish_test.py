@@ -83,7 +83,7 @@ async def test_a_publish_leaves_a_pending_row_a_receipt_and_one_wake_up_at_commi
     woken = anyio.Event()
     wake_ups: list[str] = []
 
-    def on_pending(_conn: object, _pid: int, channel: str, payload: str) -> None:
+    def on_pending(_conn: object, _pid: int, channel: str, payload: object) -> None:
         wake_ups.append(f"{channel}:{payload}")
         woken.set()
 
