@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -41,6 +43,7 @@ from backend.interface.stream.ws.ops import dispatch
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "pgcast.v1"
+DISCONNECT = "websocket.disconnect"
 CLOSE_TIMEOUT = 1.0
 
 
@@ -71,24 +74,50 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except BaseException:
         guard.slots.release()
         raise
-    scope = websocket.scope
-
-    async def run_parked(receive: Receive, send: Send) -> None:
-        lighten_websocket_scope(scope)
-        await _run(_accepted(scope, receive, send), state, principal)
-
-    if not park(scope, run_parked):
+    if not park(websocket.scope, Accepted(websocket.scope, state, principal)):
         await _run(websocket, state, principal)
 
 
+class Accepted:
+    """The parked body of an accepted socket, served once the framework has unwound."""
+
+    __slots__ = ("principal", "scope", "state")
+
+    def __init__(self, scope: Scope, state: AppState, principal: Principal | None) -> None:
+        self.scope = scope
+        self.state = state
+        self.principal = principal
+
+    def __call__(self, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """`_run` on the server's own receive and send (the handoff's); a plain function
+        returning the coroutine, so no frame of its own stays alive under the socket."""
+        scope = self.scope
+        lighten_websocket_scope(scope)
+        websocket = WebSocket(scope, receive, send)
+        websocket.client_state = websocket.application_state = WebSocketState.CONNECTED
+        return _run(websocket, self.state, self.principal)
+
+
 async def _run(websocket: WebSocket, state: AppState, principal: Principal | None) -> None:
-    """Serve an accepted socket until it ends and close it; then give its slot back."""
+    """Serve an accepted socket: handle client frames in order until the client leaves or
+    the connection ends, close it, then give its slot back. One frame for it all: every
+    idle socket keeps it alive."""
     gauge = state.metrics.connections.labels("ws")
     gauge.inc()
     try:
         with state.lifecycle.stream():
             try:
-                code, reason = await _serve(websocket, state, principal)
+                async with anyio.create_task_group() as tasks:
+                    connection = Connection(websocket, state, tasks, principal)
+                    state.ws.add(connection)
+                    try:
+                        while (message := await websocket.receive())["type"] != DISCONNECT:
+                            await dispatch(connection, message.get("text"))
+                    finally:
+                        state.ws.discard(connection)
+                        connection.stop_subscriptions()
+                    connection.end(None)
+                code, reason = connection.close_code, connection.close_reason
             except Exception:
                 logger.exception("WebSocket session failed", extra={"action": "ws_error"})
                 code, reason = INTERNAL_ERROR, ""
@@ -100,41 +129,9 @@ async def _run(websocket: WebSocket, state: AppState, principal: Principal | Non
         state.guard.slots.release()
 
 
-def _accepted(scope: Scope, receive: Receive, send: Send) -> WebSocket:
-    """The socket, accepted already, on the server's own receive and send (the handoff's)."""
-    websocket: WebSocket = WebSocket(scope, receive, send)
-    websocket.client_state = websocket.application_state = WebSocketState.CONNECTED
-    return websocket
-
-
 async def _refuse(websocket: WebSocket, exc: PgcastError) -> None:
     """Refuse the handshake with the JSON error and its status, where the server can."""
     if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
         await websocket.send_denial_response(error_response(exc))
     else:
         await websocket.close(POLICY_VIOLATION)
-
-
-async def _serve(
-    websocket: WebSocket, state: AppState, principal: Principal | None
-) -> tuple[int | None, str]:
-    """Run the connection until it ends; returns the close code to send, if any."""
-    async with anyio.create_task_group() as tasks:
-        connection = Connection(websocket, state, tasks, principal)
-        state.ws.add(connection)
-        try:
-            await _receive(connection)
-        finally:
-            state.ws.discard(connection)
-            connection.stop_subscriptions()
-        connection.end(None)
-    return connection.close_code, connection.close_reason
-
-
-async def _receive(connection: Connection) -> None:
-    """Handle client frames in order until the client disconnects."""
-    while True:
-        message = await connection.websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        await dispatch(connection, message.get("text"))
