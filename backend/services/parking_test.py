@@ -160,3 +160,23 @@ async def test_the_hub_closing_resumes_a_parked_subscription_which_then_ends() -
             transport = await parked_subscription(hub, wire, tasks)
         await until(lambda: transport.runs_ended == 2)
         assert (transport.resumes, transport.last_run_parked) == (1, False)
+
+
+async def test_a_resume_that_fails_closes_its_subscription_and_the_fan_out_goes_on() -> None:
+    log = MemoryLog()
+    wire = Wire()
+    others = Wire()
+    async with running_hub(log) as hub, anyio.create_task_group() as tasks:
+        failing = await parked_subscription(hub, wire, tasks)
+        healthy = await parked_subscription(hub, others, tasks)
+
+        def broken() -> None:
+            raise RuntimeError("no task can be started")
+
+        failing.subscription.resume = broken
+        wire.accepts = False
+        sent = publish(log, hub, "p", 2)
+        await others.until(2)
+        assert others.got == [e.pos for e in sent]
+        assert (hub.subscribers, failing.subscription.parked) == (1, False)
+        healthy.subscription.close()

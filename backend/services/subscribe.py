@@ -18,6 +18,7 @@ calls `resume`, whose new task picks up where the old one ended.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from backend.core.names import Pattern, parse_patterns
 from backend.entities.event import Event, format_id, parse_id
 from backend.services.hub import DirectWriter, Hub, Registration
 from backend.services.log_reader import LogReader
+
+logger = logging.getLogger(__name__)
 
 EARLIEST = "earliest"
 LATEST = "latest"
@@ -182,12 +185,17 @@ class Subscription:
                 self.close()
 
     def _unpark(self) -> None:
-        """The buffer was woken while parked: the task to be started owns delivery again."""
+        """The buffer was woken while parked: the task to be started owns delivery again.
+        Runs inside the hub's fan-out, which a failing `resume` must not stop."""
         self.parked = False
         if self._reg is not None:
             self._reg.direct = None
         if self.resume is not None:
-            self.resume()
+            try:
+                self.resume()
+            except Exception:
+                logger.exception("resuming failed", extra={"action": "resume_failed"})
+                self.close()
 
     async def _backlog(self, upto: int) -> AsyncIterator[list[Event]]:
         while self.position < upto and not self._stopped:

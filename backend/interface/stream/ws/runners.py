@@ -18,12 +18,13 @@ from backend.core import exactjson
 from backend.core.errors import CursorExpired
 from backend.core.filters import Filter
 from backend.core.names import Pattern
+from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.stream.encoding import reset_payload, ws_event_frame
 from backend.interface.stream.session import Farewell, Opened, Session
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.direct import direct_frames
-from backend.interface.stream.ws.frames import SubId
+from backend.interface.stream.ws.frames import Frame, SubId
 from backend.services.consume import STREAM_READ_AHEAD, Delivery, consume
 
 
@@ -59,18 +60,27 @@ class EventSubscription:
         if self.scope is not None:
             self.scope.cancel()
         else:
-            self.session.close()
-            self.session.resume = None
+            self.release()
+
+    def release(self) -> None:
+        """Close the session, and break the cycles through its `resume` and `sink` (both
+        lead back here), so that an ended subscription is freed at once. Only while no
+        task iterates the session."""
+        session = self.session
+        session.close()
+        session.resume = session.sink = None
 
     def __call__(self) -> None:
         """Resume after a park. Called from whichever task woke the buffer (the hub's, an
         engine stopping): it must not raise."""
-        if self.cancel_called:
+        if self.cancel_called:  # parked by a task that never saw its cancellation
+            self.release()
             return
         try:
             self.start()
         except RuntimeError:  # the socket's task group has exited: nobody is left to serve
-            self.cancel()
+            self.cancel_called = True
+            self.release()
 
 
 async def run_subscription(sub: EventSubscription) -> None:
@@ -91,6 +101,12 @@ async def run_subscription(sub: EventSubscription) -> None:
         finally:
             if sub.scope is scope:
                 sub.scope = None
+            # A cancel that came while the task was runnable (the await it was in had
+            # already completed) is delivered only at its next checkpoint, and the task may
+            # park before it reaches one: nothing would ever close the subscription then.
+            if sub.cancel_called or not parked:
+                parked = False
+                sub.release()
             if not parked and connection.subscriptions.get(sub.id) is sub:
                 del connection.subscriptions[sub.id]
 
@@ -105,13 +121,31 @@ async def _follow(connection: Connection, sub: EventSubscription) -> bool:
     async with aclosing(session.items()) as items:
         async for item in items:
             if isinstance(item, Opened):
-                await connection.send({"op": "subscribed", "id": sub.id})
+                await connection.write(_unless_cancelled(sub, {"op": "subscribed", "id": sub.id}))
             elif isinstance(item, CursorExpired):
-                await connection.send({"op": "reset", "sub": sub.id, **reset_payload(item)})
+                reset = {"op": "reset", "sub": sub.id, **reset_payload(item)}
+                await connection.write(_unless_cancelled(sub, reset))
             else:
-                await connection.write(ws_event_frame(sub.text, event) for event in item)
+                await connection.write(_event_frames(sub, item))
                 metrics.delivered("ws", item)
     return session.parked
+
+
+def _unless_cancelled(sub: EventSubscription, frame: Frame) -> Iterator[bytes]:
+    """The frame, made once the socket is this write's, unless the subscription has been
+    cancelled by then (`unsubscribed` may be out already)."""
+    if not sub.cancel_called:
+        yield exactjson.dumps(frame)
+
+
+def _event_frames(sub: EventSubscription, events: list[Event]) -> Iterator[bytes]:
+    """The events' frames, made once the socket is this write's; none once the
+    subscription is cancelled: a read that completed just as the cancel came has not seen
+    it, and `unsubscribed` may be out already."""
+    if sub.cancel_called:
+        return
+    for event in events:
+        yield ws_event_frame(sub.text, event)
 
 
 async def run_consumer(
