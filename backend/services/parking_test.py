@@ -180,3 +180,23 @@ async def test_a_resume_that_fails_closes_its_subscription_and_the_fan_out_goes_
         assert others.got == [e.pos for e in sent]
         assert (hub.subscribers, failing.subscription.parked) == (1, False)
         healthy.subscription.close()
+
+
+@pytest.mark.parametrize("ending", ["stop", "hub closing"])
+async def test_what_a_refused_batch_left_buffered_is_written_before_the_end(ending: str) -> None:
+    log = MemoryLog()
+    wire = Wire()
+    async with anyio.create_task_group() as tasks:
+        async with running_hub(log) as hub:
+            transport = await parked_subscription(hub, wire, tasks)
+            wire.accepts = False
+            transport.held = True  # its task has not started yet when the end comes
+            sent = publish(log, hub, "p", 2)
+            await hub.wait_beyond(sent[-1].pos - 1)
+            assert transport.resumes == 1
+            if ending == "stop":
+                transport.subscription.stop()
+        transport.release.set()
+        await until(lambda: transport.runs_ended == 2)
+    assert wire.got == [e.pos for e in sent]
+    assert transport.last_run_parked is False

@@ -138,7 +138,8 @@ class Subscription:
         answers a `poke`.
         """
         try:
-            while not self.hub.closed and not self._stopped:
+            # A registration left by a park is drained first, even once stopped or closed.
+            while self._reg is not None or (not self.hub.closed and not self._stopped):
                 if self._reg is None:
                     self.hub.catching_up += 1
                     try:

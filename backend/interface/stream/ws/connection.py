@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +49,13 @@ FAREWELL_CLOSE: dict[Farewell, tuple[int | None, str]] = {
 
 # Failures of one frame or one subscription that the client hears about in an error frame.
 REPORTED: tuple[type[BaseException], ...] = (PgcastError, *DB_DOWN)
+
+
+def unless_cancelled(subscription: Cancellable | None, frame: Frame) -> Iterator[bytes]:
+    """The frame, made once the socket is the write's (see `Connection.write`), unless
+    `subscription` has been cancelled by then."""
+    if subscription is None or not subscription.cancel_called:
+        yield exactjson.dumps(frame)
 
 
 def _as_error(exc: BaseException) -> PgcastError:
@@ -140,12 +147,16 @@ class Connection:
     async def send(self, frame: Frame) -> None:
         await self.write([exactjson.dumps(frame)])
 
-    async def send_error(self, echo: Frame, exc: BaseException) -> None:
+    async def send_error(
+        self, echo: Frame, exc: BaseException, unless: Cancellable | None = None
+    ) -> None:
+        """The `error` frame for `exc`; with `unless`, only if that subscription is not
+        cancelled by the time the socket is this write's (`unsubscribed` may be out)."""
         error = _as_error(exc)
         frame = {"op": "error", **echo, "code": error.code, "message": error.message}
         if isinstance(error, RateLimited):
             frame["retry_after"] = error.retry_after
-        await self.send(frame)
+        await self.write(unless_cancelled(unless, frame))
 
     def allow(self, permission: Permission, *names: str) -> Principal:
         """The socket's principal, if it is still valid and grants `permission` on `names`."""

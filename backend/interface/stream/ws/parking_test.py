@@ -21,6 +21,7 @@ import pytest
 from anyio.abc import TaskGroup
 
 from backend.connectors.store.log import Page
+from backend.core.errors import DatabaseUnavailable
 from backend.core.names import parse_patterns
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
@@ -150,24 +151,29 @@ async def test_an_unsubscribed_parked_subscription_is_freed_without_the_cycle_co
 
 
 class GatedLog(MemoryLog):
-    """A log whose page reads answer only once `gate` is set."""
+    """A log whose page reads answer only once `gate` is set; with `fails`, the answer is
+    that the database went away."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: bool = False) -> None:
         super().__init__()
         self.gate = anyio.Event()
         self.reading = False
+        self.fails = fails
 
     async def read_page(self, *args: Any) -> Page:
         page = await super().read_page(*args)
         self.reading = True
         await self.gate.wait()
+        if self.fails:
+            raise DatabaseUnavailable("the database is unavailable: connection lost")
         return page
 
 
-async def test_no_event_follows_unsubscribed_when_a_read_answers_as_it_comes(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("fails", [False, True], ids=["events", "error"])
+async def test_nothing_follows_unsubscribed_when_a_read_answers_as_it_comes(
+    monkeypatch: pytest.MonkeyPatch, fails: bool
 ) -> None:
-    log = GatedLog()
+    log = GatedLog(fails)
     socket = RecordingSocket()
     async with running_hub(log) as hub, anyio.create_task_group() as tasks:
         publish(log, hub, "p", 3)

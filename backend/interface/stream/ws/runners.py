@@ -22,9 +22,9 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.stream.encoding import reset_payload, ws_event_frame
 from backend.interface.stream.session import Farewell, Opened, Session
-from backend.interface.stream.ws.connection import Connection
+from backend.interface.stream.ws.connection import Connection, unless_cancelled
 from backend.interface.stream.ws.direct import direct_frames
-from backend.interface.stream.ws.frames import Frame, SubId
+from backend.interface.stream.ws.frames import SubId
 from backend.services.consume import STREAM_READ_AHEAD, Delivery, consume
 
 
@@ -97,7 +97,7 @@ async def run_subscription(sub: EventSubscription) -> None:
             if not parked:
                 connection.say_farewell(Farewell.SHUTDOWN)
         except DB_DOWN as exc:
-            await connection.send_error({"id": sub.id}, exc)
+            await connection.send_error({"id": sub.id}, exc, unless=sub)
         finally:
             if sub.scope is scope:
                 sub.scope = None
@@ -121,21 +121,14 @@ async def _follow(connection: Connection, sub: EventSubscription) -> bool:
     async with aclosing(session.items()) as items:
         async for item in items:
             if isinstance(item, Opened):
-                await connection.write(_unless_cancelled(sub, {"op": "subscribed", "id": sub.id}))
+                await connection.write(unless_cancelled(sub, {"op": "subscribed", "id": sub.id}))
             elif isinstance(item, CursorExpired):
                 reset = {"op": "reset", "sub": sub.id, **reset_payload(item)}
-                await connection.write(_unless_cancelled(sub, reset))
+                await connection.write(unless_cancelled(sub, reset))
             else:
                 await connection.write(_event_frames(sub, item))
                 metrics.delivered("ws", item)
     return session.parked
-
-
-def _unless_cancelled(sub: EventSubscription, frame: Frame) -> Iterator[bytes]:
-    """The frame, made once the socket is this write's, unless the subscription has been
-    cancelled by then (`unsubscribed` may be out already)."""
-    if not sub.cancel_called:
-        yield exactjson.dumps(frame)
 
 
 def _event_frames(sub: EventSubscription, events: list[Event]) -> Iterator[bytes]:
@@ -174,7 +167,7 @@ async def run_consumer(
                     connection.held[str(delivery.id)] = (sub, delivery)
                     await connection.write(_message_frame(sub_json, delivery, scope))
         except DB_DOWN as exc:
-            await connection.send_error({"id": sub}, exc)
+            await connection.send_error({"id": sub}, exc, unless=scope)
         finally:
             for key in [k for k, (owner, _) in connection.held.items() if owner == sub]:
                 del connection.held[key]
