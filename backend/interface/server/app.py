@@ -97,7 +97,9 @@ def create_app(
                 settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
             )
             tasks.start_soon(sse.run)
-            ws = WsSweep(settings.send_timeout, lifecycle.shutting_down)
+            ws = WsSweep(
+                settings.send_timeout, lifecycle.shutting_down, settings.ws_ping_interval_seconds
+            )
             tasks.start_soon(ws.run)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse, ws)
             yield

@@ -41,12 +41,20 @@ Idle WebSockets. uvicorn keeps an asyncio.Queue, an asyncio.Event and the handsh
 request and response for the life of every socket; here the queue is `inbox.Inbox`, the
 event makes its waiters on demand, and the handshake is let go once it is done
 (docs/performance.md).
+
+WebSocket keepalive. uvicorn schedules a ping timer per socket, and a pong timer per ping,
+and a closed socket's protocol stays alive until its timer is due. Here no socket has a
+timer: the process's WebSocket sweep calls `keep_alive` for each socket on its rounds,
+which pings a socket whose last ping is WS_PING_INTERVAL_SECONDS old and closes with 1011,
+as uvicorn does, one whose ping went unanswered that long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import struct
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -284,6 +292,14 @@ def _keep_only(scope: AppScope, keys: frozenset[str]) -> None:
     scope.update(kept)
 
 
+def keep_alive(scope: AppScope, interval: float) -> None:
+    """A sweep round's keepalive for a socket served by `WebSocketProtocol`; under any other
+    server, that server's own keepalive applies."""
+    protocol = scope.get(WS_PROTOCOL)
+    if isinstance(protocol, WebSocketProtocol):
+        protocol.keepalive(interval)
+
+
 def frame_sender(scope: AppScope) -> Callable[[bytes], bool] | None:
     """Like `frame_writer`, but the frames are queued and go out in one write with every
     other frame the socket's tasks queue in this turn of the event loop. When it refuses
@@ -332,6 +348,27 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         finally:
             self.app = app
             del self.scope[WS_PROTOCOL]  # type: ignore[misc]
+
+    def start_keepalive(self) -> None:
+        """No timer: the sweep pings (`keepalive`); the first interval starts now."""
+        self.ping_sent_at = self.loop.time()
+
+    def keepalive(self, interval: float) -> None:
+        """Ping when `interval` has passed since the last ping and it was answered; close
+        with 1011 (uvicorn's `keepalive_timeout`) when it was not."""
+        if not self.handshake_complete or self.close_sent or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if now - self.ping_sent_at < interval:
+            return
+        if self.pending_ping_payload is not None:
+            self.keepalive_timeout()
+            return
+        self.flush_frames()
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = now
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def send_soon(self, frames: bytes) -> bool:
         """Queue whole unmasked frames for one write at the end of this loop turn (at once

@@ -1,13 +1,15 @@
-"""One timer per process for every open WebSocket: stalled writes, the auth deadline, token
-expiry and the shutdown close.
+"""One timer per process for every open WebSocket: stalled writes, keepalive pings, the
+auth deadline, token expiry and the shutdown close.
 
 An idle socket should cost little more than its subscriptions, so a connection owns no
 watcher task and no timer. This sweep looks at every socket SWEEPS_PER_TIMEOUT times per
-SEND_TIMEOUT, and also wakes at the earliest auth deadline or token expiry and at
-shutdown. It drops a client whose socket accepted nothing for SEND_TIMEOUT during a write
-(no close frame: it could not get through either), closes with 1008 a socket that sent no
-`auth` within AUTH_TIMEOUT_SECONDS or whose token expired, and with 1001 every socket when
-the server shuts down. Ending a connection only cancels its scope; the connection's own
+SEND_TIMEOUT or WS_PING_INTERVAL_SECONDS, whichever is shorter, and also wakes at the
+earliest auth deadline or token expiry and at shutdown. It drops a client whose socket
+accepted nothing for SEND_TIMEOUT during a write (no close frame: it could not get through
+either), pings each socket every WS_PING_INTERVAL_SECONDS and closes with 1011 one whose
+ping went unanswered that long (`protocols.keep_alive`), closes with 1008 a socket that
+sent no `auth` within AUTH_TIMEOUT_SECONDS or whose token expired, and with 1001 every
+socket when the server shuts down. Ending a connection only cancels its scope; the connection's own
 task then sends the close frame. Each round counts the open sockets for `Trimmer`: by
 then the memory of sockets that closed since the last round has been freed.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from backend.interface.server.protocols import keep_alive
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.trim import Trimmer
 from backend.interface.stream.ws.frames import POLICY_VIOLATION
@@ -42,6 +45,7 @@ class WsSweep:
 
     send_timeout: float
     stopping: anyio.Event
+    ping_interval: float = math.inf
     _sockets: set[Connection] = field(default_factory=set)
     _next_due: float = math.inf
     """Monotonic time of the earliest auth deadline or token expiry among the sockets."""
@@ -68,7 +72,7 @@ class WsSweep:
 
     async def run(self) -> None:
         """Sweep every fraction of SEND_TIMEOUT, at each deadline and at shutdown."""
-        period = self.send_timeout / SWEEPS_PER_TIMEOUT
+        period = min(self.send_timeout, self.ping_interval) / SWEEPS_PER_TIMEOUT
         while True:
             with anyio.CancelScope() as self._nap:
                 nap = max(0.0, min(period, self._next_due - time.monotonic()))
@@ -91,6 +95,7 @@ class WsSweep:
                 logger.info("dropped a stalled WebSocket client", extra={"action": "send_timeout"})
                 connection.end(None)
                 continue
+            keep_alive(connection.websocket.scope, self.ping_interval)
             due = self._due(connection, now, wall)
             if due > now:
                 self._next_due = min(self._next_due, due)
