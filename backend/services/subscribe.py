@@ -144,16 +144,18 @@ class Subscription:
                     self.hub.catching_up += 1
                     try:
                         while self._reg is None and not self._stopped:
-                            async for page in self._backlog(self.hub.position):
-                                yield page
+                            upto = self.hub.position
+                            while (page := await self._page(upto)) is not None:
+                                if page:
+                                    yield page
                             self.join_if_near()
                     finally:
                         self.hub.catching_up -= 1
                 reg = self._reg
                 if reg is None:
                     return
-                if self.position < reg.start:  # no generator to make when nothing is missed
-                    async for page in self._backlog(reg.start):
+                while (page := await self._page(reg.start)) is not None:
+                    if page:
                         yield page
                 # Live, in this frame rather than a generator of its own: an idle
                 # subscription keeps one frame fewer (docs/performance.md). Each round takes
@@ -198,22 +200,26 @@ class Subscription:
                 logger.exception("resuming failed", extra={"action": "resume_failed"})
                 self.close()
 
-    async def _backlog(self, upto: int) -> AsyncIterator[list[Event]]:
-        while self.position < upto and not self._stopped:
-            page = await self.hub.log.read_page(self.patterns, self.position, upto, self.page_size)
-            if page.pruned_through > self.position:
-                raise expired(
-                    "pruned", page.pruned_through, "the log was pruned past this subscription"
-                )
-            wanted = []
-            for event in page.events:
-                self.position = event.pos
-                if self.filter is None or self.filter.matches(event.envelope()):
-                    wanted.append(event)
-            if len(page.events) < self.page_size:
-                self.position = max(self.position, upto)
-            if wanted:
-                yield wanted
+    async def _page(self, upto: int) -> list[Event] | None:
+        """The next page of backlog before `upto`: the events the filter wants (perhaps
+        none) with the position moved past the page; None once there is no more, or
+        stopped. A coroutine rather than a generator, so nothing is left to close when
+        `batches` is closed while it writes a page."""
+        if self.position >= upto or self._stopped:
+            return None
+        page = await self.hub.log.read_page(self.patterns, self.position, upto, self.page_size)
+        if page.pruned_through > self.position:
+            raise expired(
+                "pruned", page.pruned_through, "the log was pruned past this subscription"
+            )
+        wanted = []
+        for event in page.events:
+            self.position = event.pos
+            if self.filter is None or self.filter.matches(event.envelope()):
+                wanted.append(event)
+        if len(page.events) < self.page_size:
+            self.position = max(self.position, upto)
+        return wanted
 
     def _unseen(self, events: list[Event]) -> list[Event]:
         """The events past this subscription's position, which then moves to the last."""
