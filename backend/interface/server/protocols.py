@@ -55,6 +55,7 @@ import asyncio
 import logging
 import random
 import struct
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -64,9 +65,11 @@ import orjson
 from starlette.types import Message
 from starlette.types import Scope as AppScope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
@@ -89,6 +92,20 @@ WEBSOCKET_SCOPE_KEPT = frozenset(
 """What an accepted WebSocket's scope keeps: Starlette's `WebSocket` checks the type,
 uvicorn logs the client and path, ops find the app's state (`AppState.of`) and count
 publishes by client, and pgcast's writers find the protocol."""
+PER_SERVER = (
+    "app_state",
+    "asgi_version",
+    "close_timeout",
+    "config",
+    "connections",
+    "default_headers",
+    "logger",
+    "ping_interval",
+    "ping_timeout",
+    "root_path",
+    "tasks",
+)
+"""`WebSocketProtocol` attributes that are the same for every socket of a server."""
 DEFAULT_HEADERS_TIMEOUT = 10.0  # HEADERS_TIMEOUT_SECONDS; `serve --reload` always uses it
 
 _BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -322,17 +339,88 @@ def with_header_timeout(seconds: float) -> type[HttpProtocol]:
     return Protocol
 
 
+class ServerWide:
+    """What uvicorn's WebSocket protocol keeps on every socket although it is the same for
+    all the sockets of one server: held once per server (`WebSocketProtocol`)."""
+
+    __slots__ = PER_SERVER
+
+    def __init__(self) -> None:
+        for name in PER_SERVER:
+            setattr(self, name, None)
+
+
+_SERVERS: weakref.WeakKeyDictionary[ServerState, ServerWide] = weakref.WeakKeyDictionary()
+
+
+def _server_wide(name: str) -> Any:
+    """An attribute of the socket's `ServerWide` instead of its own dictionary."""
+
+    def read(protocol: WebSocketProtocol) -> Any:
+        return getattr(protocol._server, name)
+
+    def write(protocol: WebSocketProtocol, value: Any) -> None:
+        setattr(protocol._server, name, value)
+
+    return property(read, write)
+
+
+def _no_timer(name: str) -> Any:
+    """uvicorn's per-socket keepalive timers, which `WebSocketProtocol` never starts."""
+
+    def read(_protocol: WebSocketProtocol) -> None:
+        return None
+
+    def write(_protocol: WebSocketProtocol, value: object) -> None:
+        if value is not None:
+            raise RuntimeError(f"WebSocketProtocol starts no {name}: the sweep pings")
+
+    return property(read, write)
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, leaner per socket, that logs a refused handshake as
-    one INFO line."""
+    one INFO line.
+
+    CPython shares the keys of instance dictionaries between the instances of a class, so
+    each holds only its values (about 0.3 KiB here), as long as there are at most 29 of
+    them; uvicorn's protocol sets more than that, and every socket's dictionary then costs
+    1.6 KiB. The values that are the same for every socket of a server live once, on its
+    `ServerWide`, and the keepalive timers are never started (the sweep pings), so a socket
+    keeps fewer than 30 (`lighten_test.py` checks it through a socket's whole life).
+    """
 
     _refusal_status: int | None = None
     _refusal_body: bytes = b""
     _outbox: bytearray | None = None
     """Frames queued in this turn of the event loop (`send_soon`); None when there are none."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    app_state = _server_wide("app_state")
+    asgi_version = _server_wide("asgi_version")
+    close_timeout = _server_wide("close_timeout")
+    config = _server_wide("config")
+    connections = _server_wide("connections")
+    default_headers = _server_wide("default_headers")
+    logger = _server_wide("logger")
+    ping_interval = _server_wide("ping_interval")
+    ping_timeout = _server_wide("ping_timeout")
+    root_path = _server_wide("root_path")
+    tasks = _server_wide("tasks")
+    ping_timer = _no_timer("ping timer")
+    pong_timer = _no_timer("pong timer")
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        server = _SERVERS.get(server_state)
+        if server is None:
+            server = _SERVERS[server_state] = ServerWide()
+        self._server = server
+        super().__init__(config, server_state, app_state, _loop)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = WaitersOnDemand()
         self.writable.set()
