@@ -8,6 +8,7 @@ PostgreSQL, so both forms must agree exactly.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from backend.core.errors import InvalidName, InvalidQueueName, TooManyPatterns
 
 MAX_NAME_LENGTH = 200
+KNOWN_PATTERNS = 1024
 ONE = "*"
 REST = ">"
 
@@ -114,10 +116,11 @@ class Pattern:
 
     @classmethod
     def parse(cls, text: object) -> Pattern:
-        """Parse untrusted input; raises InvalidName naming the exact problem."""
+        """Parse untrusted input; raises InvalidName naming the exact problem. Patterns are
+        immutable, so the subscriptions of one topic share one (`_known_pattern`)."""
         if not isinstance(text, str):
             raise InvalidName("pattern must be a string")
-        return cls(text)
+        return _known_pattern(text)
 
     def matches(self, topic: str) -> bool:
         """Whether `topic` is selected by this pattern."""
@@ -170,6 +173,13 @@ class Pattern:
 def matches_any(patterns: Iterable[Pattern], topic: str) -> bool:
     """Whether at least one of `patterns` selects `topic`."""
     return any(pattern.matches(topic) for pattern in patterns)
+
+
+@functools.lru_cache(maxsize=KNOWN_PATTERNS)
+def _known_pattern(text: str) -> Pattern:
+    """The pattern for `text`, shared while it is among the KNOWN_PATTERNS last used: every
+    idle subscription holds its patterns, and most subscribe to a few topics."""
+    return Pattern(text)
 
 
 def parse_patterns(texts: Iterable[object], limit: int | None = None) -> tuple[Pattern, ...]:

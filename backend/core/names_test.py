@@ -261,3 +261,14 @@ def test_parse_patterns_refuses_more_than_the_limit_before_parsing_any() -> None
     assert len(parse_patterns(["a"] * 3, limit=3)) == 3
     with pytest.raises(TooManyPatterns, match="4 topic patterns; at most 3 are allowed"):
         parse_patterns(["a", "b", "c", "not valid"], limit=3)
+
+
+def test_subscriptions_of_one_topic_share_its_parsed_pattern() -> None:
+    first = parse_patterns(["orders.*"])
+    again = parse_patterns(["orders.*", "payments.>"])
+    assert again[0] is first[0]
+    assert again[1] is not first[0]
+    with pytest.raises(InvalidName):  # refusals are not remembered as patterns
+        Pattern.parse("orders..x")
+    with pytest.raises(InvalidName):
+        Pattern.parse("orders..x")

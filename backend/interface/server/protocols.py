@@ -93,6 +93,7 @@ WEBSOCKET_SCOPE_KEPT = frozenset(
 uvicorn logs the client and path, ops find the app's state (`AppState.of`) and count
 publishes by client, and pgcast's writers find the protocol."""
 PER_SERVER = (
+    "app",
     "app_state",
     "asgi_version",
     "close_timeout",
@@ -278,20 +279,29 @@ def frame_writer(scope: AppScope) -> Callable[[bytes], bool] | None:
     protocol = scope.get(WS_PROTOCOL)
     if not isinstance(protocol, WebSocketProtocol) or not protocol.handshake_complete:
         return None
-    conn = protocol.conn
-    if conn.extensions:
+    if protocol.conn.extensions:
         return None
-    transport = protocol.transport
-    writable = protocol.writable
+    return FrameWriter(protocol)
 
-    def write_frames(frames: bytes) -> bool:
+
+class FrameWriter:
+    """`frame_writer`'s writer: a slotted object rather than a closure, as every idle
+    WebSocket subscription holds one."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: WebSocketProtocol) -> None:
+        self.protocol = protocol
+
+    def __call__(self, frames: bytes) -> bool:
+        protocol = self.protocol
         # A close received or sent, or a lost connection, leaves the transport closing.
-        if protocol.close_sent or transport.is_closing() or not writable.is_set():
+        if protocol.close_sent or protocol.transport.is_closing():
+            return False
+        if not protocol.writable.is_set():
             return False
         protocol.write_now(frames)
         return True
-
-    return write_frames
 
 
 def lighten_websocket_scope(scope: AppScope) -> None:
@@ -343,10 +353,13 @@ class ServerWide:
     """What uvicorn's WebSocket protocol keeps on every socket although it is the same for
     all the sockets of one server: held once per server (`WebSocketProtocol`)."""
 
-    __slots__ = PER_SERVER
+    __slots__ = (*PER_SERVER, "handoff")
+    app: Any
+    handoff: Any
+    """`app` inside the handoff (`WebSocketProtocol.app`)."""
 
     def __init__(self) -> None:
-        for name in PER_SERVER:
+        for name in self.__slots__:
             setattr(self, name, None)
 
 
@@ -425,16 +438,24 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = WaitersOnDemand()
         self.writable.set()
 
+    @property
+    def app(self) -> Any:
+        """The app with the handoff outside it, as `HttpProtocol` runs it for streams: no
+        middleware's frame stays alive under an accepted socket. Made once per server."""
+        return self._server.handoff
+
+    @app.setter
+    def app(self, app: Any) -> None:
+        server = self._server
+        if server.app is not app:
+            server.app = app
+            server.handoff = partial(serve_with_handoff, app)
+
     async def run_asgi(self) -> None:
         self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
-        app = self.app
-        # The handoff outside the whole app, as `HttpProtocol` does it for streams: no
-        # middleware's frame stays alive under an accepted socket.
-        self.app = partial(serve_with_handoff, app)
         try:
             await super().run_asgi()
         finally:
-            self.app = app
             del self.scope[WS_PROTOCOL]  # type: ignore[misc]
 
     def start_keepalive(self) -> None:
