@@ -70,6 +70,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.http11 import Request
 
 from backend.interface.server.inbox import Inbox
 from backend.interface.server.on_demand import PipelineOnDemand, WaitersOnDemand
@@ -451,12 +452,17 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             server.app = app
             server.handoff = partial(serve_with_handoff, app)
 
-    async def run_asgi(self) -> None:
-        self.scope[WS_PROTOCOL] = self  # type: ignore[literal-required]
-        try:
-            await super().run_asgi()
-        finally:
-            del self.scope[WS_PROTOCOL]  # type: ignore[misc]
+    def handle_connect(self, event: Request) -> None:
+        """The scope names this protocol while the app runs (its task is made here and has
+        not started yet), without a coroutine frame of pgcast's around uvicorn's."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope[WS_PROTOCOL] = self
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self.scope.pop(WS_PROTOCOL, None)  # type: ignore[misc]
 
     def start_keepalive(self) -> None:
         """No timer: the sweep pings (`keepalive`); the first interval starts now."""
