@@ -356,6 +356,7 @@ class ServerWide:
 
     __slots__ = (*PER_SERVER, "handoff")
     app: Any
+    config: Any
     handoff: Any
     """`app` inside the handoff (`WebSocketProtocol.app`)."""
 
@@ -401,7 +402,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     them; uvicorn's protocol sets more than that, and every socket's dictionary then costs
     1.6 KiB. The values that are the same for every socket of a server live once, on its
     `ServerWide`, and the keepalive timers are never started (the sweep pings), so a socket
-    keeps fewer than 30 (`lighten_test.py` checks it through a socket's whole life).
+    keeps fewer than 30 (`ws_handoff_test.py` checks it through a socket's whole life).
     """
 
     _refusal_status: int | None = None
@@ -431,7 +432,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         server = _SERVERS.get(server_state)
-        if server is None:
+        if server is None or server.config is not config:  # one per server and its config
             server = _SERVERS[server_state] = ServerWide()
         self._server = server
         super().__init__(config, server_state, app_state, _loop)

@@ -134,3 +134,19 @@ async def test_a_socket_keeps_fewer_than_30_attributes_of_its_own_through_its_li
     await asyncio.wait_for(done.wait(), 5)
     counts["closed"] = len(vars(protocols[0]))
     assert max(counts.values()) <= 29, counts
+
+
+async def test_sockets_share_server_wide_values_only_with_their_own_config() -> None:
+    state = ServerState()
+    configs = [uvicorn.Config(app=_app, ws=WebSocketProtocol, root_path=p) for p in ("/a", "/b")]
+    for config in configs:
+        config.load()
+    a = WebSocketProtocol(config=configs[0], server_state=state, app_state={})
+    a_again = WebSocketProtocol(config=configs[0], server_state=state, app_state={})
+    b = WebSocketProtocol(config=configs[1], server_state=state, app_state={})
+    assert a._server is a_again._server
+    assert (a.config, a.root_path, b.config, b.root_path) == (configs[0], "/a", configs[1], "/b")
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("no request reaches the app in this test")
