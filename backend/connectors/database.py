@@ -322,13 +322,15 @@ class Pool:
             yield conn
 
     async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
-        """Return `conn` to the driver, which resets it with one query. If the server drops
-        the connection during that reset, the driver discards it; the block's outcome is
-        already decided, so that is not an error of the block."""
+        """Return `conn` to the driver, which resets it with one query. If that reset fails
+        on a broken connection (the server dropped it, or the driver found it still busy
+        with a statement the block abandoned, as when PostgreSQL restarts), the driver
+        closes it; the block's outcome is already decided, so that is not an error of the
+        block, and must not replace the block's own."""
         pid = None if _closed(conn) else conn.get_server_pid()
         try:
             await self._driver.release(conn)
-        except CANNOT_CONNECT:
+        except (*CANNOT_CONNECT, *_CLIENT_ERRORS):
             if not _closed(conn):
                 raise
         finally:

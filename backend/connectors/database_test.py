@@ -4,12 +4,14 @@ as DatabaseUnavailable."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import anyio
 import asyncpg
 import pytest
 
+from backend.connectors import database
 from backend.connectors.database import Connection, Pool, connect, open_pool
 from backend.core.concurrency import unwrap_single_error
 from backend.core.errors import DatabaseUnavailable
@@ -195,3 +197,37 @@ async def test_prefill_is_best_effort_and_leaves_the_pool_working(database_url: 
         assert calls > 1
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.parametrize("block", ["commits", "fails"])
+async def test_a_reset_that_finds_the_connection_broken_leaves_the_blocks_outcome(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, block: str
+) -> None:
+    """As when PostgreSQL restarts: the driver's reset finds the connection still busy
+    with a statement the block abandoned, closes it and raises. Seen in the restart fault
+    scenario as a 500 for a publish that should have been a 503."""
+
+    def broken_reset(_stateless: set[int]) -> Callable[[Connection], Awaitable[None]]:
+        async def reset(conn: Connection) -> None:
+            conn.terminate()
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            )
+
+        return reset
+
+    monkeypatch.setattr(database, "_reset_unless", broken_reset)
+    async with open_pool(database_url, size=1, live_reserve=0) as pool:
+        if block == "commits":
+            async with pool.acquire() as conn:
+                await conn.execute("CREATE TABLE kept (n int)")
+        else:
+            with pytest.raises(DatabaseUnavailable, match="the block's own"):
+                async with pool.acquire():
+                    raise DatabaseUnavailable("the block's own")
+    admin = await connect(database_url)
+    try:
+        kept = await admin.fetchval("SELECT to_regclass('kept') IS NOT NULL")
+    finally:
+        await admin.close()
+    assert kept == (block == "commits")
