@@ -38,6 +38,30 @@ async def _read_until(loop: asyncio.AbstractEventLoop, sock: socket.socket, end:
     return data
 
 
+async def _connected(config: uvicorn.Config) -> tuple[HttpProtocol, socket.socket]:
+    """pgcast's `HttpProtocol` serving one end of a socket pair; the other end, for the
+    client."""
+    config.load()
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
+    )
+    return protocol, theirs
+
+
+async def _upgrade(theirs: socket.socket) -> bytes:
+    """The client's upgrade request to /ws; the server's answer to it."""
+    loop = asyncio.get_running_loop()
+    key = base64.b64encode(os.urandom(16))
+    await loop.sock_sendall(
+        theirs,
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    return await _read_until(loop, theirs, b"\r\n\r\n")
+
+
 async def test_an_accepted_socket_is_served_after_the_app_has_returned() -> None:
     loop = asyncio.get_running_loop()
     seen: dict[str, Any] = {}
@@ -58,21 +82,10 @@ async def test_an_accepted_socket_is_served_after_the_app_has_returned() -> None
         seen["parked"] = park(scope, body)
         app_returned.set()
 
-    ours, theirs = socket.socketpair()
-    theirs.setblocking(False)
     config = uvicorn.Config(app=app, http=HttpProtocol, ws=WebSocketProtocol)
-    config.load()
-    _, protocol = await loop.connect_accepted_socket(
-        lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
-    )
-    key = base64.b64encode(os.urandom(16))
+    protocol, theirs = await _connected(config)
     try:
-        await loop.sock_sendall(
-            theirs,
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        handshake = await _read_until(loop, theirs, b"\r\n\r\n")
+        handshake = await _upgrade(theirs)
         await loop.sock_sendall(theirs, _masked_text_frame("hi"))
         await asyncio.wait_for(done.wait(), 5)
         echo = await _read_until(loop, theirs, b"echo:hi")
@@ -110,21 +123,9 @@ async def test_a_socket_keeps_fewer_than_30_attributes_of_its_own_through_its_li
             super().__init__(*args, **kwargs)
             protocols.append(self)
 
-    ours, theirs = socket.socketpair()
-    theirs.setblocking(False)
-    config = uvicorn.Config(app=app, http=HttpProtocol, ws=Recorded, ws_ping_interval=0.05)
-    config.load()
-    await loop.connect_accepted_socket(
-        lambda: HttpProtocol(config=config, server_state=ServerState(), app_state={}), ours
-    )
-    key = base64.b64encode(os.urandom(16))
+    _, theirs = await _connected(uvicorn.Config(app=app, http=HttpProtocol, ws=Recorded))
     try:
-        await loop.sock_sendall(
-            theirs,
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        await _read_until(loop, theirs, b"\r\n\r\n")
+        await _upgrade(theirs)
         await loop.sock_sendall(theirs, _masked_text_frame("hi"))
         await _read_until(loop, theirs, b"echo:hi")
         protocols[0].keepalive(0.0)  # a ping, as the sweep sends it

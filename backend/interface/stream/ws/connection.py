@@ -51,7 +51,7 @@ FAREWELL_CLOSE: dict[Farewell, tuple[int | None, str]] = {
 REPORTED: tuple[type[BaseException], ...] = (PgcastError, *DB_DOWN)
 
 
-def unless_cancelled(subscription: Cancellable | None, frame: Frame) -> Iterator[bytes]:
+def _unless_cancelled(subscription: Cancellable | None, frame: Frame) -> Iterator[bytes]:
     """The frame, made once the socket is the write's (see `Connection.write`), unless
     `subscription` has been cancelled by then."""
     if subscription is None or not subscription.cancel_called:
@@ -144,19 +144,20 @@ class Connection:
         """End the connection with the close frame that tells the client why."""
         self.end(*FAREWELL_CLOSE[farewell])
 
-    async def send(self, frame: Frame) -> None:
-        await self.write([exactjson.dumps(frame)])
+    async def send(self, frame: Frame, unless: Cancellable | None = None) -> None:
+        """One frame; with `unless`, only if that subscription is not cancelled by the time
+        the socket is this write's (`unsubscribed` may be out already)."""
+        await self.write(_unless_cancelled(unless, frame))
 
     async def send_error(
         self, echo: Frame, exc: BaseException, unless: Cancellable | None = None
     ) -> None:
-        """The `error` frame for `exc`; with `unless`, only if that subscription is not
-        cancelled by the time the socket is this write's (`unsubscribed` may be out)."""
+        """The `error` frame for `exc` (`unless` as for `send`)."""
         error = _as_error(exc)
         frame = {"op": "error", **echo, "code": error.code, "message": error.message}
         if isinstance(error, RateLimited):
             frame["retry_after"] = error.retry_after
-        await self.write(unless_cancelled(unless, frame))
+        await self.send(frame, unless)
 
     def allow(self, permission: Permission, *names: str) -> Principal:
         """The socket's principal, if it is still valid and grants `permission` on `names`."""

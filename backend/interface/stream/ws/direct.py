@@ -31,25 +31,25 @@ class Turns(Protocol):
 class DirectFrames:
     """The direct writer of one subscription on one socket."""
 
-    __slots__ = ("connection", "scope", "tally", "wire", "write")
+    __slots__ = ("connection", "subscription", "tally", "wire", "write")
 
     def __init__(
         self,
         write: Callable[[bytes], bool],
         connection: Turns,
-        scope: Cancellable,
+        subscription: Cancellable,
         sub_text: str,
         tally: DirectTally,
     ) -> None:
         self.write = write
         self.connection = connection
-        self.scope = scope
+        self.subscription = subscription
         self.wire = WsEventWire(sub_text)
         self.tally = tally
 
     def __call__(self, events: list[Event]) -> bool:
         # Another task's write holds the socket: its frames stay together.
-        if self.scope.cancel_called or self.connection.writing:
+        if self.subscription.cancel_called or self.connection.writing:
             return False
         wire = self.wire
         frames = wire(events[0]) if len(events) == 1 else one_write([wire(e) for e in events])

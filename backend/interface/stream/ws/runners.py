@@ -22,7 +22,7 @@ from backend.entities.event import Event
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.stream.encoding import reset_payload, ws_event_frame
 from backend.interface.stream.session import Farewell, Opened, Session
-from backend.interface.stream.ws.connection import Connection, unless_cancelled
+from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.direct import direct_frames
 from backend.interface.stream.ws.frames import SubId
 from backend.services.consume import STREAM_READ_AHEAD, Delivery, consume
@@ -105,10 +105,9 @@ async def run_subscription(sub: EventSubscription) -> None:
             # already completed) is delivered only at its next checkpoint, and the task may
             # park before it reaches one: nothing would ever close the subscription then.
             if sub.cancel_called or not parked:
-                parked = False
                 sub.release()
-            if not parked and connection.subscriptions.get(sub.id) is sub:
-                del connection.subscriptions[sub.id]
+                if connection.subscriptions.get(sub.id) is sub:
+                    del connection.subscriptions[sub.id]
 
 
 async def _follow(connection: Connection, sub: EventSubscription) -> bool:
@@ -121,10 +120,10 @@ async def _follow(connection: Connection, sub: EventSubscription) -> bool:
     async with aclosing(session.items()) as items:
         async for item in items:
             if isinstance(item, Opened):
-                await connection.write(unless_cancelled(sub, {"op": "subscribed", "id": sub.id}))
+                await connection.send({"op": "subscribed", "id": sub.id}, unless=sub)
             elif isinstance(item, CursorExpired):
                 reset = {"op": "reset", "sub": sub.id, **reset_payload(item)}
-                await connection.write(unless_cancelled(sub, reset))
+                await connection.send(reset, unless=sub)
             else:
                 await connection.write(_event_frames(sub, item))
                 metrics.delivered("ws", item)
