@@ -67,7 +67,7 @@ from starlette.types import Scope as AppScope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-from uvicorn.protocols.utils import get_client_addr
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.http11 import Request
@@ -527,6 +527,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Message) -> None:  # type: ignore[override]
         self.flush_frames()
         refusing = not self.handshake_complete
+        if not refusing and self.close_sent:
+            # The connection is over (the parser failed it, keepalive or the app closed
+            # it): the app sees the disconnect uvicorn reports for a lost connection, not
+            # uvicorn's error for a message out of turn.
+            raise ClientDisconnected
         await super().send(message)  # type: ignore[arg-type]
         if not refusing:
             return
@@ -554,6 +559,18 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             reason,
             extra={"action": "ws_refused"},
         )
+
+
+class InvalidUtf8AsInfo(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 as an error with its traceback, but it
+    is the client's fault and the socket just closes with 1007: one INFO line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid UTF-8 sequence received from client.":
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.exc_info = record.exc_text = None
+            record.msg = "WebSocket closed with 1007: a text frame was not valid UTF-8"
+        return True
 
 
 def _reason(body: bytes) -> str:

@@ -34,6 +34,7 @@ from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.limits import raise_open_files_limit
 from backend.interface.server.protocols import (
     HttpProtocol,
+    InvalidUtf8AsInfo,
     WebSocketProtocol,
     with_header_timeout,
 )
@@ -168,13 +169,15 @@ def serve(
         log_config=None,
         **protocol_options(settings),
     )
-    quiet = QuietStartupFailure(lifecycle)
+    filters = (QuietStartupFailure(lifecycle), InvalidUtf8AsInfo())
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    uvicorn_errors.addFilter(quiet)
+    for each in filters:
+        uvicorn_errors.addFilter(each)
     try:
         Server(config, lifecycle).run(sockets=sockets)
     finally:
-        uvicorn_errors.removeFilter(quiet)
+        for each in filters:
+            uvicorn_errors.removeFilter(each)
 
 
 def run_server(settings: Settings, *, host: str, port: int, reload: bool) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from backend.core import exactjson
 from backend.core.errors import DatabaseUnavailable, PgcastError, RateLimited, Unauthorized
@@ -200,7 +200,8 @@ class Connection:
             for payload in chain(head, rest):
                 await self.websocket.send_text(payload.decode())
                 self.progress_at = time.monotonic()
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            # The first write after the end raises the one, every later write the other.
             self.end(None)
         finally:
             self._pass_turn()

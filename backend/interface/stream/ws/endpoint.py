@@ -26,7 +26,12 @@ from typing import Any
 
 import anyio
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import (
+    WebSocket,
+    WebSocketDisconnect,
+    WebSocketDisconnected,
+    WebSocketState,
+)
 
 from backend.core.errors import Forbidden, PgcastError, Unauthorized
 from backend.interface.http.errors import error_response
@@ -122,7 +127,10 @@ async def _run(websocket: WebSocket, state: AppState, principal: Principal | Non
                 logger.exception("WebSocket session failed", extra={"action": "ws_error"})
                 code, reason = INTERNAL_ERROR, ""
             if code is not None:
-                with contextlib.suppress(WebSocketDisconnect), anyio.move_on_after(CLOSE_TIMEOUT):
+                with (
+                    contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected),
+                    anyio.move_on_after(CLOSE_TIMEOUT),
+                ):
                     await websocket.close(code, reason)
     finally:
         gauge.dec()

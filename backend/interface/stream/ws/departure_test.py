@@ -1,0 +1,62 @@
+"""A socket that ends with frames still unanswered (connection.write): the server takes
+the first write that fails as the end, skips the rest, and logs no error. A raw client
+puts pings and then a frame that is not UTF-8 in one TCP write: the server's WebSocket
+parser fails the connection (1007) while the pings still wait for their pongs. That
+client fault is one INFO line, not uvicorn's error with a traceback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from backend.testing import postgres
+from backend.testing.raw_websocket import CLOSE, TEXT, client_frame, raw_socket
+from backend.testing.server import ServerProcess, start_server
+
+pytestmark = [pytest.mark.external, pytest.mark.anyio]
+
+PINGS = 3
+CLIENTS = 5
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    url = anyio.run(postgres.clone_template)
+    try:
+        with start_server(url) as process:
+            yield process
+    finally:
+        anyio.run(postgres.drop, url)
+
+
+async def open_ws_connections(client: httpx.AsyncClient, url: str) -> float:
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r'^pgcast_connections\{transport="ws"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_frames_left_behind_by_a_failed_connection_end_it_without_an_error(
+    server: ServerProcess,
+) -> None:
+    pings = b"".join(client_frame(TEXT, b'{"op":"ping"}') for _ in range(PINGS))
+    for _ in range(CLIENTS):
+        async with raw_socket(server) as socket:
+            await socket.stream.send(pings + client_frame(TEXT, b"\xff"))
+            with anyio.fail_after(10):
+                while (frame := await socket.frame())[0] != CLOSE:
+                    assert frame == (TEXT, b'{"op":"pong"}'), frame
+            assert frame[1][:2] == (1007).to_bytes(2, "big"), frame
+    async with httpx.AsyncClient() as client:
+        with anyio.fail_after(10):
+            while await open_ws_connections(client, server.url) > 0:
+                await anyio.sleep(0.05)
+        assert (await client.get(f"{server.url}/healthz")).status_code == 200
+    log = server.log()
+    assert log.count('"WebSocket /ws" [accepted]') == CLIENTS
+    assert log.count("INFO    uvicorn.error: WebSocket closed with 1007") == CLIENTS, log
+    for sign in ("Exception in ASGI application", "session failed", "Traceback"):
+        assert sign not in log, log
