@@ -3,7 +3,7 @@
 Load: three publishers on three topics, SSE and WebSocket followers of which most
 disconnect after a random number of events and resume, one follower of a single topic, a
 queue producer and two queue consumer processes (`backend.testing.http_worker`, nacking
-5 % of the messages). The short version runs 10 s in `make test`; under `make soak` it
+5 % of the messages). The short version runs 5 s in `make test`; under `make soak` it
 runs `PGCAST_SOAK_SECONDS` (600 by default) and the server's RSS, sampled every second,
 must grow by less than 10 % between the end of the warm-up (the first sixth of the run,
 at least 30 s) and the end. The checker then verifies every stream and the queue.
@@ -28,7 +28,7 @@ from backend.testing.soak import SOAK, SOAK_SECONDS, scale
 
 pytestmark = [pytest.mark.external, pytest.mark.anyio]
 
-DURATION = scale(10.0, SOAK_SECONDS)
+DURATION = scale(5.0, SOAK_SECONDS)
 WARMUP = max(30.0, DURATION / 6)
 TOPICS = ["s7.a", "s7.b", "s7.c"]
 QUEUE = "s7"
