@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import SocketStream
 
-from backend.testing.server import ServerProcess
-
 PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
 
 
@@ -56,9 +54,9 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 
 
 @asynccontextmanager
-async def raw_socket(server: ServerProcess) -> AsyncIterator[RawSocket]:
-    """A socket to `server`'s /ws, past the handshake (subprotocol pgcast.v1)."""
-    where = urlsplit(server.url)
+async def raw_socket(url: str) -> AsyncIterator[RawSocket]:
+    """A socket to the server at `url`'s /ws, past the handshake (subprotocol pgcast.v1)."""
+    where = urlsplit(url)
     assert where.hostname is not None
     assert where.port is not None
     async with await anyio.connect_tcp(where.hostname, where.port) as stream:

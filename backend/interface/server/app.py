@@ -36,6 +36,7 @@ from backend.interface.stream.handoff import StreamHandoff
 from backend.interface.stream.sse_sweep import SseSweep
 from backend.interface.stream.ws.endpoint import websocket_endpoint
 from backend.interface.stream.ws.sweep import WsSweep
+from backend.interface.stream.ws.tasks import SocketTasks
 from backend.services.engine import Engine
 
 # Request headers a cross-origin page may send, and response headers it may read.
@@ -97,12 +98,17 @@ def create_app(
                 settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
             )
             tasks.start_soon(sse.run)
+            socket_tasks = SocketTasks(await stack.enter_async_context(anyio.create_task_group()))
             ws = WsSweep(
-                settings.send_timeout, lifecycle.shutting_down, settings.ws_ping_interval_seconds
+                settings.send_timeout,
+                lifecycle.shutting_down,
+                socket_tasks,
+                settings.ws_ping_interval_seconds,
             )
             tasks.start_soon(ws.run)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse, ws)
             yield
+            socket_tasks.close()
             tasks.cancel_scope.cancel()
 
     routes = [

@@ -10,25 +10,33 @@ the app waits to receive. It offers just what the protocol calls: `put_nowait`, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Inbox(Generic[T]):
-    """A first-in first-out queue with one reader (the app's `receive`) and no bound."""
+    """A first-in first-out queue with one reader (the app's `receive`) and no bound.
 
-    __slots__ = ("_items", "_waiter")
+    With a `listener`, nobody needs to wait on it: the listener hears of each item that
+    arrives while no reader waits, and starts one (`ws.driven`)."""
+
+    __slots__ = ("_items", "_waiter", "listener")
 
     def __init__(self) -> None:
         self._items: list[T] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.listener: Callable[[], None] | None = None
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.listener is not None:
+            self.listener()
 
     def empty(self) -> bool:
         return not self._items

@@ -31,6 +31,16 @@ class Lifecycle:
         """Count one open stream for as long as the block runs."""
         return OpenStream(self)
 
+    def stream_opened(self) -> None:
+        """Count one more open stream (`stream()` does it for a block)."""
+        self.open_streams += 1
+
+    def stream_closed(self) -> None:
+        """Count one stream fewer."""
+        self.open_streams -= 1
+        if not self.open_streams:
+            self._idle.set()
+
     async def streams_closed(self) -> None:
         """Return once no stream is open."""
         while self.open_streams:
@@ -48,7 +58,7 @@ class OpenStream:
         self.lifecycle = lifecycle
 
     def __enter__(self) -> None:
-        self.lifecycle.open_streams += 1
+        self.lifecycle.stream_opened()
 
     def __exit__(
         self,
@@ -56,7 +66,4 @@ class OpenStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        lifecycle = self.lifecycle
-        lifecycle.open_streams -= 1
-        if not lifecycle.open_streams:
-            lifecycle._idle.set()
+        self.lifecycle.stream_closed()

@@ -320,6 +320,30 @@ def _keep_only(scope: AppScope, keys: frozenset[str]) -> None:
     scope.update(kept)
 
 
+def drivable(scope: AppScope) -> Inbox[Message] | None:
+    """Under `WebSocketProtocol`, the inbox of an accepted socket that the app may serve
+    without a task of its own: once the app sets the inbox's `listener`, the protocol keeps
+    the socket open after the app returns, and calls the listener whenever a message
+    arrives while nobody waits to receive. Under any other server, None: the app must go
+    on reading from its own task."""
+    protocol = scope.get(WS_PROTOCOL)
+    if not isinstance(protocol, WebSocketProtocol):
+        return None
+    inbox: Inbox[Message] = protocol.queue  # type: ignore[assignment]
+    return inbox
+
+
+def let_go(scope: AppScope) -> None:
+    """A driven socket has ended: close its transport unless a close handshake is under
+    way (as uvicorn does once the app returns), and drop the protocol from the scope,
+    which would otherwise keep the two in a reference cycle."""
+    protocol = scope.pop(WS_PROTOCOL, None)
+    if isinstance(protocol, WebSocketProtocol):
+        protocol.queue.listener = None  # type: ignore[attr-defined]
+        if protocol.close_timer is None:
+            protocol.transport.close()
+
+
 def keep_alive(scope: AppScope, interval: float) -> None:
     """A sweep round's keepalive for a socket served by `WebSocketProtocol`; under any other
     server, that server's own keepalive applies."""
@@ -463,7 +487,33 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         super().on_task_complete(task)
-        self.scope.pop(WS_PROTOCOL, None)  # type: ignore[misc]
+        if not self.driven:
+            self.scope.pop(WS_PROTOCOL, None)  # type: ignore[misc]
+
+    @property
+    def driven(self) -> bool:
+        """The app went on serving the socket without uvicorn's task (`drivable`)."""
+        return self.queue.listener is not None  # type: ignore[attr-defined]
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a driven socket stays open once the app returns."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+            elif self.driven:
+                return
+        if self.close_timer is None:
+            self.transport.close()
 
     def start_keepalive(self) -> None:
         """No timer: the sweep pings (`keepalive`); the first interval starts now."""

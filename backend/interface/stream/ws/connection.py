@@ -8,37 +8,49 @@ nothing is lost), and a client that accepts nothing for SEND_TIMEOUT is dropped 
 process's `WsSweep` without a close frame, because a close frame could not get through
 either. It resumes by subscribing again with `after` set to the last id it saw.
 
-An idle socket is just this object: no watcher task, no lock and no event of its own
-(writers queue for their turn only when two write at once).
+An idle socket is just this object: no task, no watcher, no lock and no event of its own
+(writers queue for their turn only when two write at once). Its work runs in tasks of the
+process's WebSocket task group (`spawn`), each in its own cancel scope and only while
+there is work; `end` cancels them, and `close_down` waits for them before the close frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from itertools import chain
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVarTuple
 
 import anyio
-from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from backend.core import exactjson
 from backend.core.errors import DatabaseUnavailable, PgcastError, RateLimited, Unauthorized
 from backend.interface.http.errors import DB_DOWN
 from backend.interface.security.auth import Permission, Principal
-from backend.interface.server.protocols import frame_sender
+from backend.interface.server.protocols import frame_sender, let_go
 from backend.interface.server.state import AppState
 from backend.interface.stream.encoding import WRITE_BYTES, ws_text_frame
 from backend.interface.stream.session import Farewell
-from backend.interface.stream.ws.frames import GOING_AWAY, POLICY_VIOLATION, Frame, SubId
+from backend.interface.stream.ws.frames import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    Frame,
+    SubId,
+)
+from backend.interface.stream.ws.tasks import SocketTasks
 from backend.services.consume import Delivery
 
 if TYPE_CHECKING:
     from backend.interface.stream.ws.settling import Settling
 
 logger = logging.getLogger(__name__)
+
+Ts = TypeVarTuple("Ts")
+CLOSE_TIMEOUT = 1.0
 
 
 FAREWELL_CLOSE: dict[Farewell, tuple[int | None, str]] = {
@@ -75,16 +87,22 @@ class Cancellable(Protocol):
 
 
 class Connection:
-    """One socket: its subscriptions, the task group they run in, and who writes now."""
+    """One socket: its subscriptions, the tasks that serve them, and who writes now."""
 
     __slots__ = (
         "_principal",
+        "_running",
+        "_stopped",
         "_turns",
         "close_code",
         "close_reason",
+        "driven",
+        "ended",
         "held",
+        "host",
         "opened_at",
         "progress_at",
+        "reading",
         "settling",
         "state",
         "subscriptions",
@@ -94,11 +112,29 @@ class Connection:
     )
 
     def __init__(
-        self, websocket: WebSocket, state: AppState, tasks: TaskGroup, principal: Principal | None
+        self,
+        websocket: WebSocket,
+        state: AppState,
+        tasks: SocketTasks,
+        principal: Principal | None,
     ) -> None:
         self.websocket = websocket
         self.state = state
         self.tasks = tasks
+        """Where the socket's tasks run: the process's, shared by every socket (`spawn`)."""
+        self.host: anyio.CancelScope | None = None
+        """The scope of the task that reads the socket's frames for as long as it is open
+        (under servers other than pgcast's), which `end` cancels."""
+        self.driven = False
+        """No task reads for as long as the socket is open: one starts when frames arrive
+        (`ws.driven`), and `end` starts the one that closes it."""
+        self.reading = False
+        """A task reads the frames that have arrived (driven sockets)."""
+        self._running: set[anyio.CancelScope] | None = None
+        """The scopes of the socket's tasks that run now; None when none does."""
+        self._stopped: anyio.Event | None = None
+        """Set when the last of them has finished, for `stopped` to wait on."""
+        self.ended = False
         self._principal = principal
         self.subscriptions: dict[SubId, Cancellable] = {}
         """What serves each subscription id: a consumer's cancel scope, or an event
@@ -128,14 +164,104 @@ class Connection:
 
     def end(self, code: int | None, reason: str = "") -> None:
         """Stop the whole connection; the first reason wins. None: send no close frame."""
-        if not self.tasks.cancel_scope.cancel_called:
-            self.close_code = code
-            self.close_reason = reason
-            self.tasks.cancel_scope.cancel()
+        if self.ended:
+            return
+        self.ended = True
+        self.close_code = code
+        self.close_reason = reason
+        if self.host is not None:
+            self.host.cancel()
+        for scope in self._running or ():
+            scope.cancel()
+        if self.driven and not self.tasks.start(self.close_down):
+            self._release()  # the server is shutting down: nothing is left to close it
+
+    def open(self) -> None:
+        """Count the socket as open: the connections gauge, shutdown's wait for streams to
+        close, the sweep."""
+        state = self.state
+        state.metrics.connections.labels("ws").inc()
+        state.lifecycle.stream_opened()
+        state.ws.add(self)
+
+    async def close_down(self) -> None:
+        """Once nothing reads the socket's frames any more: stop all it serves, wait for its
+        tasks, send the close frame if `end` gave a code, and give its slot back."""
+        state = self.state
+        try:
+            state.ws.discard(self)
+            self.stop_subscriptions()
+            self.end(None)
+            with anyio.CancelScope(shield=True):
+                await self.stopped()
+            if self.close_code is not None:
+                with (
+                    contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected),
+                    anyio.move_on_after(CLOSE_TIMEOUT),
+                ):
+                    await self.websocket.close(self.close_code, self.close_reason)
+        except Exception:
+            logger.exception("WebSocket close failed", extra={"action": "ws_error"})
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Give back what `open` took; a driven socket's protocol closes its transport."""
+        state = self.state
+        state.metrics.connections.labels("ws").dec()
+        state.lifecycle.stream_closed()
+        state.guard.slots.release()
+        if self.driven:
+            let_go(self.websocket.scope)
+
+    def spawn(self, work: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
+        """Run `work(*args)` in a task of its own until it returns or the connection ends
+        (at once cancelled if it has ended); False, and nothing started, once the server
+        is shutting down. An error it does not handle ends the connection with 1011, as
+        it would have ended a task group of the socket's own."""
+        scope = anyio.CancelScope()
+        if self.ended:
+            scope.cancel()
+        running = self._running
+        if running is None:
+            running = self._running = set()
+        running.add(scope)  # from now on `stopped` waits for it
+        if self.tasks.start(self._guarded, work, args, scope):
+            return True
+        self._finished(scope)
+        return False
+
+    async def _guarded(
+        self, work: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            with scope:
+                await work(*args)
+        except Exception:
+            logger.exception("WebSocket session failed", extra={"action": "ws_error"})
+            self.end(INTERNAL_ERROR)
+        finally:
+            self._finished(scope)
+
+    def _finished(self, scope: anyio.CancelScope) -> None:
+        running = self._running
+        if running is not None:
+            running.discard(scope)
+            if not running:
+                self._running = None
+                if self._stopped is not None:
+                    self._stopped.set()
+
+    async def stopped(self) -> None:
+        """Wait until none of the socket's tasks runs (after `end`, none starts again)."""
+        while self._running:
+            self._stopped = anyio.Event()
+            await self._stopped.wait()
+        self._stopped = None
 
     def stop_subscriptions(self) -> None:
-        """Stop everything the socket serves, parked subscriptions included (no task of
-        theirs would see the task group's cancellation)."""
+        """Stop everything the socket serves, parked subscriptions included (they have no
+        task for `end` to cancel)."""
         for running in list(self.subscriptions.values()):
             running.cancel()
         self.subscriptions.clear()

@@ -44,7 +44,7 @@ async def test_frames_left_behind_by_a_failed_connection_end_it_without_an_error
 ) -> None:
     pings = b"".join(client_frame(TEXT, b'{"op":"ping"}') for _ in range(PINGS))
     for _ in range(CLIENTS):
-        async with raw_socket(server) as socket:
+        async with raw_socket(server.url) as socket:
             await socket.stream.send(pings + client_frame(TEXT, b"\xff"))
             with anyio.fail_after(10):
                 while (frame := await socket.frame())[0] != CLOSE:

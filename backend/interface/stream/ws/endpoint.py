@@ -10,11 +10,13 @@ first frame must be `auth`; anything else, no `auth` within AUTH_TIMEOUT_SECONDS
 token expiring closes the socket with 1008. A full server (MAX_CONNECTIONS) accepts and
 closes at once with 1013.
 
-A connection runs on uvicorn's task, plus one task per subscription while it has work (an
-idle event subscription parks: runners.py); the deadlines, the
-stall watchdog and the shutdown close are the process's `WsSweep`'s (ws/sweep.py). Once
-accepted, the socket is served after the framework has unwound (`handoff.StreamHandoff`),
-so no middleware or router frame stays alive while it is open.
+Once accepted, the socket is served after the framework has unwound
+(`handoff.StreamHandoff`), so no middleware or router frame stays alive while it is open.
+Under pgcast's server it then has no task while idle: frames that arrive start one
+(driven.py), and each subscription has one while it has work (an idle event subscription
+parks: runners.py). Under other servers one task reads its frames for as long as it is
+open (`_run`). The deadlines, the stall watchdog and the shutdown close are the process's
+`WsSweep`'s (ws/sweep.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import (
     WebSocket,
     WebSocketDisconnect,
-    WebSocketDisconnected,
     WebSocketState,
 )
 
@@ -41,15 +42,14 @@ from backend.interface.server.protocols import lighten_websocket_scope
 from backend.interface.server.state import AppState
 from backend.interface.stream.handoff import park
 from backend.interface.stream.slots import acquire_slot
-from backend.interface.stream.ws.connection import Connection
+from backend.interface.stream.ws.connection import CLOSE_TIMEOUT, Connection
+from backend.interface.stream.ws.driven import DISCONNECT, serve_driven
 from backend.interface.stream.ws.frames import INTERNAL_ERROR, POLICY_VIOLATION, TRY_AGAIN_LATER
 from backend.interface.stream.ws.ops import dispatch
 
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "pgcast.v1"
-DISCONNECT = "websocket.disconnect"
-CLOSE_TIMEOUT = 1.0
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -80,7 +80,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         guard.slots.release()
         raise
     if not park(websocket.scope, Accepted(websocket.scope, state, principal)):
-        await _run(websocket, state, principal)
+        await _run(Connection(websocket, state, state.ws.tasks, principal))
 
 
 class Accepted:
@@ -94,47 +94,39 @@ class Accepted:
         self.principal = principal
 
     def __call__(self, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
-        """`_run` on the server's own receive and send (the handoff's); a plain function
-        returning the coroutine, so no frame of its own stays alive under the socket."""
+        """Serve the socket on the server's own receive and send (the handoff's): without
+        a task while it is idle where the server allows it (`driven`), else `_run`. A plain
+        function returning the coroutine, so no frame of its own stays alive."""
         scope = self.scope
         lighten_websocket_scope(scope)
         websocket = WebSocket(scope, receive, send)
         websocket.client_state = websocket.application_state = WebSocketState.CONNECTED
-        return _run(websocket, self.state, self.principal)
+        state = self.state
+        connection = Connection(websocket, state, state.ws.tasks, self.principal)
+        if serve_driven(connection):
+            return _served()
+        return _run(connection)
 
 
-async def _run(websocket: WebSocket, state: AppState, principal: Principal | None) -> None:
-    """Serve an accepted socket: handle client frames in order until the client leaves or
-    the connection ends, close it, then give its slot back. One frame for it all: every
-    idle socket keeps it alive."""
-    gauge = state.metrics.connections.labels("ws")
-    gauge.inc()
+async def _served() -> None:
+    """What the handoff awaits for a driven socket: it is served already."""
+
+
+async def _run(connection: Connection) -> None:
+    """Serve an accepted socket from this task: handle client frames in order until the
+    client leaves or the connection ends, then close it. One frame for it all."""
+    websocket = connection.websocket
     try:
-        with state.lifecycle.stream():
-            try:
-                async with anyio.create_task_group() as tasks:
-                    connection = Connection(websocket, state, tasks, principal)
-                    state.ws.add(connection)
-                    try:
-                        while (message := await websocket.receive())["type"] != DISCONNECT:
-                            await dispatch(connection, message.get("text"))
-                    finally:
-                        state.ws.discard(connection)
-                        connection.stop_subscriptions()
-                    connection.end(None)
-                code, reason = connection.close_code, connection.close_reason
-            except Exception:
-                logger.exception("WebSocket session failed", extra={"action": "ws_error"})
-                code, reason = INTERNAL_ERROR, ""
-            if code is not None:
-                with (
-                    contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected),
-                    anyio.move_on_after(CLOSE_TIMEOUT),
-                ):
-                    await websocket.close(code, reason)
+        with anyio.CancelScope() as connection.host:
+            connection.open()  # may end it at once (shutdown): the scope is there to cancel
+            while (message := await websocket.receive())["type"] != DISCONNECT:
+                await dispatch(connection, message.get("text"))
+    except Exception:
+        logger.exception("WebSocket session failed", extra={"action": "ws_error"})
+        connection.end(INTERNAL_ERROR)
     finally:
-        gauge.dec()
-        state.guard.slots.release()
+        connection.host = None
+        await connection.close_down()
 
 
 async def _refuse(websocket: WebSocket, exc: PgcastError) -> None:

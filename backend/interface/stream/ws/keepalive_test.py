@@ -31,7 +31,7 @@ def pinging() -> Iterator[ServerProcess]:
 
 
 async def test_a_client_that_answers_no_ping_is_closed_with_1011(pinging: ServerProcess) -> None:
-    async with raw_socket(pinging) as socket:
+    async with raw_socket(pinging.url) as socket:
         opened = time.monotonic()
         with anyio.fail_after(10):
             opcode, _ = await socket.frame()
@@ -42,13 +42,14 @@ async def test_a_client_that_answers_no_ping_is_closed_with_1011(pinging: Server
     assert opcode == CLOSE
     assert struct.unpack("!H", payload[:2]) == (1011,)
     # Each at least an interval after the last, and at most one sweep period (a quarter
-    # of the interval) late, with room for a busy machine.
+    # of the interval) late, with room for a busy machine. The client may read the ping
+    # late, so the close's lower bound counts from the opening, not from that read.
     assert INTERVAL * 0.9 <= pinged <= INTERVAL * 4
-    assert pinged + INTERVAL * 0.9 <= closed <= pinged + INTERVAL * 4
+    assert 2 * INTERVAL * 0.9 <= closed <= pinged + INTERVAL * 4
 
 
 async def test_a_client_that_answers_its_pings_stays_open(pinging: ServerProcess) -> None:
-    async with raw_socket(pinging) as socket:
+    async with raw_socket(pinging.url) as socket:
         pings = 0
         with anyio.fail_after(10):
             while pings < 4:

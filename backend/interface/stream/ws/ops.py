@@ -179,7 +179,8 @@ async def consume(connection: Connection, frame: Frame) -> None:
     prefetch = integer(frame.get("prefetch", 1), "prefetch", 1, MAX_PREFETCH)
     lease = number(frame.get("lease", 30), "lease", 0.1, MAX_LEASE_SECONDS)
     scope = connection.subscriptions[sub] = anyio.CancelScope()
-    connection.tasks.start_soon(run_consumer, connection, sub, scope, queue, prefetch, lease)
+    if not connection.spawn(run_consumer, connection, sub, scope, queue, prefetch, lease):
+        del connection.subscriptions[sub]  # the server is shutting down
 
 
 def ack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:

@@ -29,6 +29,7 @@ from backend.interface.stream.ws import direct
 from backend.interface.stream.ws.connection import Connection
 from backend.interface.stream.ws.ops import unsubscribe
 from backend.interface.stream.ws.runners import EventSubscription
+from backend.interface.stream.ws.tasks import SocketTasks
 from backend.services.hub import Hub
 from backend.services.hub_test import publish, running_hub
 from backend.services.subscribe import start_subscription
@@ -82,7 +83,7 @@ def subscribed(
 ) -> tuple[Connection, EventSubscription]:
     monkeypatch.setattr(direct, "frame_writer", lambda _scope: socket.write_frames)
     state = SimpleNamespace(engine=HubEngine(hub), metrics=Metrics())
-    connection = Connection(socket, state, tasks, principal=None)  # type: ignore[arg-type]
+    connection = Connection(socket, state, SocketTasks(tasks), principal=None)  # type: ignore[arg-type]
     sub = connection.subscriptions["s"] = EventSubscription(
         connection, "s", parse_patterns(["p"]), after, None
     )

@@ -49,9 +49,10 @@ class EventSubscription:
         self.scope: anyio.CancelScope | None = None
         self.cancel_called = False
 
-    def start(self) -> None:
-        """Serve it from a new task of the socket's task group."""
-        self.connection.tasks.start_soon(run_subscription, self)
+    def start(self) -> bool:
+        """Serve it from a new task of the socket's (`Connection.spawn`); False once the
+        server is shutting down."""
+        return self.connection.spawn(run_subscription, self)
 
     def cancel(self) -> None:
         """Stop it for good: its task, or its parked subscription at once; no event of its
@@ -76,9 +77,7 @@ class EventSubscription:
         if self.cancel_called:  # parked by a task that never saw its cancellation
             self.release()
             return
-        try:
-            self.start()
-        except RuntimeError:  # the socket's task group has exited: nobody is left to serve
+        if not self.start():  # the server is shutting down: nobody is left to serve it
             self.cancel_called = True
             self.release()
 

@@ -46,7 +46,10 @@ def hand_in(connection: Connection, pending: Pending) -> None:
     settling = connection.settling
     if settling is None:
         settling = connection.settling = Settling()
-        connection.tasks.start_soon(_settle, connection, settling)
+        if not connection.spawn(_settle, connection, settling):  # the server is stopping
+            connection.settling = None
+            settling.done.set()
+            return
     settling.pending.append(pending)
 
 

@@ -9,9 +9,10 @@ accepted nothing for SEND_TIMEOUT during a write (no close frame: it could not g
 either), pings each socket every WS_PING_INTERVAL_SECONDS and closes with 1011 one whose
 ping went unanswered that long (`protocols.keep_alive`), closes with 1008 a socket that
 sent no `auth` within AUTH_TIMEOUT_SECONDS or whose token expired, and with 1001 every
-socket when the server shuts down. Ending a connection only cancels its scope; the connection's own
-task then sends the close frame. Each round counts the open sockets for `Trimmer`: by
-then the memory of sockets that closed since the last round has been freed.
+socket when the server shuts down. Ending a connection only cancels its tasks; its close
+frame goes out once they have finished (`Connection.close_down`). Each round counts the
+open sockets for `Trimmer`: by then the memory of sockets that closed since the last
+round has been freed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from backend.interface.server.protocols import keep_alive
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.trim import Trimmer
 from backend.interface.stream.ws.frames import POLICY_VIOLATION
+from backend.interface.stream.ws.tasks import SocketTasks
 
 if TYPE_CHECKING:
     from backend.interface.stream.ws.connection import Connection
@@ -41,10 +43,12 @@ NO_AUTH = "no auth frame in time"
 
 @dataclass(eq=False)
 class WsSweep:
-    """The open sockets of this process and the one task that looks after them."""
+    """The open sockets of this process, the one task that looks after them, and the task
+    group where their work runs (`Connection.spawn`)."""
 
     send_timeout: float
     stopping: anyio.Event
+    tasks: SocketTasks
     ping_interval: float = math.inf
     _sockets: set[Connection] = field(default_factory=set)
     _next_due: float = math.inf
