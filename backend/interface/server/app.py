@@ -107,8 +107,10 @@ def create_app(
             )
             tasks.start_soon(ws.run)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse, ws)
-            yield
-            socket_tasks.close()
+            try:
+                yield
+            finally:
+                socket_tasks.close()
             tasks.cancel_scope.cancel()
 
     routes = [

@@ -100,6 +100,7 @@ class Connection:
         "ended",
         "held",
         "host",
+        "nudge",
         "opened_at",
         "progress_at",
         "reading",
@@ -130,6 +131,8 @@ class Connection:
         (`ws.driven`), and `end` starts the one that closes it."""
         self.reading = False
         """A task reads the frames that have arrived (driven sockets)."""
+        self.nudge: anyio.Event | None = None
+        """Set to wake that reader while it waits between frames (`nudge_reader`)."""
         self._running: set[anyio.CancelScope] | None = None
         """The scopes of the socket's tasks that run now; None when none does."""
         self._stopped: anyio.Event | None = None
@@ -174,7 +177,16 @@ class Connection:
         for scope in self._running or ():
             scope.cancel()
         if self.driven and not self.tasks.start(self.close_down):
-            self._release()  # the server is shutting down: nothing is left to close it
+            # The server is shutting down and starts no task: let go of it all at once.
+            self.state.ws.discard(self)
+            self.stop_subscriptions()
+            self._release()
+
+    def nudge_reader(self) -> None:
+        """Wake a driven socket's reader that waits between frames: a frame has arrived, or
+        the socket's last queue consumer has ended (the reader then ends too)."""
+        if self.nudge is not None:
+            self.nudge.set()
 
     def open(self) -> None:
         """Count the socket as open: the connections gauge, shutdown's wait for streams to
@@ -240,6 +252,10 @@ class Connection:
         except Exception:
             logger.exception("WebSocket session failed", extra={"action": "ws_error"})
             self.end(INTERNAL_ERROR)
+        except anyio.get_cancelled_exc_class():
+            if self.tasks.open:  # neither the socket's nor the server's: `SocketTasks` logs it
+                self.end(INTERNAL_ERROR)
+            raise
         finally:
             self._finished(scope)
 

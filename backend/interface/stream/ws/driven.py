@@ -46,13 +46,17 @@ def _arrived(connection: Connection, inbox: Inbox[Message]) -> None:
     which event loop library it is on unless told (uvicorn runs on asyncio's loop or
     uvloop, which is asyncio's too); `pgcast serve` says so for everything it runs, plain
     uvicorn does not."""
-    if connection.reading or connection.ended:
+    if connection.ended:
+        return
+    if connection.reading:
+        connection.nudge_reader()
         return
     connection.reading = True
     token = sniffio.current_async_library_cvar.set("asyncio")
     try:
         if not connection.spawn(_read, connection, inbox):  # the server is shutting down
             connection.reading = False
+            connection.end(None)
     finally:
         sniffio.current_async_library_cvar.reset(token)
 
@@ -60,10 +64,18 @@ def _arrived(connection: Connection, inbox: Inbox[Message]) -> None:
 async def _read(connection: Connection, inbox: Inbox[Message]) -> None:
     """Answer every waiting frame in order; the client leaving ends the connection. A
     socket that consumes a queue keeps its reader between frames: its client sends an ack
-    for every message, and a task for each would cost more than the one that waits."""
+    for every message, and a task for each would cost more than the one that waits. The
+    next frame, or the end of the socket's last consumer, wakes it (`nudge_reader`)."""
     websocket = connection.websocket
     try:
-        while not connection.ended and (not inbox.empty() or _consuming(connection)):
+        while not connection.ended:
+            if inbox.empty():
+                if not _consuming(connection):
+                    return
+                nudge = connection.nudge = anyio.Event()
+                await nudge.wait()
+                connection.nudge = None
+                continue
             message = await websocket.receive()
             if message["type"] == DISCONNECT:
                 connection.end(None)
@@ -71,6 +83,7 @@ async def _read(connection: Connection, inbox: Inbox[Message]) -> None:
             await dispatch(connection, message.get("text"))
     finally:
         connection.reading = False
+        connection.nudge = None
 
 
 def _consuming(connection: Connection) -> bool:

@@ -28,7 +28,7 @@ from backend.interface.server.lifecycle import Lifecycle
 from backend.interface.server.protocols import WS_PROTOCOL, HttpProtocol, WebSocketProtocol
 from backend.interface.server.state import AppState
 from backend.testing.in_process import BASE_URL
-from backend.testing.raw_websocket import TEXT, RawSocket, raw_socket
+from backend.testing.raw_websocket import CLOSE, TEXT, RawSocket, raw_socket
 
 pytestmark = pytest.mark.integrated
 
@@ -137,6 +137,14 @@ async def stray_cancellation(database_url: str) -> None:
         await anyio.sleep(0.1)
         async with raw_socket(url) as socket:
             assert (await exchange(socket, op="ping")) == {"op": "pong"}
+        async with raw_socket(url) as socket:  # one of a socket's own tasks: it ends that socket
+            assert (await exchange(socket, op="ping")) == {"op": "pong"}
+            await until(lambda: len(state.ws._sockets) == 1)  # the first one has closed
+            (connection,) = state.ws._sockets
+            assert connection.spawn(cancelled_by_a_library)
+            with anyio.fail_after(5):
+                opcode, payload = await socket.frame()
+            assert (opcode, payload[:2]) == (CLOSE, (1011).to_bytes(2, "big"))
         async with httpx.AsyncClient(base_url=url) as client:
             published = await client.post("/topics/d/events", json={"data": 1})
         assert published.status_code == 201, published.text
@@ -161,3 +169,22 @@ async def test_under_another_server_a_socket_opened_during_shutdown_is_closed_wi
             with anyio.fail_after(5), pytest.raises(WebSocketDisconnect) as closed:
                 await ws.receive_text()
     assert closed.value.code == 1001
+
+
+def test_a_consumers_socket_keeps_its_reader_only_while_it_consumes(database_url: str) -> None:
+    asyncio.run(reader_kept_while_consuming(database_url))
+
+
+async def reader_kept_while_consuming(database_url: str) -> None:
+    async with serving(database_url) as (url, state, _), raw_socket(url) as socket:
+        await anyio.sleep(0.2)
+        baseline = len(asyncio.all_tasks())
+        assert (await exchange(socket, op="consume", id="c", queue="q"))["op"] == "subscribed"
+        (connection,) = state.ws._sockets
+        await anyio.sleep(0.1)
+        assert connection.reading  # waits for the next ack instead of ending
+        # The consumer ends by itself (as on a lost database): the reader ends with it.
+        connection.subscriptions["c"].cancel()
+        await until(lambda: not connection.reading and not connection.subscriptions)
+        await until(lambda: len(asyncio.all_tasks()) <= baseline + SPARE_TASKS)
+        assert (await exchange(socket, op="ping")) == {"op": "pong"}

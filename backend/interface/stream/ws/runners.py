@@ -171,6 +171,7 @@ async def run_consumer(
                 del connection.held[key]
             if connection.subscriptions.get(sub) is scope:
                 del connection.subscriptions[sub]
+            connection.nudge_reader()  # a reader kept for consumers may end now
 
 
 def _message_frame(
