@@ -39,7 +39,7 @@ from backend.interface.stream.ws.frames import (
     sub_id,
 )
 from backend.interface.stream.ws.runners import EventSubscription, run_consumer
-from backend.interface.stream.ws.settling import Pending, hand_in, until_settled
+from backend.interface.stream.ws.settling import Pending, hand_in, room_to_settle, until_settled
 from backend.services.consume import Delivery
 from backend.services.queues import (
     MAX_DELAY_SECONDS,
@@ -82,12 +82,14 @@ async def dispatch(connection: Connection, text: str | None) -> None:
         if unknown:
             raise FrameError("invalid_frame", f"{name} has unknown field(s): {', '.join(unknown)}")
         if op.settle is not None:
+            await room_to_settle(connection)
             hand_in(connection, Pending(echo, *op.settle(connection, frame)))
             return
         assert op.handle is not None
         await until_settled(connection)
         await op.handle(connection, frame)
     except REPORTED as exc:
+        await room_to_settle(connection)
         if connection.settling is None:
             await connection.send_error(echo, exc)
         else:  # answered in its place, after the settlements handed in before it

@@ -5,7 +5,8 @@ task, started only when there is something to settle and gone once all is settle
 commits everything handed in meanwhile together (in one commit shared with other
 sockets' settlements, `Queues.settle`) and then answers each frame, in order, after the
 commit that holds it. Every other frame waits until all settlements before it are
-answered, so a client still gets its answers in the order of its frames.
+answered, so a client still gets its answers in the order of its frames. At most
+SETTLING_LIMIT frames wait for their answer at a time (`room_to_settle`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from backend.interface.stream.ws.connection import REPORTED, Connection
 from backend.interface.stream.ws.frames import Frame
 from backend.services.consume import Delivery
 from backend.services.settle import Settle
+
+SETTLING_LIMIT = 1000
 
 
 @dataclass(eq=False, slots=True)
@@ -51,6 +54,15 @@ def hand_in(connection: Connection, pending: Pending) -> None:
             settling.done.set()
             return
     settling.pending.append(pending)
+
+
+async def room_to_settle(connection: Connection) -> None:
+    """Past SETTLING_LIMIT frames handed in and not yet answered, wait until they are: the
+    socket's frames are then read no further, so a client that sends acks (or frames that
+    fail) without reading its answers meets TCP's backpressure, not a growing list."""
+    settling = connection.settling
+    if settling is not None and len(settling.pending) >= SETTLING_LIMIT:
+        await settling.done.wait()
 
 
 async def until_settled(connection: Connection) -> None:
