@@ -334,14 +334,16 @@ def drivable(scope: AppScope) -> Inbox[Message] | None:
 
 
 def let_go(scope: AppScope) -> None:
-    """A driven socket has ended: close its transport unless a close handshake is under
-    way (as uvicorn does once the app returns), and drop the protocol from the scope,
-    which would otherwise keep the two in a reference cycle."""
+    """A driven socket has ended: drop the protocol from the scope, which would otherwise
+    keep the two in a reference cycle, and end the connection unless a close handshake is
+    under way or the transport is closing already. That leaves a socket ended without a
+    close frame, a client dropped for not reading: it is reset, since a graceful close
+    would wait for frames it will never read, keeping them and the connection."""
     protocol = scope.pop(WS_PROTOCOL, None)
     if isinstance(protocol, WebSocketProtocol):
         protocol.queue.listener = None  # type: ignore[attr-defined]
-        if protocol.close_timer is None:
-            protocol.transport.close()
+        if protocol.close_timer is None and not protocol.transport.is_closing():
+            protocol.transport.abort()
 
 
 def keep_alive(scope: AppScope, interval: float) -> None:

@@ -6,7 +6,11 @@ client fault is one INFO line, not uvicorn's error with a traceback."""
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import socket
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -60,3 +64,57 @@ async def test_frames_left_behind_by_a_failed_connection_end_it_without_an_error
     assert log.count("INFO    uvicorn.error: WebSocket closed with 1007") == CLIENTS, log
     for sign in ("Exception in ASGI application", "session failed", "Traceback"):
         assert sign not in log, log
+
+
+@pytest.fixture(scope="module")
+def impatient() -> Iterator[ServerProcess]:
+    url = anyio.run(postgres.clone_template)
+    try:
+        with start_server(url, extra_env={"SEND_TIMEOUT": "0.5"}) as process:
+            yield process
+    finally:
+        anyio.run(postgres.drop, url)
+
+
+def test_a_stalled_client_that_is_dropped_is_cut_off_at_once(impatient: ServerProcess) -> None:
+    """A client that stops reading is dropped after SEND_TIMEOUT without a close frame
+    (it could not get through). Its connection is reset at once: a graceful close would
+    wait for the unsent frames to drain, which for a client that never reads again is
+    never, and would keep them and the connection meanwhile."""
+    chunk = "x" * 200_000
+    with socket.socket() as sock, httpx.Client(base_url=impatient.url, timeout=10) as client:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # backs up soon
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", impatient.port))
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: pgcast.v1\r\n\r\n"
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 101 "), data
+        sock.sendall(client_frame(TEXT, b'{"op":"subscribe","id":"s","topic":"stall"}'))
+        while b'"op":"subscribed"' not in data:
+            data += sock.recv(65536)
+        deadline = time.monotonic() + 30
+        while ws_connections(client) > 0:
+            assert time.monotonic() < deadline, "the server never gave up on the stalled client"
+            assert client.post("/topics/stall/events", json={"data": chunk}).status_code == 201
+        with pytest.raises(OSError):  # reset by the server: sending fails
+            send_pings(sock)
+
+
+def send_pings(sock: socket.socket) -> None:
+    for _ in range(50):
+        sock.send(client_frame(TEXT, b'{"op":"ping"}'))
+        time.sleep(0.02)
+
+
+def ws_connections(client: httpx.Client) -> float:
+    found = re.search(
+        r'^pgcast_connections\{transport="ws"\} (\S+)$', client.get("/metrics").text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
