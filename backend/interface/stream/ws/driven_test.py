@@ -188,3 +188,36 @@ async def reader_kept_while_consuming(database_url: str) -> None:
         await until(lambda: not connection.reading and not connection.subscriptions)
         await until(lambda: len(asyncio.all_tasks()) <= baseline + SPARE_TASKS)
         assert (await exchange(socket, op="ping")) == {"op": "pong"}
+
+
+@pytest.mark.anyio
+async def test_a_subscription_asked_for_while_the_server_stops_is_refused(
+    database_url: str,
+) -> None:
+    """Once the socket task group is closed (the app's lifespan is ending), nothing can
+    serve a new subscription or consumer: the client hears so instead of waiting."""
+    app = create_app(Settings(), database_url=database_url)
+    transport = ASGIWebSocketTransport(app, initial_receive_timeout=10)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client,
+    ):
+        connect: Any = aconnect_ws(f"{BASE_URL}/ws", client, subprotocols=["pgcast.v1"])
+        async with connect as ws:
+            await ws.send_text('{"op":"ping"}')
+            assert exactjson.loads(await ws.receive_text()) == {"op": "pong"}
+            # What `SocketTasks.close` does first (the rest, cancelling the group, would
+            # cancel this test: here the lifespan runs in the test's own task).
+            app.state.pgcast.ws.tasks.open = False
+            answers = []
+            for frame in (
+                '{"op":"subscribe","id":1,"topic":"t"}',
+                '{"op":"consume","id":2,"queue":"q"}',
+            ):
+                await ws.send_text(frame)
+                with anyio.fail_after(5):
+                    answers.append(exactjson.loads(await ws.receive_text()))
+    assert [(a["op"], a["id"], a["code"]) for a in answers] == [
+        ("error", 1, "shutting_down"),
+        ("error", 2, "shutting_down"),
+    ]

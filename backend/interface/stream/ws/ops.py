@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import anyio
 
 from backend.core import exactjson
+from backend.core.errors import ShuttingDown
 from backend.core.filters import compile_filter
 from backend.core.names import parse_patterns, validate_name
 from backend.entities.event import format_time
@@ -106,7 +107,10 @@ async def subscribe(connection: Connection, frame: Frame) -> None:
     subscription = connection.subscriptions[sub] = EventSubscription(
         connection, sub, patterns, after, flt
     )
-    subscription.start()
+    if not subscription.start():
+        del connection.subscriptions[sub]
+        subscription.release()
+        raise ShuttingDown("the server is shutting down")
 
 
 async def unsubscribe(connection: Connection, frame: Frame) -> None:
@@ -182,7 +186,8 @@ async def consume(connection: Connection, frame: Frame) -> None:
     lease = number(frame.get("lease", 30), "lease", 0.1, MAX_LEASE_SECONDS)
     scope = connection.subscriptions[sub] = anyio.CancelScope()
     if not connection.spawn(run_consumer, connection, sub, scope, queue, prefetch, lease):
-        del connection.subscriptions[sub]  # the server is shutting down
+        del connection.subscriptions[sub]
+        raise ShuttingDown("the server is shutting down")
 
 
 def ack(connection: Connection, frame: Frame) -> tuple[Delivery, Settle]:
