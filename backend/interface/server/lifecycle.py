@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import anyio
 
@@ -27,12 +26,8 @@ class Lifecycle:
     def begin_shutdown(self) -> None:
         self.shutting_down.set()
 
-    def stream(self) -> OpenStream:
-        """Count one open stream for as long as the block runs."""
-        return OpenStream(self)
-
     def stream_opened(self) -> None:
-        """Count one more open stream (`stream()` does it for a block)."""
+        """Count one more open stream (a WebSocket, `Connection.open`)."""
         self.open_streams += 1
 
     def stream_closed(self) -> None:
@@ -46,24 +41,3 @@ class Lifecycle:
         while self.open_streams:
             self._idle = anyio.Event()
             await self._idle.wait()
-
-
-class OpenStream:
-    """`Lifecycle.stream()`'s block: a class rather than a generator, because every open
-    stream holds one (a generator-based context manager costs about 0.6 KiB)."""
-
-    __slots__ = ("lifecycle",)
-
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self.lifecycle = lifecycle
-
-    def __enter__(self) -> None:
-        self.lifecycle.stream_opened()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.lifecycle.stream_closed()

@@ -178,8 +178,7 @@ class Connection:
             scope.cancel()
         if self.driven and not self.tasks.start(self.close_down):
             # The server is shutting down and starts no task: let go of it all at once.
-            self.state.ws.discard(self)
-            self.stop_subscriptions()
+            self._stop_serving()
             self._release()
 
     def nudge_reader(self) -> None:
@@ -199,10 +198,8 @@ class Connection:
     async def close_down(self) -> None:
         """Once nothing reads the socket's frames any more: stop all it serves, wait for its
         tasks, send the close frame if `end` gave a code, and give its slot back."""
-        state = self.state
         try:
-            state.ws.discard(self)
-            self.stop_subscriptions()
+            self._stop_serving()
             self.end(None)
             with anyio.CancelScope(shield=True):
                 await self.stopped()
@@ -216,6 +213,11 @@ class Connection:
             logger.exception("WebSocket close failed", extra={"action": "ws_error"})
         finally:
             self._release()
+
+    def _stop_serving(self) -> None:
+        """Out of the sweep, and every subscription stopped."""
+        self.state.ws.discard(self)
+        self.stop_subscriptions()
 
     def _release(self) -> None:
         """Give back what `open` took; a driven socket's protocol closes its transport."""

@@ -6,8 +6,6 @@ client fault is one INFO line, not uvicorn's error with a traceback."""
 
 from __future__ import annotations
 
-import base64
-import os
 import re
 import socket
 import time
@@ -18,7 +16,14 @@ import httpx
 import pytest
 
 from backend.testing import postgres
-from backend.testing.raw_websocket import CLOSE, TEXT, client_frame, raw_socket
+from backend.testing.raw_websocket import (
+    CLOSE,
+    TEXT,
+    client_frame,
+    raw_socket,
+    receive_until,
+    slow_reader,
+)
 from backend.testing.server import ServerProcess, start_server
 
 pytestmark = [pytest.mark.external, pytest.mark.anyio]
@@ -27,25 +32,16 @@ PINGS = 3
 CLIENTS = 5
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    url = anyio.run(postgres.clone_template)
-    try:
-        with start_server(url) as process:
-            yield process
-    finally:
-        anyio.run(postgres.drop, url)
-
-
-async def open_ws_connections(client: httpx.AsyncClient, url: str) -> float:
-    text = (await client.get(f"{url}/metrics")).text
-    found = re.search(r'^pgcast_connections\{transport="ws"\} (\S+)$', text, re.M)
+def ws_connections(metrics: str) -> float:
+    """The server's open WebSockets, from the text of its /metrics."""
+    found = re.search(r'^pgcast_connections\{transport="ws"\} (\S+)$', metrics, re.M)
     return float(found.group(1)) if found else 0.0
 
 
 async def test_frames_left_behind_by_a_failed_connection_end_it_without_an_error(
-    server: ServerProcess,
+    shared_server: ServerProcess,
 ) -> None:
+    server = shared_server
     pings = b"".join(client_frame(TEXT, b'{"op":"ping"}') for _ in range(PINGS))
     for _ in range(CLIENTS):
         async with raw_socket(server.url) as socket:
@@ -54,11 +50,11 @@ async def test_frames_left_behind_by_a_failed_connection_end_it_without_an_error
                 while (frame := await socket.frame())[0] != CLOSE:
                     assert frame == (TEXT, b'{"op":"pong"}'), frame
             assert frame[1][:2] == (1007).to_bytes(2, "big"), frame
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         with anyio.fail_after(10):
-            while await open_ws_connections(client, server.url) > 0:
+            while ws_connections((await client.get("/metrics")).text) > 0:
                 await anyio.sleep(0.05)
-        assert (await client.get(f"{server.url}/healthz")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
     log = server.log()
     assert log.count('"WebSocket /ws" [accepted]') == CLIENTS
     assert log.count("INFO    uvicorn.error: WebSocket closed with 1007") == CLIENTS, log
@@ -82,25 +78,11 @@ def test_a_stalled_client_that_is_dropped_is_cut_off_at_once(impatient: ServerPr
     wait for the unsent frames to drain, which for a client that never reads again is
     never, and would keep them and the connection meanwhile."""
     chunk = "x" * 200_000
-    with socket.socket() as sock, httpx.Client(base_url=impatient.url, timeout=10) as client:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # backs up soon
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", impatient.port))
-        key = base64.b64encode(os.urandom(16))
-        sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: pgcast.v1\r\n\r\n"
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        assert data.startswith(b"HTTP/1.1 101 "), data
+    with slow_reader(impatient.url) as sock, httpx.Client(base_url=impatient.url) as client:
         sock.sendall(client_frame(TEXT, b'{"op":"subscribe","id":"s","topic":"stall"}'))
-        while b'"op":"subscribed"' not in data:
-            data += sock.recv(65536)
+        receive_until(sock, b'"op":"subscribed"')
         deadline = time.monotonic() + 30
-        while ws_connections(client) > 0:
+        while ws_connections(client.get("/metrics").text) > 0:
             assert time.monotonic() < deadline, "the server never gave up on the stalled client"
             assert client.post("/topics/stall/events", json={"data": chunk}).status_code == 201
         with pytest.raises(OSError):  # reset by the server: sending fails
@@ -111,10 +93,3 @@ def send_pings(sock: socket.socket) -> None:
     for _ in range(50):
         sock.send(client_frame(TEXT, b'{"op":"ping"}'))
         time.sleep(0.02)
-
-
-def ws_connections(client: httpx.Client) -> float:
-    found = re.search(
-        r'^pgcast_connections\{transport="ws"\} (\S+)$', client.get("/metrics").text, re.M
-    )
-    return float(found.group(1)) if found else 0.0

@@ -28,11 +28,7 @@ from typing import Any
 
 import anyio
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import (
-    WebSocket,
-    WebSocketDisconnect,
-    WebSocketState,
-)
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from backend.core.errors import Forbidden, PgcastError, Unauthorized
 from backend.interface.http.errors import error_response

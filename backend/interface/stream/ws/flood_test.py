@@ -11,20 +11,14 @@ buffer first.
 
 from __future__ import annotations
 
-import base64
-import os
-import re
-import socket
 import time
-from collections.abc import Iterator
 
-import anyio
 import httpx
 import pytest
 
-from backend.testing import postgres
-from backend.testing.raw_websocket import TEXT, client_frame
-from backend.testing.server import ServerProcess, start_server
+from backend.testing.faults import rss
+from backend.testing.raw_websocket import TEXT, client_frame, receive_until, slow_reader
+from backend.testing.server import ServerProcess
 
 pytestmark = pytest.mark.external
 
@@ -33,53 +27,16 @@ SENDING_SECONDS = 3.0
 RSS_GROWTH_MIB = 40  # without the bound the server holds every one: hundreds of MiB
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    url = anyio.run(postgres.clone_template)
-    try:
-        with start_server(url) as process:
-            yield process
-    finally:
-        anyio.run(postgres.drop, url)
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line")
-
-
-def receive_until(sock: socket.socket, pattern: bytes) -> re.Match[bytes]:
-    """Read until `pattern` matches what the server sent."""
-    data = b""
-    while (found := re.search(pattern, data)) is None:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    return found
-
-
 def test_acks_sent_without_reading_the_answers_do_not_grow_the_servers_memory(
-    server: ServerProcess,
+    shared_server: ServerProcess,
 ) -> None:
+    server = shared_server
     enqueued = httpx.post(f"{server.url}/queues/flood/messages", json={"data": 1}, timeout=10)
     assert enqueued.status_code == 201, enqueued.text
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
-        key = base64.b64encode(os.urandom(16))
-        sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: pgcast.v1\r\n\r\n"
-        )
-        receive_until(sock, rb"HTTP/1.1 101 [^\r]*\r\n(.*\r\n)*?\r\n")
+    with slow_reader(server.url) as sock:
         sock.sendall(client_frame(TEXT, b'{"op":"consume","id":"c","queue":"flood"}'))
         message = receive_until(sock, rb'"op":"message","sub":"c","id":"([^"]+)"').group(1)
-        before = rss_mib(server.process.pid)
+        before = rss(server.process.pid) / 2**20
 
         ack = b'{"op":"ack","message":"' + message + b'"}'
         payload = (
@@ -94,6 +51,6 @@ def test_acks_sent_without_reading_the_answers_do_not_grow_the_servers_memory(
             except TimeoutError:
                 continue
         time.sleep(1)
-        grown = rss_mib(server.process.pid) - before
+        grown = rss(server.process.pid) / 2**20 - before
     assert grown < RSS_GROWTH_MIB, f"RSS grew by {grown:.0f} MiB ({sent} bytes sent)"
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
