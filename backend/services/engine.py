@@ -88,7 +88,13 @@ class Engine:
                 read_batch=settings.read_batch,
                 poll_interval=settings.poll_interval_seconds,
             )
-            sequencer = Sequencer(pool, hub.wake, poll_interval=settings.poll_interval_seconds)
+            sequencer = Sequencer(
+                pool,
+                hub,
+                poll_interval=settings.poll_interval_seconds,
+                max_interval=settings.sequencer_max_spacing_ms / 1000,
+                hand_limit=settings.read_batch,
+            )
             queues = Queues(
                 pool,
                 hub.wake,

@@ -229,6 +229,28 @@ async def test_live_path_reads_the_log_once_per_wake_up_for_all_subscribers(
         assert engine.hub.stats.deliveries >= 50 * 20
 
 
+async def test_sql_publishes_reach_the_hub_without_a_read(database_url: str) -> None:
+    """The sequencer hands what it stamps to this process's hub: no read per run, even
+    though the run's own notification often arrives before its answer."""
+    conn = await connect(database_url)
+    try:
+        async with (
+            running_engine(database_url, poll_interval_seconds=30) as engine,
+            engine.subscribe("sql.handed", after="latest") as events,
+        ):
+            await anyio.sleep(0.2)  # the start-up read is over
+            reads_before, handed_before = engine.hub.stats.reads, engine.hub.stats.handed
+            for n in range(20):
+                await conn.execute("SELECT pgcast.publish('sql.handed', to_jsonb($1::int))", n)
+            got = await take(events, 20)
+            assert engine.hub.stats.handed - handed_before == 20
+            assert engine.hub.stats.reads == reads_before
+    finally:
+        await conn.close()
+    assert [e.data for e in got] == list(range(20))
+    assert [e.id for e in got] == sorted(e.id for e in got)
+
+
 async def test_cursor_validation(database_url: str) -> None:
     async with running_engine(database_url) as engine:
         event = await engine.publish("c", 1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,8 @@ class Hub:
     _target: int = 0
     """The highest position a wake-up announced; a wake-up already read past needs no read."""
     _must_read: bool = False
+    _expecting: int = 0
+    """Runs of this process's sequencer in flight, whose events will be handed over."""
     _handed: dict[int, list[Event]] = field(default_factory=dict)
     """Events this process published, by first position, not yet handed out."""
     _live: set[Registration] = field(default_factory=set)
@@ -148,7 +151,21 @@ class Hub:
             self._wake.set()
         elif head > self.position:
             self._target = max(self._target, head)
-            self._wake.set()
+            if not self._expecting:
+                self._wake.set()
+
+    @contextmanager
+    def expecting_hand_over(self) -> Iterator[None]:
+        """While this process's sequencer stamps: a wake-up announcing a head (its own
+        notification, racing its answer) waits for the hand-over instead of causing a
+        read of the same events. Released at the end either way."""
+        self._expecting += 1
+        try:
+            yield
+        finally:
+            self._expecting -= 1
+            if not self._expecting and self._target > self.position:
+                self._wake.set()
 
     def hand_over(self, events: list[Event]) -> None:
         """Events this process has just committed and positioned, in order: when they are

@@ -4,37 +4,74 @@ Such transactions send one `pgcast_pending` wake-up at commit. Any process that 
 whose slow poll finds unpositioned rows) runs the sequencer; the row lock in
 `pgcast.sequence_pending` makes concurrent runs across processes safe and ordered.
 
-Each run that finds work is a commit of its own (WAL flush and NOTIFY). A stream of SQL
-publishes wakes the sequencer once per transaction, so runs are spaced `min_interval` apart:
-while the stream lasts, one run stamps every commit of the last interval instead of adding
-a commit per event. A wake-up after a quiet spell runs at once.
+Each run that finds work is a commit of its own (WAL flush and NOTIFY), and that commit
+competes with the publishers' own. A stream of SQL publishes wakes the sequencer once per
+transaction, so runs are spaced: a wake-up that comes within the spacing of the last run
+waits for it, and the spacing doubles while runs keep finding several events each (up to
+`max_interval`), and halves when they find fewer (down to `min_interval`). Under a heavy
+stream one run stamps the commits of the last few milliseconds instead of adding a commit
+per handful of events; a trickle keeps the short spacing. A wake-up after a quiet spell
+runs at once.
+
+A run stamps up to `hand_limit` events in a statement that returns them, and hands them
+to this process's hub, which then needs no read of its own for them. A larger backlog
+(a bulk capture) is stamped in big batches that return only a count; the hub reads those
+in pages, as it reads what other processes stamp. The run's own `pgcast_events`
+notification may reach the hub before the run's answer does; the hub holds such wake-ups
+until the run has handed its events over, so it does not read them back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 
 from backend.connectors.database import Pool
 from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
+from backend.entities.event import Event
 
 logger = logging.getLogger(__name__)
+
+BATCHING_PAYS = 3
+"""Events per run from which a longer spacing is worth its latency."""
+
+
+class Recipient(Protocol):
+    """Where a run's events go: the process's hub."""
+
+    def hand_over(self, events: list[Event]) -> None:
+        """Events just stamped, in position order."""
+
+    def wake(self, head: int | None = None) -> None:
+        """Events were stamped that were not handed over: read the log."""
+
+    def expecting_hand_over(self) -> AbstractContextManager[None]:
+        """Hold wake-ups that announce a head while a run is in flight."""
 
 
 @dataclass(eq=False)
 class Sequencer:
     pool: Pool
-    on_sequenced: Callable[[], None]
+    recipient: Recipient
     poll_interval: float = 2.0
     min_interval: float = 0.002
+    max_interval: float = 0.02
+    hand_limit: int = 1000
     runs: int = 0
+    spacing: float = field(default=0.0, init=False)
+    """The current spacing between runs, between `min_interval` and `max_interval`."""
     _wake: anyio.Event = field(default_factory=anyio.Event)
-    _last_run: float = field(default=-math.inf, init=False)
+    _started: float = field(default=-math.inf, init=False)
+    _finished: float = field(default=-math.inf, init=False)
+
+    def __post_init__(self) -> None:
+        self.spacing = self.min_interval
 
     def wake(self) -> None:
         self._wake.set()
@@ -43,15 +80,35 @@ class Sequencer:
         while True:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
-            await anyio.sleep_until(self._last_run + self.min_interval)
+            if anyio.current_time() - self._finished < self.spacing:
+                await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
+            else:
+                self.spacing = self.min_interval  # after a quiet spell: at once
             self._wake = anyio.Event()
-            self._last_run = anyio.current_time()
+            self._started = anyio.current_time()
             try:
-                async with self.pool.acquire(live=True) as conn:
-                    stamped = await log_queries.sequence_pending(conn)
+                stamped = await self._stamp()
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")
                 continue
+            finally:
+                self._finished = anyio.current_time()
             self.runs += 1
-            if stamped:
-                self.on_sequenced()
+            if stamped >= BATCHING_PAYS:
+                self.spacing = min(self.spacing * 2, self.max_interval)
+            else:
+                self.spacing = max(self.spacing / 2, self.min_interval)
+
+    async def _stamp(self) -> int:
+        # Each statement is one transaction in autocommit and leaves no session state.
+        async with self.pool.acquire(live=True, stateless=True) as conn:
+            with self.recipient.expecting_hand_over():
+                events = await log_queries.sequence_returning(conn, self.hand_limit)
+                if events:
+                    self.recipient.hand_over(events)
+            if len(events) < self.hand_limit:
+                return len(events)
+            more = await log_queries.sequence_pending(conn)
+            if more:
+                self.recipient.wake()
+            return len(events) + more

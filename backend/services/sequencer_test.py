@@ -3,13 +3,47 @@ and a wake-up after a quiet spell is served at once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
 import anyio
 import pytest
 
 from backend.connectors.database import Connection, connect, open_pool
+from backend.connectors.store.log import read_all_after
+from backend.entities.event import Event
 from backend.services.sequencer import Sequencer
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
+
+
+@dataclass
+class Recorder:
+    """A stand-in for the hub that records what the sequencer gives it."""
+
+    handed: list[list[Event]] = field(default_factory=list)
+    told: list[int | None] = field(default_factory=list)
+    expecting: bool = False
+
+    def hand_over(self, events: list[Event]) -> None:
+        assert self.expecting
+        self.handed.append(events)
+
+    def wake(self, head: int | None = None) -> None:
+        self.told.append(head)
+
+    @contextmanager
+    def expecting_hand_over(self) -> Iterator[None]:
+        self.expecting = True
+        try:
+            yield
+        finally:
+            self.expecting = False
+
+
+def _fields(event: Event) -> tuple[object, ...]:
+    return (event.pos, event.topic, event.type, event.key, event.data_json, event.time)
 
 
 async def _until_positioned(conn: Connection) -> None:
@@ -21,7 +55,7 @@ async def test_a_stream_of_sql_publishes_shares_sequencer_runs(database_url: str
     conn = await connect(database_url)
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(pool, lambda: None, min_interval=0.05)
+            sequencer = Sequencer(pool, Recorder(), min_interval=0.05)
             tg.start_soon(sequencer.run)
             started = anyio.current_time()
             for n in range(100):  # each commit sends its wake-up, as pgcast_pending does
@@ -45,7 +79,7 @@ async def test_a_wake_up_after_a_quiet_spell_runs_at_once(database_url: str) -> 
     conn = await connect(database_url)
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(pool, lambda: None, min_interval=1.0)
+            sequencer = Sequencer(pool, Recorder(), min_interval=1.0)
             tg.start_soon(sequencer.run)
             for _ in range(2):  # the first run ever, then one after a quiet spell
                 await conn.fetchval("SELECT pgcast.publish('sql.lone', '1')")
@@ -58,3 +92,70 @@ async def test_a_wake_up_after_a_quiet_spell_runs_at_once(database_url: str) -> 
             tg.cancel_scope.cancel()
     finally:
         await conn.close()
+
+
+async def test_a_heavy_stream_spaces_runs_further_and_a_quiet_spell_resets(
+    database_url: str,
+) -> None:
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(pool, Recorder(), min_interval=0.01, max_interval=0.32)
+            tg.start_soon(sequencer.run)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 1.5:  # several commits per 10 ms
+                await conn.fetchval("SELECT pgcast.publish('sql.heavy', '1')")
+                sequencer.wake()
+            assert sequencer.spacing == 0.32
+            runs = sequencer.runs
+            with anyio.fail_after(5):
+                await _until_positioned(conn)
+            assert runs < 20  # about 150 at the shortest spacing
+
+            await anyio.sleep(0.5)  # quiet
+            await conn.fetchval("SELECT pgcast.publish('sql.heavy', '1')")
+            woken = anyio.current_time()
+            sequencer.wake()
+            with anyio.fail_after(5):
+                await _until_positioned(conn)
+            assert anyio.current_time() - woken < 0.25  # at once, not held for 320 ms
+            assert sequencer.spacing == 0.01  # one event: back to the shortest
+            tg.cancel_scope.cancel()
+    finally:
+        await conn.close()
+
+
+async def test_a_run_hands_over_what_it_stamped_and_a_backlog_is_left_to_reads(
+    database_url: str,
+) -> None:
+    conn = await connect(database_url)
+    try:
+        recorder = Recorder()
+        handed, told = recorder.handed, recorder.told
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(pool, recorder, hand_limit=5)
+            tg.start_soon(sequencer.run)
+            for rows, expected_told in ((3, 0), (12, 1)):
+                await conn.execute(
+                    "SELECT pgcast.publish('sql.handed', to_jsonb(n))"
+                    " FROM generate_series(1, $1::int) AS n",
+                    rows,
+                )
+                sequencer.wake()
+                with anyio.fail_after(5):
+                    await _until_positioned(conn)
+                    while len(told) < expected_told:
+                        await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        logged = await read_all_after(conn, 0, 100)
+    finally:
+        await conn.close()
+    # 3 rows: one run hands all three. 12 rows: the first 5 are handed, the other 7 are
+    # stamped without coming back, and the hub is told to read them.
+    assert [len(batch) for batch in handed] == [3, 5]
+    assert told == [None]
+    assert not recorder.expecting  # released after each run
+    assert [event.data for event in handed[0] + handed[1]] == [1, 2, 3, 1, 2, 3, 4, 5]
+    # Exactly as the hub would have read them.
+    assert [_fields(e) for e in handed[0] + handed[1]] == [_fields(e) for e in logged[:8]]
+    assert [event.pos for event in logged] == list(range(1, 16))

@@ -199,6 +199,13 @@ async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
             return total
 
 
+async def sequence_returning(conn: Connection, batch: int) -> list[Event]:
+    """Stamp positions on up to `batch` committed, unpositioned events, in one transaction;
+    return them as the log now holds them, in position order."""
+    rows = await conn.fetch("SELECT * FROM pgcast.sequence_returning($1)", batch)
+    return [_event(r) for r in rows]
+
+
 async def sequence_and_read(
     conn: Connection, seqs: Sequence[int], batch: int = 10000
 ) -> list[Event]:
