@@ -22,6 +22,7 @@ class Sizes:
     latency_sse: int = 100
     latency_ws: int = 100
     latency_publishers: int = 16
+    sql_latency_rates: tuple[float, ...] = (1000.0, 2500.0)
     fairness_subscribers: int = 1000  # publish round trips while the server fans out
     fairness_rate: float = 100.0
     # 3. fan-out
@@ -60,6 +61,7 @@ QUICK = Sizes(
     latency_sse=3,
     latency_ws=3,
     latency_publishers=2,
+    sql_latency_rates=(100.0,),
     fairness_subscribers=10,
     fanout_clients=10,
     fanout_events=10,

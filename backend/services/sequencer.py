@@ -7,11 +7,13 @@ whose slow poll finds unpositioned rows) runs the sequencer; the row lock in
 Each run that finds work is a commit of its own (WAL flush and NOTIFY), and that commit
 competes with the publishers' own. A stream of SQL publishes wakes the sequencer once per
 transaction, so runs are spaced: a wake-up that comes within the spacing of the last run
-waits for it, and the spacing doubles while runs keep finding several events each (up to
-`max_interval`), and halves when they find fewer (down to `min_interval`). Under a heavy
-stream one run stamps the commits of the last few milliseconds instead of adding a commit
-per handful of events; a trickle keeps the short spacing. A wake-up after a quiet spell
-runs at once.
+waits for it. The spacing starts at `min_interval`; while SQL publishes commit faster than
+`busy_rate` events per second it doubles after each run (up to `max_interval`), and once
+they slow down it halves again. A heavy stream then pays one run per few milliseconds of
+commits instead of one per handful of events, while a stream below that rate (and its
+delivery latency) keeps the short spacing. The rate is measured per run (events stamped
+since the previous run began), so a longer spacing does not feed itself. A wake-up after a
+quiet spell runs at once.
 
 A run stamps up to `hand_limit` events in a statement that returns them, and hands them
 to this process's hub, which then needs no read of its own for them. A larger backlog
@@ -38,9 +40,6 @@ from backend.entities.event import Event
 
 logger = logging.getLogger(__name__)
 
-BATCHING_PAYS = 3
-"""Events per run from which a longer spacing is worth its latency."""
-
 
 class Recipient(Protocol):
     """Where a run's events go: the process's hub."""
@@ -62,6 +61,8 @@ class Sequencer:
     poll_interval: float = 2.0
     min_interval: float = 0.002
     max_interval: float = 0.02
+    busy_rate: float = 2000.0
+    """Events per second of SQL publishes from which longer spacing is worth its latency."""
     hand_limit: int = 1000
     runs: int = 0
     spacing: float = field(default=0.0, init=False)
@@ -85,7 +86,7 @@ class Sequencer:
             else:
                 self.spacing = self.min_interval  # after a quiet spell: at once
             self._wake = anyio.Event()
-            self._started = anyio.current_time()
+            previous, self._started = self._started, anyio.current_time()
             try:
                 stamped = await self._stamp()
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
@@ -94,7 +95,7 @@ class Sequencer:
             finally:
                 self._finished = anyio.current_time()
             self.runs += 1
-            if stamped >= BATCHING_PAYS:
+            if stamped >= self.busy_rate * (self._started - previous):
                 self.spacing = min(self.spacing * 2, self.max_interval)
             else:
                 self.spacing = max(self.spacing / 2, self.min_interval)

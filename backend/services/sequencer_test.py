@@ -100,10 +100,12 @@ async def test_a_heavy_stream_spaces_runs_further_and_a_quiet_spell_resets(
     conn = await connect(database_url)
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(pool, Recorder(), min_interval=0.01, max_interval=0.32)
+            sequencer = Sequencer(
+                pool, Recorder(), min_interval=0.01, max_interval=0.32, busy_rate=50
+            )
             tg.start_soon(sequencer.run)
             started = anyio.current_time()
-            while anyio.current_time() - started < 1.5:  # several commits per 10 ms
+            while anyio.current_time() - started < 1.5:  # well over 50 commits per second
                 await conn.fetchval("SELECT pgcast.publish('sql.heavy', '1')")
                 sequencer.wake()
             assert sequencer.spacing == 0.32
@@ -121,6 +123,25 @@ async def test_a_heavy_stream_spaces_runs_further_and_a_quiet_spell_resets(
             assert anyio.current_time() - woken < 0.25  # at once, not held for 320 ms
             assert sequencer.spacing == 0.01  # one event: back to the shortest
             tg.cancel_scope.cancel()
+    finally:
+        await conn.close()
+
+
+async def test_a_stream_below_the_busy_rate_keeps_the_short_spacing(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(pool, Recorder(), min_interval=0.01, busy_rate=1_000_000)
+            tg.start_soon(sequencer.run)
+            started = anyio.current_time()
+            longest = 0.0
+            while anyio.current_time() - started < 0.5:  # one connection: far below the rate
+                await conn.fetchval("SELECT pgcast.publish('sql.steady', '1')")
+                sequencer.wake()
+                longest = max(longest, sequencer.spacing)
+            tg.cancel_scope.cancel()
+        assert sequencer.runs > 10
+        assert longest == 0.01  # each run saw several events, but not a busy rate
     finally:
         await conn.close()
 

@@ -4,7 +4,9 @@ A paced HTTP publisher sends single events at each of `latency_rates`, each carr
 `time.time()` in `data.ts`; SSE and WebSocket subscribers (spread over the subscriber
 processes) record `now - ts` for every event. One host, one clock. Baseline: the same
 rate of raw INSERT+NOTIFY transactions (timestamp in the payload) received by one
-asyncpg LISTEN connection.
+asyncpg LISTEN connection. SQL publishes (`pgcast.publish` from one connection, each its
+own transaction, positioned by the background sequencer) are timed the same way at each
+of `sql_latency_rates`, against raw INSERT+NOTIFY from one connection.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ METHOD = (
     "the send time in the payload, received by one asyncpg LISTEN connection. Accepted: "
     "events/s answered 201 against the rate offered. Publish fairness: the publisher's "
     "round trips (request to 201) at a fixed rate while the server fans every event out "
-    "to many SSE subscribers, against the same publisher with no subscriber."
+    "to many SSE subscribers, against the same publisher with no subscriber. SQL: "
+    "`SELECT pgcast.publish(...)` from one asyncpg connection at a fixed rate, each its own "
+    "transaction, to SSE subscribers; baseline: raw INSERT+NOTIFY from one connection at "
+    "the same rate, received by one LISTEN connection."
 )
 TOPIC = "bench.latency"
 
@@ -57,10 +62,12 @@ def _paced(
     shares: list[tuple[int, int]],
     rate: float,
     sample: bool,
+    sql: bool = False,
 ) -> tuple[Payload, dict[str, float], list[Payload], list[Payload]]:
     """Subscribers (`shares`: SSE and WebSocket counts per process) follow the topic while
-    a paced publisher sends single events at `rate`; the publisher's result, the server's
-    CPU, the fleets' ready reports and their results."""
+    a paced publisher sends single events at `rate` (over HTTP, or with `sql` as
+    `pgcast.publish` transactions from one connection); the publisher's result, the
+    server's CPU, the fleets' ready reports and their results."""
     sizes = ctx.sizes
     after = head(server, TOPIC)
     fleets = [
@@ -77,16 +84,30 @@ def _paced(
         for i, (sse, ws) in enumerate(shares)
         if sse or ws
     ]
-    publisher = Child(
-        http_publishers,
-        f"{label}-publisher",
-        port=server.port,
-        topic=TOPIC,
-        connections=sizes.latency_publishers,
-        batch=0,
-        seconds=sizes.latency_seconds,
-        rate=rate,
-        padding=ctx.padding,
+    publisher = (
+        Child(
+            sql_publishers,
+            f"{label}-publisher",
+            dsn=ctx.stack.url,
+            mode="pgcast",
+            topic=TOPIC,
+            connections=1,
+            seconds=sizes.latency_seconds,
+            rate=rate,
+            padding=ctx.padding,
+        )
+        if sql
+        else Child(
+            http_publishers,
+            f"{label}-publisher",
+            port=server.port,
+            topic=TOPIC,
+            connections=sizes.latency_publishers,
+            batch=0,
+            seconds=sizes.latency_seconds,
+            rate=rate,
+            padding=ctx.padding,
+        )
     )
     try:
         ready = expect_all(fleets, "ready", timeout=180)
@@ -122,6 +143,52 @@ def _pgcast(ctx: Context, rate: float, workers: int = 1) -> dict[str, Any]:
         "subscriber_cpu_s": round(sum(float(r["cpu"]) for r in reports), 2),
         **cpu,
     }
+
+
+def _sql(ctx: Context, rate: float) -> dict[str, Any]:
+    """SSE delivery of SQL publishes from one connection at `rate`."""
+    shares = [(share, 0) for share in split(ctx.sizes.latency_sse, ctx.sizes.client_processes)]
+    with ctx.stack.server() as server:
+        sent, cpu, _, reports = _paced(ctx, server, "sql-latency", shares, rate, True, sql=True)
+    published = int(sent["events"])
+    return {
+        "published": published,
+        "rate": round(published / float(sent["elapsed"]), 1),
+        "publish_errors": sent["errors"],
+        "sse": _delivery(reports, "sse", published),
+        **cpu,
+    }
+
+
+def _sql_rows(ctx: Context, result: ScenarioResult) -> None:
+    for offered in ctx.sizes.sql_latency_rates:
+        ours = _sql(ctx, offered)
+        base = _baseline(ctx, offered, connections=1)
+        got, listen = ours["sse"], base["listen"]
+        case = (
+            f"{got['subscribers']} SSE subscribers, SQL pgcast.publish from 1 conn. offered"
+            f" {offered:.0f} events/s (took {ours['rate']:.0f}/s)"
+        )
+        for name in ("p50", "p99"):
+            result.rows.append(
+                Row(
+                    case,
+                    f"{name} ms",
+                    got[f"{name}_ms"],
+                    listen[f"{name}_ms"],
+                    f"1 LISTEN conn., INSERT+NOTIFY from 1 conn. at {base['rate']:.0f}/s",
+                    better="lower",
+                    note=(
+                        f"delivered {got['delivered_ratio']:.1%},"
+                        f" server {ours['server_cpu_pct']:.0f}% CPU"
+                        if name == "p50"
+                        else ""
+                    ),
+                )
+            )
+        for summary in (got, listen):
+            summary.pop("ordered")
+        result.details[f"SQL {offered:.0f}/s"] = {"pgcast": ours, "baseline": base}
 
 
 def _round_trips(ctx: Context, subscribers: int) -> dict[str, Any]:
@@ -179,7 +246,7 @@ def _fairness(ctx: Context, result: ScenarioResult) -> None:
     result.details["fairness"] = {"loaded": loaded, "alone": alone}
 
 
-def _baseline(ctx: Context, rate: float) -> dict[str, Any]:
+def _baseline(ctx: Context, rate: float, connections: int = 8) -> dict[str, Any]:
     sizes = ctx.sizes
     listener = Child(
         listen_fleet,
@@ -195,7 +262,7 @@ def _baseline(ctx: Context, rate: float) -> dict[str, Any]:
         dsn=ctx.stack.url,
         mode="raw",
         topic=TOPIC,
-        connections=8,
+        connections=connections,
         seconds=sizes.latency_seconds,
         rate=rate,
         padding=ctx.padding,
@@ -289,6 +356,7 @@ def run(ctx: Context) -> ScenarioResult:
         for summary in (pgcast["sse"], pgcast["ws"], listen):
             summary.pop("ordered")
         result.details[f"{offered:.0f}/s"] = {"pgcast": pgcast, "baseline": base}
+    _sql_rows(ctx, result)
     _fairness(ctx, result)
     result.series = {"cdf": cdf}
     return result
