@@ -154,12 +154,15 @@ async def test_listen_connection_killed_mid_stream_loses_nothing(database_url: s
         try:
             async with engine.subscribe("k", after="latest") as events:
                 received = []
+                killed = None
                 for round_ in range(3):
-                    with anyio.fail_after(5):
-                        while not engine.listener.connected:
+                    with anyio.fail_after(5):  # back after the last kill, on a new session
+                        while (
+                            not engine.listener.connected or engine.listener.backend_pid == killed
+                        ):
                             await anyio.sleep(0.01)
-                    pid = engine.listener.backend_pid
-                    await killer.execute("SELECT pg_terminate_backend($1)", pid)
+                    killed = engine.listener.backend_pid
+                    await killer.execute("SELECT pg_terminate_backend($1)", killed)
                     # Publish from outside the engine while its listener is down.
                     for i in range(5):
                         await killer.execute(
