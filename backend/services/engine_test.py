@@ -241,7 +241,9 @@ async def test_sql_publishes_reach_the_hub_without_a_read(database_url: str) -> 
             running_engine(database_url, poll_interval_seconds=30) as engine,
             engine.subscribe("sql.handed", after="latest") as events,
         ):
-            await anyio.sleep(0.2)  # the start-up read is over
+            with anyio.fail_after(5):  # the listener is up and the start-up read is over
+                while not (engine.listener.connected and engine.hub.stats.reads):
+                    await anyio.sleep(0.01)
             reads_before, handed_before = engine.hub.stats.reads, engine.hub.stats.handed
             for n in range(20):
                 await conn.execute("SELECT pgcast.publish('sql.handed', to_jsonb($1::int))", n)

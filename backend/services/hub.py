@@ -77,7 +77,8 @@ class HubStats:
     direct: int = 0
     """Of the deliveries, those written straight to the client by the hub."""
     handed: int = 0
-    """Events handed out as their publisher in this process gave them, without a read."""
+    """Events handed out as this process positioned them (its publishes and its sequencer's
+    runs), without a read."""
     overflows: int = 0
 
 
@@ -101,7 +102,8 @@ class Hub:
     _expecting: int = 0
     """Runs of this process's sequencer in flight, whose events will be handed over."""
     _handed: dict[int, list[Event]] = field(default_factory=dict)
-    """Events this process published, by first position, not yet handed out."""
+    """Events this process positioned (published, or stamped by its sequencer), by first
+    position, not yet handed out."""
     _live: set[Registration] = field(default_factory=set)
     _subjects: SubjectTrie[Registration] = field(default_factory=SubjectTrie)
     _overflowed: set[Registration] = field(default_factory=set)

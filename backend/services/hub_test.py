@@ -20,7 +20,7 @@ from backend.entities.event import Event, format_id
 from backend.services import hub as hub_module
 from backend.services.hub import Hub
 from backend.services.subscribe import EARLIEST, Subscription, open_subscription
-from backend.testing.engine import take
+from backend.testing.engine import nothing_within, take
 from backend.testing.memory_log import MemoryLog
 
 pytestmark = pytest.mark.anyio
@@ -284,3 +284,46 @@ async def test_handed_over_events_that_are_not_next_are_read_from_the_log_once()
         assert log.reads - reads == 1
         assert hub.stats.handed == 0
         assert hub.stats.deliveries == 3
+
+
+async def test_a_sequencer_runs_own_wake_up_waits_for_its_hand_over() -> None:
+    """The run's notification arrives before its answer: held, so nothing is read back."""
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        reads = log.reads
+        with hub.expecting_hand_over():
+            stamped = [log.append("t", n) for n in range(3)]
+            hub.wake(log.head)
+            for _ in range(20):  # room for the hub to read, were it woken
+                await anyio.lowlevel.checkpoint()
+            assert log.reads == reads
+            hub.hand_over(stamped)
+        got = await take(events, 3)
+        assert log.reads == reads
+    assert [e.pos for e in got] == [e.pos for e in stamped]
+
+
+async def test_events_positioned_elsewhere_during_a_run_are_read_once_it_ends() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        with hub.expecting_hand_over():
+            theirs = [log.append("t", n) for n in range(2)]  # another process, first
+            hub.wake(log.head)
+            ours = [log.append("t", n) for n in range(2)]
+            hub.hand_over(ours)
+        got = await take(events, 4)
+        assert await nothing_within(events, 0.1)
+    assert [e.pos for e in got] == [e.pos for e in theirs + ours]
+
+
+async def test_a_cancelled_run_releases_held_wake_ups() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        with anyio.CancelScope() as scope, hub.expecting_hand_over():
+            theirs = log.append("t", 1)
+            hub.wake(log.head)
+            scope.cancel()
+            await anyio.sleep(1)
+        with anyio.fail_after(1):  # woken at once, not by the 5 s poll
+            (got,) = await take(events, 1)
+    assert got.pos == theirs.pos

@@ -1,24 +1,27 @@
 """Background sequencing for events published by SQL inside other applications' transactions.
 
 Such transactions send one `pgcast_pending` wake-up at commit. Any process that hears it (or
-whose slow poll finds unpositioned rows) runs the sequencer; the row lock in
-`pgcast.sequence_pending` makes concurrent runs across processes safe and ordered.
+whose slow poll finds unpositioned rows) runs the sequencer; the row lock that
+`pgcast.sequence_returning` and `pgcast.sequence_pending` take makes concurrent runs across
+processes safe and ordered.
 
 Each run that finds work is a commit of its own (WAL flush and NOTIFY), and that commit
 competes with the publishers' own. A stream of SQL publishes wakes the sequencer once per
 transaction, so runs are spaced: a wake-up that comes within the spacing of the last run
-waits for it. The spacing starts at `min_interval`; while SQL publishes commit faster than
+waits for it. The spacing starts at `min_interval`; while the log grows faster than
 `busy_rate` events per second it doubles after each run (up to `max_interval`), and once
-they slow down it halves again. A heavy stream then pays one run per few milliseconds of
-commits instead of one per handful of events, while a stream below that rate (and its
-delivery latency) keeps the short spacing. The rate is measured per run (events stamped
-since the previous run began), so a longer spacing does not feed itself. A wake-up after a
-quiet spell runs at once.
+it slows down it halves again. A heavy stream then pays one run per few milliseconds of
+commits instead of one per handful of events, while a slower stream (and its delivery
+latency) keeps the short spacing. The rate is how far the log's head moved between two
+runs that stamped something, whatever process stamped it, so a longer spacing does not
+feed itself and several processes see the same rate. A wake-up after a quiet spell runs
+at once.
 
-A run stamps up to `hand_limit` events in a statement that returns them, and hands them
-to this process's hub, which then needs no read of its own for them. A larger backlog
-(a bulk capture) is stamped in big batches that return only a count; the hub reads those
-in pages, as it reads what other processes stamp. The run's own `pgcast_events`
+A run stamps up to `hand_limit` events in a statement that also returns them, as long as
+they fit `HAND_BYTES` (the position lock is held until they are sent), and hands them to
+this process's hub, which then needs no read of its own for them. What does not fit, and a
+larger backlog (a bulk capture, stamped in big batches that return only a count), the hub
+reads in pages, as it reads what other processes stamp. The run's own `pgcast_events`
 notification may reach the hub before the run's answer does; the hub holds such wake-ups
 until the run has handed its events over, so it does not read them back.
 """
@@ -40,6 +43,10 @@ from backend.entities.event import Event
 
 logger = logging.getLogger(__name__)
 
+HAND_BYTES = 256 * 1024
+"""The most event data one run returns, stored size: small enough to cross a local socket
+at once, so the position lock is not held waiting for this process to read."""
+
 
 class Recipient(Protocol):
     """Where a run's events go: the process's hub."""
@@ -47,7 +54,7 @@ class Recipient(Protocol):
     def hand_over(self, events: list[Event]) -> None:
         """Events just stamped, in position order."""
 
-    def wake(self, head: int | None = None) -> None:
+    def wake(self) -> None:
         """Events were stamped that were not handed over: read the log."""
 
     def expecting_hand_over(self) -> AbstractContextManager[None]:
@@ -62,14 +69,18 @@ class Sequencer:
     min_interval: float = 0.002
     max_interval: float = 0.02
     busy_rate: float = 2000.0
-    """Events per second of SQL publishes from which longer spacing is worth its latency."""
+    """Log growth, events per second, from which a longer spacing is worth its latency."""
     hand_limit: int = 1000
+    """The most events one run hands over: the hub's read batch."""
     runs: int = 0
     spacing: float = field(default=0.0, init=False)
-    """The current spacing between runs, between `min_interval` and `max_interval`."""
+    """How long after a run's start the next may start while wake-ups keep coming."""
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _started: float = field(default=-math.inf, init=False)
     _finished: float = field(default=-math.inf, init=False)
+    _head: int | None = field(default=None, init=False)
+    """The log's head after the last run that stamped something, and when that run began."""
+    _head_at: float = field(default=-math.inf, init=False)
 
     def __post_init__(self) -> None:
         self.spacing = self.min_interval
@@ -86,30 +97,42 @@ class Sequencer:
             else:
                 self.spacing = self.min_interval  # after a quiet spell: at once
             self._wake = anyio.Event()
-            previous, self._started = self._started, anyio.current_time()
+            self._started = anyio.current_time()
             try:
-                stamped = await self._stamp()
+                head = await self._stamp()
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")
                 continue
             finally:
                 self._finished = anyio.current_time()
             self.runs += 1
-            if stamped >= self.busy_rate * (self._started - previous):
-                self.spacing = min(self.spacing * 2, self.max_interval)
-            else:
-                self.spacing = max(self.spacing / 2, self.min_interval)
+            if head is not None:
+                self._space(head)
 
-    async def _stamp(self) -> int:
+    def _space(self, head: int) -> None:
+        """After a run that stamped up to `head`: double or halve the spacing by the rate
+        at which the log grew since the last such run."""
+        last = self._head
+        if last is not None and head - last >= self.busy_rate * (self._started - self._head_at):
+            self.spacing = min(self.spacing * 2, self.max_interval)
+        else:
+            self.spacing = max(self.spacing / 2, self.min_interval)
+        self._head, self._head_at = head, self._started
+
+    async def _stamp(self) -> int | None:
+        """One run; the log's head after it, or None when it stamped nothing."""
         # Each statement is one transaction in autocommit and leaves no session state.
         async with self.pool.acquire(live=True, stateless=True) as conn:
             with self.recipient.expecting_hand_over():
-                events = await log_queries.sequence_returning(conn, self.hand_limit)
+                events, stamped = await log_queries.sequence_returning(
+                    conn, self.hand_limit, HAND_BYTES
+                )
                 if events:
                     self.recipient.hand_over(events)
-            if len(events) < self.hand_limit:
-                return len(events)
-            more = await log_queries.sequence_pending(conn)
-            if more:
+            if not stamped:
+                return None
+            head = events[0].pos + stamped - 1
+            more = await log_queries.sequence_pending(conn) if stamped == self.hand_limit else 0
+            if more or len(events) < stamped:
                 self.recipient.wake()
-            return len(events) + more
+            return head + more

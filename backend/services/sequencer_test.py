@@ -13,7 +13,7 @@ import pytest
 from backend.connectors.database import Connection, connect, open_pool
 from backend.connectors.store.log import read_all_after
 from backend.entities.event import Event
-from backend.services.sequencer import Sequencer
+from backend.services.sequencer import HAND_BYTES, Sequencer
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
 
@@ -23,15 +23,15 @@ class Recorder:
     """A stand-in for the hub that records what the sequencer gives it."""
 
     handed: list[list[Event]] = field(default_factory=list)
-    told: list[int | None] = field(default_factory=list)
+    told: list[None] = field(default_factory=list)
     expecting: bool = False
 
     def hand_over(self, events: list[Event]) -> None:
         assert self.expecting
         self.handed.append(events)
 
-    def wake(self, head: int | None = None) -> None:
-        self.told.append(head)
+    def wake(self) -> None:
+        self.told.append(None)
 
     @contextmanager
     def expecting_hand_over(self) -> Iterator[None]:
@@ -180,3 +180,59 @@ async def test_a_run_hands_over_what_it_stamped_and_a_backlog_is_left_to_reads(
     # Exactly as the hub would have read them.
     assert [_fields(e) for e in handed[0] + handed[1]] == [_fields(e) for e in logged[:8]]
     assert [event.pos for event in logged] == list(range(1, 16))
+
+
+async def test_a_run_returns_no_more_than_its_byte_budget_and_leaves_the_rest_to_reads(
+    database_url: str,
+) -> None:
+    """The position lock is held until the returned rows are sent, so large events are
+    stamped but not all returned; the hub is told to read the rest."""
+    conn = await connect(database_url)
+    try:
+        recorder = Recorder()
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(pool, recorder)
+            await conn.execute(
+                "SELECT pgcast.publish('sql.large',"
+                " to_jsonb(string_agg(md5(n::text || i::text), '')))"
+                " FROM generate_series(1, 5) AS n, generate_series(1, 3000) AS i GROUP BY n"
+            )  # five events of 96 KB that do not compress, 480 KB in all
+            tg.start_soon(sequencer.run)
+            with anyio.fail_after(5):
+                await _until_positioned(conn)
+                while not recorder.told:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        logged = await read_all_after(conn, 0, 10)
+    finally:
+        await conn.close()
+    (handed,) = recorder.handed
+    assert 1 <= len(handed) <= HAND_BYTES // 96_000 + 1 < 5
+    assert [_fields(e) for e in handed] == [_fields(e) for e in logged[: len(handed)]]
+    assert recorder.told == [None]
+    assert [e.pos for e in logged] == [1, 2, 3, 4, 5]
+
+
+async def test_two_processes_space_their_runs_by_the_logs_growth_not_their_own_share(
+    database_url: str,
+) -> None:
+    """Every process hears every wake-up and they split the stamping between them: each
+    reads the rate from how far the log's head moved, so both space their runs."""
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=4) as pool, anyio.create_task_group() as tg:
+            sequencers = [
+                Sequencer(pool, Recorder(), min_interval=0.01, max_interval=0.16, busy_rate=50)
+                for _ in range(2)
+            ]
+            for sequencer in sequencers:
+                tg.start_soon(sequencer.run)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 1.5:
+                await conn.fetchval("SELECT pgcast.publish('sql.shared', '1')")
+                for sequencer in sequencers:
+                    sequencer.wake()
+            tg.cancel_scope.cancel()
+    finally:
+        await conn.close()
+    assert [s.spacing for s in sequencers] == [0.16, 0.16]

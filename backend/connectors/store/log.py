@@ -199,11 +199,13 @@ async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
             return total
 
 
-async def sequence_returning(conn: Connection, batch: int) -> list[Event]:
+async def sequence_returning(conn: Connection, batch: int, budget: int) -> tuple[list[Event], int]:
     """Stamp positions on up to `batch` committed, unpositioned events, in one transaction;
-    return them as the log now holds them, in position order."""
-    rows = await conn.fetch("SELECT * FROM pgcast.sequence_returning($1)", batch)
-    return [_event(r) for r in rows]
+    return how many it stamped, and the first of them as the log now holds them, in
+    position order, as long as their stored sizes add up to `budget` bytes (at least one):
+    the position lock is held until they are sent."""
+    rows = await conn.fetch("SELECT * FROM pgcast.sequence_returning($1, $2)", batch, budget)
+    return [_event(r) for r in rows], rows[0]["stamped"] if rows else 0
 
 
 async def sequence_and_read(
