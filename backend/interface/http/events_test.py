@@ -322,6 +322,39 @@ async def test_two_processes_deliver_the_same_order(database_url: str) -> None:
     assert [m.id for m in got_a] == [m.id for m in got_b] == sorted(ids)
 
 
+async def test_sql_publishes_reach_subscribers_through_the_sequencers_hand_over(
+    database_url: str,
+) -> None:
+    """What /metrics says of the sequencer: its runs, its spacing, and the events it handed
+    to the hub."""
+    with start_server(database_url) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+            sse(client, f"{server.url}/topics/sql.metrics/events", SSE) as stream,
+        ):
+            before = _metrics((await client.get("/metrics")).text)
+            conn = await connect(database_url)
+            try:
+                for n in range(3):
+                    await conn.execute("SELECT pgcast.publish('sql.metrics', to_jsonb($1::int))", n)
+            finally:
+                await conn.close()
+            with anyio.fail_after(10):
+                got = await next_events(stream, 3)
+            after = _metrics((await client.get("/metrics")).text)
+    assert [orjson.loads(m.data)["data"] for m in got] == [0, 1, 2]
+    assert after["pgcast_sequencer_runs_total"] > before["pgcast_sequencer_runs_total"]
+    handed = after["pgcast_hub_handed_events_total"] - before["pgcast_hub_handed_events_total"]
+    assert handed == 3
+    assert after["pgcast_sequencer_spacing_seconds"] == 0.002
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """Unlabelled samples of a /metrics page."""
+    samples = (line.split() for line in text.splitlines() if not line.startswith("#"))
+    return {fields[0]: float(fields[1]) for fields in samples if len(fields) == 2}
+
+
 async def test_readyz_fails_while_the_listen_connection_is_down(database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
     with start_server(database_url, extra_env={"PROBE_INTERVAL_SECONDS": "0.5"}) as server:
@@ -336,6 +369,8 @@ async def test_readyz_fails_while_the_listen_connection_is_down(database_url: st
                 "pgcast_lagging_subscribers",
                 "pgcast_listener_reconnects_total",
                 "pgcast_group_commit_batch_events",
+                "pgcast_sequencer_runs_total",
+                "pgcast_sequencer_spacing_seconds 0.002",
             ):
                 assert name_ in metrics
             admin = await connect(database_url.rsplit("/", 1)[0] + "/postgres")

@@ -210,10 +210,22 @@ class EngineFigures:
         )
         self.handed = Counter(
             "pgcast_hub_handed_events",
-            "Events this process published that the hub handed out without reading them back",
+            "Events this process positioned (its publishes, its sequencer's runs) that the hub"
+            " handed out without reading them back",
             registry=r,
         )
-        self._counted = (0, 0, 0, 0, 0, 0)
+        self.sequencer_runs = Counter(
+            "pgcast_sequencer_runs",
+            "Runs of this process's sequencer, which positions SQL-published and captured events",
+            registry=r,
+        )
+        self.sequencer_spacing = Gauge(
+            "pgcast_sequencer_spacing_seconds",
+            "Current spacing between sequencer runs while wake-ups keep coming",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._counted = (0, 0, 0, 0, 0, 0, 0)
 
     def copy_from(self, engine: Engine) -> None:
         hub = engine.hub
@@ -221,6 +233,7 @@ class EngineFigures:
         self.lagging.set(hub.draining + hub.catching_up)
         self.position.set(hub.position)
         self.listener_up.set(int(engine.listener.healthy))
+        self.sequencer_spacing.set(engine.sequencer.spacing)
         now = (
             engine.listener.reconnects,
             hub.stats.overflows,
@@ -228,6 +241,7 @@ class EngineFigures:
             hub.stats.deliveries,
             hub.stats.direct,
             hub.stats.handed,
+            engine.sequencer.runs,
         )
         for counter, value, before in zip(
             (
@@ -237,6 +251,7 @@ class EngineFigures:
                 self.deliveries,
                 self.direct,
                 self.handed,
+                self.sequencer_runs,
             ),
             now,
             self._counted,
