@@ -151,10 +151,15 @@ class Hub:
         if head is None:
             self._must_read = True
             self._wake.set()
-        elif head > self.position:
-            self._target = max(self._target, head)
-            if not self._expecting:
-                self._wake.set()
+        elif self._raise_target(head) and not self._expecting:
+            self._wake.set()
+
+    def _raise_target(self, head: int) -> bool:
+        """Note a head beyond what the hub has read; False when it has read past it."""
+        if head <= self.position:
+            return False
+        self._target = max(self._target, head)
+        return True
 
     @contextmanager
     def expecting_hand_over(self) -> Iterator[None]:
@@ -171,12 +176,15 @@ class Hub:
 
     def hand_over(self, events: list[Event]) -> None:
         """Events this process has just committed and positioned, in order: when they are
-        the next ones in the log, the hub hands them out without reading them back."""
+        the next ones in the log, the hub hands them out without reading them back. Never
+        held by `expecting_hand_over`: a publish landing during a sequencer run goes out
+        at once."""
         if not events:
             return
         if len(self._handed) < MAX_HANDED:
             self._handed[events[0].pos] = events
-        self.wake(events[-1].pos)
+        if self._raise_target(events[-1].pos):
+            self._wake.set()
 
     async def wait_started(self) -> None:
         await self._started.wait()

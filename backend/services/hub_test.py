@@ -327,3 +327,14 @@ async def test_a_cancelled_run_releases_held_wake_ups() -> None:
         with anyio.fail_after(1):  # woken at once, not by the 5 s poll
             (got,) = await take(events, 1)
     assert got.pos == theirs.pos
+
+
+async def test_a_publish_during_a_sequencer_run_goes_out_at_once() -> None:
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        with hub.expecting_hand_over():
+            published = [log.append("t", 1)]  # an HTTP publish of this process
+            hub.hand_over(published)
+            with anyio.fail_after(1):
+                (got,) = await take(events, 1)
+    assert got.pos == published[0].pos
