@@ -17,6 +17,14 @@ runs that stamped something, whatever process stamped it, so a longer spacing do
 feed itself and several processes see the same rate. A wake-up after a quiet spell runs
 at once.
 
+The wake-ups themselves are costly: a notifying commit holds PostgreSQL's database-wide
+notification lock through its WAL flush, so concurrent publishers committed one at a time.
+While the spacing is above its minimum (the log is busy) a run that stamps events also
+takes a lease of `busy_lease` seconds (`log_state.sequencer_busy_until`): `pgcast.publish`
+sends no wake-up while one is current, and this process runs on its spacing until the
+lease ends, then polls at growing intervals (twice the time since it ended, up to
+`poll_interval`) for transactions that published under the lease and commit later.
+
 A run stamps up to `hand_limit` events in a statement that also returns them, as long as
 they fit `HAND_BYTES` (the position lock is held until they are sent), and hands them to
 this process's hub, which then needs no read of its own for them. What does not fit, and a
@@ -72,6 +80,8 @@ class Sequencer:
     """Log growth, events per second, from which a longer spacing is worth its latency."""
     hand_limit: int = 1000
     """The most events one run hands over: the hub's read batch."""
+    busy_lease: float = 0.5
+    """How long a run made while the log is busy tells SQL publishers not to wake it."""
     runs: int = 0
     spacing: float = field(default=0.0, init=False)
     """How long after a run's start the next may start while wake-ups keep coming."""
@@ -81,6 +91,8 @@ class Sequencer:
     _head: int | None = field(default=None, init=False)
     """The log's head after the last run that stamped something, and when that run began."""
     _head_at: float = field(default=-math.inf, init=False)
+    _polling_until: float = field(default=-math.inf, init=False)
+    """The end of the last lease this process took: it runs without wake-ups until then."""
 
     def __post_init__(self) -> None:
         self.spacing = self.min_interval
@@ -90,7 +102,7 @@ class Sequencer:
 
     async def run(self) -> None:
         while True:
-            with anyio.move_on_after(self.poll_interval):
+            with anyio.move_on_after(self._patience()):
                 await self._wake.wait()
             if anyio.current_time() - self._finished < self.spacing:
                 await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
@@ -98,16 +110,26 @@ class Sequencer:
                 self.spacing = self.min_interval  # after a quiet spell: at once
             self._wake = anyio.Event()
             self._started = anyio.current_time()
+            lease = self.busy_lease if self.spacing > self.min_interval else 0.0
             try:
-                head = await self._stamp()
+                head = await self._stamp(lease)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")
                 continue
             finally:
                 self._finished = anyio.current_time()
+                if lease:  # counted from after the answer: never shorter than the stored one
+                    self._polling_until = max(self._polling_until, self._finished + lease)
             self.runs += 1
             if head is not None:
                 self._space(head)
+
+    def _patience(self) -> float:
+        """How long to wait for a wake-up before running anyway."""
+        now = anyio.current_time()
+        if now < self._polling_until:  # publishers send no wake-ups under the lease
+            return max(self._started + self.spacing - now, 0.0)
+        return min(self.poll_interval, max(self.spacing, now - self._polling_until))
 
     def _space(self, head: int) -> None:
         """After a run that stamped up to `head`: double or halve the spacing by the rate
@@ -119,13 +141,14 @@ class Sequencer:
             self.spacing = max(self.spacing / 2, self.min_interval)
         self._head, self._head_at = head, self._started
 
-    async def _stamp(self) -> int | None:
-        """One run; the log's head after it, or None when it stamped nothing."""
+    async def _stamp(self, lease: float) -> int | None:
+        """One run, taking a lease of `lease` seconds if it stamps anything (0: none); the
+        log's head after it, or None when it stamped nothing."""
         # Each statement is one transaction in autocommit and leaves no session state.
         async with self.pool.acquire(live=True, stateless=True) as conn:
             with self.recipient.expecting_hand_over():
                 events, stamped = await log_queries.sequence_returning(
-                    conn, self.hand_limit, HAND_BYTES
+                    conn, self.hand_limit, HAND_BYTES, lease
                 )
                 if events:
                     self.recipient.hand_over(events)

@@ -100,8 +100,8 @@ async def test_a_heavy_stream_spaces_runs_further_and_a_quiet_spell_resets(
     conn = await connect(database_url)
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(
-                pool, Recorder(), min_interval=0.01, max_interval=0.32, busy_rate=50
+            sequencer = Sequencer(  # no lease: it would keep the runs going (tested below)
+                pool, Recorder(), min_interval=0.01, max_interval=0.32, busy_rate=50, busy_lease=0
             )
             tg.start_soon(sequencer.run)
             started = anyio.current_time()
@@ -142,6 +142,8 @@ async def test_a_stream_below_the_busy_rate_keeps_the_short_spacing(database_url
             tg.cancel_scope.cancel()
         assert sequencer.runs > 10
         assert longest == 0.01  # each run saw several events, but not a busy rate
+        # Not busy: no lease, every publish still wakes the sequencer.
+        assert await conn.fetchval("SELECT sequencer_busy_until FROM pgcast.log_state") is None
     finally:
         await conn.close()
 
@@ -236,3 +238,56 @@ async def test_two_processes_space_their_runs_by_the_logs_growth_not_their_own_s
     finally:
         await conn.close()
     assert [s.spacing for s in sequencers] == [0.16, 0.16]
+
+
+async def test_a_busy_log_is_polled_under_a_lease_and_a_late_commit_is_still_found(
+    database_url: str,
+) -> None:
+    """Once the log is busy, SQL publishes send no wake-ups: the sequencer runs on its
+    spacing while its lease lasts, then polls at growing intervals, which finds a
+    transaction that published under the lease and committed after it (the slow poll is
+    10 s here, so nothing else would)."""
+    listener = await connect(database_url)
+    conn = await connect(database_url)
+    wake_ups: list[str] = []
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(
+                pool,
+                Recorder(),
+                poll_interval=10,
+                min_interval=0.01,
+                max_interval=0.04,
+                busy_rate=50,
+                busy_lease=0.3,
+            )
+            tg.start_soon(sequencer.run)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 0.5:  # well over 50 commits per second
+                await conn.fetchval("SELECT pgcast.publish('sql.busy', '1')")
+                sequencer.wake()
+            lease_sql = "SELECT sequencer_busy_until > clock_timestamp() FROM pgcast.log_state"
+            assert await conn.fetchval(lease_sql)
+
+            await listener.add_listener("pgcast_pending", lambda *_: wake_ups.append("x"))
+            started = anyio.current_time()
+            while anyio.current_time() - started < 0.5:  # no wake-ups from here on
+                await conn.fetchval("SELECT pgcast.publish('sql.busy', '2')")
+                await anyio.sleep(0.002)
+            with anyio.fail_after(0.5):
+                await _until_positioned(conn)
+            assert await conn.fetchval(lease_sql)  # kept by the runs that stamped
+
+            async with conn.transaction():
+                await conn.fetchval("SELECT pgcast.publish('sql.busy', '3')")
+                await anyio.sleep(0.6)  # the lease lapses before this commits
+            assert not await conn.fetchval(lease_sql)
+            with anyio.fail_after(1.5):
+                await _until_positioned(conn)
+            tg.cancel_scope.cancel()
+        assert wake_ups == []
+        positions = await conn.fetch("SELECT pos FROM pgcast.events ORDER BY seq")
+        assert [r["pos"] for r in positions] == list(range(1, len(positions) + 1))
+    finally:
+        await listener.close()
+        await conn.close()

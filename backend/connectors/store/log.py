@@ -199,12 +199,17 @@ async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
             return total
 
 
-async def sequence_returning(conn: Connection, batch: int, budget: int) -> tuple[list[Event], int]:
+async def sequence_returning(
+    conn: Connection, batch: int, budget: int, lease: float = 0.0
+) -> tuple[list[Event], int]:
     """Stamp positions on up to `batch` committed, unpositioned events, in one transaction;
     return how many it stamped, and the first of them as the log now holds them, in
     position order, as long as their stored sizes add up to `budget` bytes (at least one):
-    the position lock is held until they are sent."""
-    rows = await conn.fetch("SELECT * FROM pgcast.sequence_returning($1, $2)", batch, budget)
+    the position lock is held until they are sent. If it stamps any, SQL publishers send
+    no wake-up for the next `lease` seconds (the caller polls instead)."""
+    rows = await conn.fetch(
+        "SELECT * FROM pgcast.sequence_returning($1, $2, $3)", batch, budget, lease
+    )
     return [_event(r) for r in rows], rows[0]["stamped"] if rows else 0
 
 
