@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     ws_compression: bool = False
     group_commit_wait_ms: float = Field(default=2.0, gt=0)
     group_commit_max_requests: int = Field(default=256, ge=1)
-    sequencer_max_spacing_ms: float = Field(default=20.0, ge=2.0)
+    sequencer_max_spacing_ms: float = Field(default=5.0, ge=2.0)
     idempotency_ttl: timedelta = timedelta(hours=24)
     capture_tables: str = ""
 

@@ -19,11 +19,12 @@ at once.
 
 The wake-ups themselves are costly: a notifying commit holds PostgreSQL's database-wide
 notification lock through its WAL flush, so concurrent publishers committed one at a time.
-While the spacing is above its minimum (the log is busy) a run that stamps events also
-takes a lease of `busy_lease` seconds (`log_state.sequencer_busy_until`): `pgcast.publish`
-sends no wake-up while one is current, and this process runs on its spacing until the
-lease ends, then polls at growing intervals (twice the time since it ended, up to
-`poll_interval`) for transactions that published under the lease and commit later.
+While the log grows at `busy_rate` or more (whatever the spacing), a run that stamps events
+also takes a lease of `busy_lease` seconds (`log_state.sequencer_busy_until`):
+`pgcast.publish` sends no wake-up while one is current, and this process runs on its
+spacing until the lease ends, then polls at growing intervals (each wait as long as the
+time since it ended, up to `poll_interval`) for transactions that published under the
+lease and commit later.
 
 A run stamps up to `hand_limit` events in a statement that also returns them, as long as
 they fit `HAND_BYTES` (the position lock is held until they are sent), and hands them to
@@ -75,7 +76,7 @@ class Sequencer:
     recipient: Recipient
     poll_interval: float = 2.0
     min_interval: float = 0.002
-    max_interval: float = 0.02
+    max_interval: float = 0.005
     busy_rate: float = 2000.0
     """Log growth, events per second, from which a longer spacing is worth its latency."""
     hand_limit: int = 1000
@@ -85,6 +86,8 @@ class Sequencer:
     runs: int = 0
     spacing: float = field(default=0.0, init=False)
     """How long after a run's start the next may start while wake-ups keep coming."""
+    busy: bool = field(default=False, init=False)
+    """Whether the last run that stamped something found the log growing at `busy_rate`."""
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _started: float = field(default=-math.inf, init=False)
     _finished: float = field(default=-math.inf, init=False)
@@ -107,10 +110,10 @@ class Sequencer:
             if anyio.current_time() - self._finished < self.spacing:
                 await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
             else:
-                self.spacing = self.min_interval  # after a quiet spell: at once
+                self.spacing, self.busy = self.min_interval, False  # after a quiet spell: at once
             self._wake = anyio.Event()
             self._started = anyio.current_time()
-            lease = self.busy_lease if self.spacing > self.min_interval else 0.0
+            lease = self.busy_lease if self.busy else 0.0
             try:
                 head = await self._stamp(lease)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
@@ -135,7 +138,10 @@ class Sequencer:
         """After a run that stamped up to `head`: double or halve the spacing by the rate
         at which the log grew since the last such run."""
         last = self._head
-        if last is not None and head - last >= self.busy_rate * (self._started - self._head_at):
+        self.busy = last is not None and head - last >= self.busy_rate * (
+            self._started - self._head_at
+        )
+        if self.busy:
             self.spacing = min(self.spacing * 2, self.max_interval)
         else:
             self.spacing = max(self.spacing / 2, self.min_interval)

@@ -291,3 +291,27 @@ async def test_a_busy_log_is_polled_under_a_lease_and_a_late_commit_is_still_fou
     finally:
         await listener.close()
         await conn.close()
+
+
+async def test_a_busy_log_takes_a_lease_at_the_shortest_spacing_too(database_url: str) -> None:
+    """SEQUENCER_MAX_SPACING_MS=2 keeps the spacing at its minimum; publishers still stop
+    waking a sequencer that polls a busy log."""
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = Sequencer(
+                pool, Recorder(), min_interval=0.01, max_interval=0.01, busy_rate=50
+            )
+            tg.start_soon(sequencer.run)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 0.5:
+                await conn.fetchval("SELECT pgcast.publish('sql.short', '1')")
+                sequencer.wake()
+            tg.cancel_scope.cancel()
+        assert sequencer.spacing == 0.01
+        assert sequencer.busy
+        assert await conn.fetchval(
+            "SELECT sequencer_busy_until > clock_timestamp() FROM pgcast.log_state"
+        )
+    finally:
+        await conn.close()
