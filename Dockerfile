@@ -13,7 +13,10 @@ COPY examples ./examples
 RUN poetry install --only main
 
 FROM python:3.11-slim AS runtime
-RUN useradd --create-home --uid 10001 pgcast
+# jemalloc: `serve` runs under it when present, so memory goes back after a crowd leaves.
+RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 pgcast
 WORKDIR /app
 COPY --from=builder --chown=pgcast:pgcast /app /app
 ENV PATH="/app/.venv/bin:$PATH" HOST=0.0.0.0 PORT=8000 PYTHONUNBUFFERED=1

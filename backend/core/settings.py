@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     group_commit_wait_ms: float = Field(default=2.0, gt=0)
     group_commit_max_requests: int = Field(default=256, ge=1)
     sequencer_max_spacing_ms: float = Field(default=5.0, ge=2.0)
+    allocator: Literal["auto", "jemalloc", "pymalloc"] = "auto"
     idempotency_ttl: timedelta = timedelta(hours=24)
     capture_tables: str = ""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
+import functools
 import os
 import signal
 import subprocess
@@ -11,10 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx
 
 from backend.connectors.embedded import free_port as free_port
+from backend.core.allocator import Choice, environment
 
 PORT_ATTEMPTS = 3
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
@@ -86,9 +90,24 @@ def spawn(
     return server
 
 
+@functools.cache
+def _jemalloc() -> str | None:
+    return ctypes.util.find_library("jemalloc")
+
+
+def _under_allocator(env: dict[str, str]) -> dict[str, str]:
+    """The environment `serve` would re-execute itself with, given at once: the same
+    allocator without a second interpreter start per server."""
+    choice = env.get("ALLOCATOR", "auto")
+    if choice not in ("auto", "jemalloc", "pymalloc"):
+        return env  # `serve` reports the bad setting itself
+    return environment(cast(Choice, choice), env, _jemalloc()) or env
+
+
 def _start(database_url: str, port: int, extra_env: dict[str, str] | None) -> ServerProcess:
     env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"}
     env.update(extra_env or {})
+    env = _under_allocator(env)
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgcast-server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -84,6 +84,9 @@ def serve(
     if reload and settings.workers > 1:
         typer.echo("pgcast: --reload runs one process: drop --workers (or WORKERS)", err=True)
         raise typer.Exit(2)
+    from backend.core.allocator import run_under
+
+    run_under(settings.allocator)  # returns once running under it
     import anyio
 
     from backend.connectors.database import without_password

@@ -1,46 +1,26 @@
 """Hand freed heap pages back to the OS once many connections have closed.
 
 When thousands of streams close, much of what they held sits in reference cycles that an
-idle server's garbage collector does not get round to, and what Python frees glibc's
+idle server's garbage collector does not get round to, and what Python frees the C
 allocator keeps, so the process's RSS stays near its peak (5.9x the start after 19,000
-SSE clients left). A full collection and then `malloc_trim(0)`, which returns free pages
-from every arena, give it back. Both walk the whole heap, so the sweeps call them only
-after the number of open connections has fallen by at least TRIM_MIN_CLOSED and by half
-since its last high point (and once more a round later). pymalloc's arenas (Python
-objects up to 512 bytes) go back only when wholly empty, so a server run with
-PYTHONMALLOC=malloc gets much more back (docs/performance.md). Other C libraries: the
-collection only.
+SSE clients left). A full collection and then the allocator's release (jemalloc's purge of
+every arena, or glibc's `malloc_trim(0)`; `backend.core.allocator`) give it back. Both
+walk the whole heap, so the sweeps call them only after the number of open connections
+has fallen by at least TRIM_MIN_CLOSED and by half since its last high point (and once
+more a round later). Under pymalloc (`ALLOCATOR=pymalloc`, or no jemalloc on the machine)
+arenas of small Python objects go back only when wholly empty (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
-import platform
-from collections.abc import Callable
+
+from backend.core.allocator import RELEASE
 
 logger = logging.getLogger(__name__)
 
 TRIM_MIN_CLOSED = 1000
-
-
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's `malloc_trim(0)`, or None where the C library is not glibc."""
-    if platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
-
-
-MALLOC_TRIM = _malloc_trim()
 
 
 class Trimmer:
@@ -75,6 +55,6 @@ class Trimmer:
     def _trim(self) -> None:
         self.trims += 1
         gc.collect()  # a closed stream's objects hold cycles, and an idle server collects none
-        if MALLOC_TRIM is not None:
-            MALLOC_TRIM()
+        if RELEASE is not None:
+            RELEASE()
             logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})

@@ -3,9 +3,6 @@ and once more at the round after."""
 
 from __future__ import annotations
 
-import platform
-
-from backend.interface.stream import trim
 from backend.interface.stream.trim import TRIM_MIN_CLOSED, Trimmer
 
 
@@ -28,10 +25,6 @@ def test_small_servers_never_trim() -> None:
     for count in (TRIM_MIN_CLOSED - 1, 0, TRIM_MIN_CLOSED - 1, 0):
         trimmer.note(count)
     assert trimmer.trims == 0
-
-
-def test_glibc_is_found_where_it_is_the_c_library() -> None:
-    assert (trim.MALLOC_TRIM is not None) == (platform.libc_ver()[0] == "glibc")
 
 
 def test_a_crowd_that_came_and_went_between_two_rounds_is_trimmed_after() -> None:
