@@ -6,11 +6,16 @@ signals every listening session: concurrent SQL publishers committed one at a ti
 about the rate of a single connection. Once the log is busy, the sequencer does not need
 those wake-ups (it runs on a fixed spacing anyway), so it now says so:
 
-- `pgcast.log_state.sequencer_busy_until` is a lease. A sequencer run that stamps events
-  and is given `lease` seconds moves it to at least `clock_timestamp() + lease`; the
-  process that ran it keeps polling until then.
+- `pgcast.sequencer_lease.busy_until` (one row) is a lease. A sequencer run that stamps
+  events and is given `lease` seconds sets it to `clock_timestamp() + lease`; the process
+  that ran it keeps polling until then. Runs are serialized by the position lock, so the
+  row always holds the lease of the latest such run, whose process is still polling.
 - `pgcast.publish` sends its wake-up only when no lease is current. A stale reading (an
   older snapshot) can only show an earlier lease, so it errs towards waking.
+
+The lease has a table of its own: adding a column to `pgcast.log_state` would wait for
+every open transaction that has published (they hold a lock on it) while blocking every
+publish behind it.
 
 `pgcast.sequence_returning` gains the `lease` argument (default 0: no lease, as before).
 The wake-up was never more than that: the log is read by position regardless.
@@ -31,7 +36,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.execute("ALTER TABLE pgcast.log_state ADD COLUMN sequencer_busy_until timestamptz")
+    op.execute(
+        "CREATE TABLE pgcast.sequencer_lease (id bigint PRIMARY KEY, busy_until timestamptz)"
+    )
+    op.execute("INSERT INTO pgcast.sequencer_lease (id) VALUES (1)")
     op.execute(
         """
         CREATE OR REPLACE FUNCTION pgcast.publish(
@@ -60,7 +68,9 @@ def upgrade() -> None:
                 RAISE EXCEPTION 'pgcast: event data must not be NULL (use ''null''::jsonb)'
                     USING ERRCODE = '22023';
             END IF;
-            SELECT s.max_event_bytes, s.sequencer_busy_until INTO size_limit, busy_until
+            SELECT s.max_event_bytes,
+                   (SELECT l.busy_until FROM pgcast.sequencer_lease l WHERE l.id = 1)
+              INTO size_limit, busy_until
               FROM pgcast.log_state s WHERE s.id = 1;
             IF octet_length(data::text) > size_limit THEN
                 RAISE EXCEPTION 'pgcast: event data is % bytes, over the limit of % bytes',
@@ -120,14 +130,12 @@ def upgrade() -> None:
             -- Positions are dense and nobody else can stamp while the lock is held.
             SELECT max(e.pos) INTO head FROM pgcast.events e WHERE e.pos > last;
             IF head IS NOT NULL THEN
-                -- A lease only ever moves forward: whoever set the latest one still polls.
-                UPDATE pgcast.log_state s
-                   SET last_pos = head,
-                       sequencer_busy_until = CASE
-                           WHEN lease > 0 THEN greatest(s.sequencer_busy_until,
-                                                        clock_timestamp() + make_interval(secs => lease))
-                           ELSE s.sequencer_busy_until END
-                 WHERE s.id = 1;
+                UPDATE pgcast.log_state SET last_pos = head WHERE id = 1;
+                IF lease > 0 THEN  -- this run's process polls until then
+                    UPDATE pgcast.sequencer_lease
+                       SET busy_until = clock_timestamp() + make_interval(secs => lease)
+                     WHERE id = 1;
+                END IF;
                 PERFORM pg_notify('pgcast_events', head::text);
             END IF;
         END $$;

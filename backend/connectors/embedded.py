@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.core.allocator import for_other_programs
 from backend.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class EmbeddedPostgres:
         user = SYSTEM_USER if _as_root() else None
         result = subprocess.run(
             args,
+            env=for_other_programs(os.environ),
             user=user,
             capture_output=True,
             text=True,

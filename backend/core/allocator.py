@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import platform
@@ -29,6 +30,8 @@ Choice = Literal["auto", "jemalloc", "pymalloc"]
 CHOSEN = "PGCAST_ALLOCATOR"
 """Set in the environment once the choice is made: the re-executed process (and the worker
 processes it starts) keep it instead of choosing again."""
+BEFORE = "PGCAST_ALLOCATOR_BEFORE"
+"""The variables jemalloc's environment changed, as they were (JSON; null: unset)."""
 JEMALLOC_CONF = "background_thread:true"
 """Freed pages are returned by a background thread, not only on the next allocation."""
 ARENAS_ALL = 4096
@@ -50,14 +53,27 @@ def environment(
                 " (Debian and Ubuntu: apt-get install libjemalloc2)"
             )
         return {**env, CHOSEN: "pymalloc"}
-    preload = " ".join(filter(None, [env.get("LD_PRELOAD", ""), library]))
-    return {
-        **env,
-        CHOSEN: "jemalloc",
-        "LD_PRELOAD": preload,
+    added = {
+        "LD_PRELOAD": " ".join(filter(None, [env.get("LD_PRELOAD", ""), library])),
         "PYTHONMALLOC": "malloc",
         "MALLOC_CONF": env.get("MALLOC_CONF", JEMALLOC_CONF),
     }
+    before = {name: env.get(name) for name in added}
+    return {**env, **added, CHOSEN: "jemalloc", BEFORE: json.dumps(before)}
+
+
+def for_other_programs(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` as it was before `environment` chose jemalloc: other programs started from the
+    server (the embedded PostgreSQL) run under their own allocator."""
+    if BEFORE not in env:
+        return dict(env)
+    restored = {k: v for k, v in env.items() if k not in (CHOSEN, BEFORE)}
+    for name, value in json.loads(env[BEFORE]).items():
+        if value is None:
+            restored.pop(name, None)
+        else:
+            restored[name] = value
+    return restored
 
 
 def run_under(choice: Choice) -> None:
@@ -112,6 +128,6 @@ RELEASE = JEMALLOC_PURGE or _malloc_trim()
 
 def in_use() -> str:
     """Which allocator serves this process's Python objects."""
-    if os.environ.get("PYTHONMALLOC") != "malloc":
+    if os.environ.get("PYTHONMALLOC") != "malloc" or sys.flags.ignore_environment:
         return "pymalloc"
     return "jemalloc" if JEMALLOC_PURGE is not None else "malloc"

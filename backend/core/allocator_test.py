@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-import ctypes.util
-import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from backend.core import allocator
-from backend.core.allocator import CHOSEN, JEMALLOC_CONF, environment
+from backend.core.allocator import BEFORE, CHOSEN, JEMALLOC_CONF, environment, for_other_programs
 from backend.core.errors import ConfigError
-from backend.testing.server import free_port, stop_process, wait_healthy
 
 LIBRARY = "libjemalloc.so.2"
 
 
 def test_auto_preloads_jemalloc_and_routes_python_objects_to_it() -> None:
     env = environment("auto", {"PATH": "/bin"}, LIBRARY)
-    assert env == {
+    assert env is not None
+    assert {k: v for k, v in env.items() if k != BEFORE} == {
         "PATH": "/bin",
         CHOSEN: "jemalloc",
         "LD_PRELOAD": LIBRARY,
         "PYTHONMALLOC": "malloc",
         "MALLOC_CONF": JEMALLOC_CONF,
+    }
+    assert for_other_programs(env) == {"PATH": "/bin"}
+
+
+def test_other_programs_get_back_what_the_operator_had() -> None:
+    before = {"LD_PRELOAD": "libx.so", "MALLOC_CONF": "narenas:2", "PYTHONMALLOC": "debug"}
+    env = environment("auto", before, LIBRARY)
+    assert env is not None
+    assert for_other_programs(env) == before
+    assert for_other_programs({CHOSEN: "pymalloc", "PATH": "/bin"}) == {
+        CHOSEN: "pymalloc",
+        "PATH": "/bin",
     }
 
 
@@ -51,31 +59,8 @@ def test_a_process_that_was_started_under_its_choice_keeps_it() -> None:
     assert environment("jemalloc", {CHOSEN: "jemalloc"}, None) is None
 
 
-def test_freed_memory_can_be_released_under_glibc() -> None:
-    if platform.libc_ver()[0] == "glibc":
-        assert allocator.RELEASE is not None
-    else:
-        assert allocator.RELEASE is allocator.JEMALLOC_PURGE
-
-
-@pytest.mark.external
-def test_serve_runs_itself_again_under_jemalloc_where_the_machine_has_it(
-    database_url: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    chosen = ("ALLOCATOR", "PGCAST_ALLOCATOR", "LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")
-    env = {k: v for k, v in os.environ.items() if k not in chosen}
-    env.update(DATABASE_URL=database_url, PORT=str(port), HOST="127.0.0.1")
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve"], env=env, stdout=out, stderr=out
-        )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
-        maps = Path(f"/proc/{process.pid}/maps").read_text()  # the same process, re-executed
-        expected = "jemalloc" if ctypes.util.find_library("jemalloc") else "pymalloc"
-        assert ("libjemalloc" in maps) == (expected == "jemalloc")
-        assert f"memory allocator: {expected}" in log.read_text()
-    finally:
-        stop_process(process)
+def test_jemalloc_is_purged_exactly_where_it_is_loaded_and_glibc_trimmed_otherwise() -> None:
+    loaded = "libjemalloc" in Path("/proc/self/maps").read_text()
+    assert (allocator.JEMALLOC_PURGE is not None) == loaded
+    if not loaded:
+        assert (allocator.RELEASE is not None) == (platform.libc_ver()[0] == "glibc")

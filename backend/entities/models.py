@@ -47,7 +47,13 @@ log_state = Table(
     Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
     Column("pruned_through", BigInteger, nullable=False, server_default=text("0")),
     Column("max_event_bytes", Integer, nullable=False, server_default=text("1048576")),
-    Column("sequencer_busy_until", DateTime(timezone=True), nullable=True),
+)
+
+sequencer_lease = Table(
+    "sequencer_lease",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("busy_until", DateTime(timezone=True), nullable=True),
 )
 
 idempotency_keys = Table(

@@ -1,7 +1,8 @@
 """Background sequencing for events published by SQL inside other applications' transactions.
 
-Such transactions send one `pgcast_pending` wake-up at commit. Any process that hears it (or
-whose slow poll finds unpositioned rows) runs the sequencer; the row lock that
+Such transactions send one `pgcast_pending` wake-up at commit (none while a busy sequencer
+holds its lease, below). Any process that hears it (or whose slow poll finds unpositioned
+rows) runs the sequencer; the row lock that
 `pgcast.sequence_returning` and `pgcast.sequence_pending` take makes concurrent runs across
 processes safe and ordered.
 
@@ -20,9 +21,10 @@ at once.
 The wake-ups themselves are costly: a notifying commit holds PostgreSQL's database-wide
 notification lock through its WAL flush, so concurrent publishers committed one at a time.
 While the log grows at `busy_rate` or more (whatever the spacing), a run that stamps events
-also takes a lease of `busy_lease` seconds (`log_state.sequencer_busy_until`):
+also takes a lease of `busy_lease` seconds (`pgcast.sequencer_lease`):
 `pgcast.publish` sends no wake-up while one is current, and this process runs on its
-spacing until the lease ends, then polls at growing intervals (each wait as long as the
+spacing until the lease ends. A run that finds nothing ends the busy state (no further
+lease); after the lease the process polls at growing intervals (each wait as long as the
 time since it ended, up to `poll_interval`) for transactions that published under the
 lease and commit later.
 
@@ -118,14 +120,22 @@ class Sequencer:
                 head = await self._stamp(lease)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")
+                self._finish(lease)  # it may have stored its lease before failing
+                self.busy = False  # retried by wake-ups and polls, not every spacing
                 continue
-            finally:
-                self._finished = anyio.current_time()
-                if lease:  # counted from after the answer: never shorter than the stored one
-                    self._polling_until = max(self._polling_until, self._finished + lease)
+            self._finish(lease if head is not None else 0.0)
             self.runs += 1
-            if head is not None:
+            if head is None:
+                self.busy = False  # the stream stopped: the polls run out with the lease
+            else:
                 self._space(head)
+
+    def _finish(self, lease: float) -> None:
+        """After a run that stored a lease of `lease` seconds (0: none): poll until it ends,
+        counted from after the answer, so never ending before the stored one."""
+        self._finished = anyio.current_time()
+        if lease:
+            self._polling_until = max(self._polling_until, self._finished + lease)
 
     def _patience(self) -> float:
         """How long to wait for a wake-up before running anyway."""

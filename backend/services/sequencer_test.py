@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from backend.connectors.database import Connection, connect, open_pool
+from backend.connectors.database import Connection, Pool, connect, open_pool
 from backend.connectors.store.log import read_all_after
 from backend.entities.event import Event
 from backend.services.sequencer import HAND_BYTES, Sequencer
@@ -44,6 +44,28 @@ class Recorder:
 
 def _fields(event: Event) -> tuple[object, ...]:
     return (event.pos, event.topic, event.type, event.key, event.data_json, event.time)
+
+
+def _busy_from_50(pool: Pool, *, max_interval: float, busy_lease: float) -> Sequencer:
+    """Busy from 50 commits a second (one connection publishing in a loop is well above),
+    with a slow poll of 10 s that no assertion here can be met by."""
+    return Sequencer(
+        pool,
+        Recorder(),
+        poll_interval=10,
+        min_interval=0.01,
+        max_interval=max_interval,
+        busy_rate=50,
+        busy_lease=busy_lease,
+    )
+
+
+async def _publish_for(conn: Connection, sequencer: Sequencer, seconds: float, topic: str) -> None:
+    """SQL publishes in a loop, each followed by the wake-up its commit would send."""
+    started = anyio.current_time()
+    while anyio.current_time() - started < seconds:
+        await conn.fetchval("SELECT pgcast.publish($1, '1')", topic)
+        sequencer.wake()
 
 
 async def _until_positioned(conn: Connection) -> None:
@@ -143,7 +165,7 @@ async def test_a_stream_below_the_busy_rate_keeps_the_short_spacing(database_url
         assert sequencer.runs > 10
         assert longest == 0.01  # each run saw several events, but not a busy rate
         # Not busy: no lease, every publish still wakes the sequencer.
-        assert await conn.fetchval("SELECT sequencer_busy_until FROM pgcast.log_state") is None
+        assert await conn.fetchval("SELECT busy_until FROM pgcast.sequencer_lease") is None
     finally:
         await conn.close()
 
@@ -252,21 +274,10 @@ async def test_a_busy_log_is_polled_under_a_lease_and_a_late_commit_is_still_fou
     wake_ups: list[str] = []
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
-            sequencer = Sequencer(
-                pool,
-                Recorder(),
-                poll_interval=10,
-                min_interval=0.01,
-                max_interval=0.04,
-                busy_rate=50,
-                busy_lease=0.3,
-            )
+            sequencer = _busy_from_50(pool, max_interval=0.04, busy_lease=0.3)
             tg.start_soon(sequencer.run)
-            started = anyio.current_time()
-            while anyio.current_time() - started < 0.5:  # well over 50 commits per second
-                await conn.fetchval("SELECT pgcast.publish('sql.busy', '1')")
-                sequencer.wake()
-            lease_sql = "SELECT sequencer_busy_until > clock_timestamp() FROM pgcast.log_state"
+            await _publish_for(conn, sequencer, 0.5, "sql.busy")
+            lease_sql = "SELECT busy_until > clock_timestamp() FROM pgcast.sequencer_lease"
             assert await conn.fetchval(lease_sql)
 
             await listener.add_listener("pgcast_pending", lambda *_: wake_ups.append("x"))
@@ -300,7 +311,7 @@ async def test_a_busy_log_takes_a_lease_at_the_shortest_spacing_too(database_url
     try:
         async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
             sequencer = Sequencer(
-                pool, Recorder(), min_interval=0.01, max_interval=0.01, busy_rate=50
+                pool, Recorder(), min_interval=0.01, max_interval=0.01, busy_rate=50, busy_lease=5
             )
             tg.start_soon(sequencer.run)
             started = anyio.current_time()
@@ -308,10 +319,29 @@ async def test_a_busy_log_takes_a_lease_at_the_shortest_spacing_too(database_url
                 await conn.fetchval("SELECT pgcast.publish('sql.short', '1')")
                 sequencer.wake()
             tg.cancel_scope.cancel()
-        assert sequencer.spacing == 0.01
         assert sequencer.busy
         assert await conn.fetchval(
-            "SELECT sequencer_busy_until > clock_timestamp() FROM pgcast.log_state"
+            "SELECT busy_until > clock_timestamp() FROM pgcast.sequencer_lease"
         )
+    finally:
+        await conn.close()
+
+
+async def test_polling_ends_soon_after_a_busy_stream_stops(database_url: str) -> None:
+    """Runs that find nothing end the busy state: the process polls out its lease, then
+    ever more rarely, instead of every spacing for good."""
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            sequencer = _busy_from_50(pool, max_interval=0.01, busy_lease=0.2)
+            tg.start_soon(sequencer.run)
+            await _publish_for(conn, sequencer, 0.5, "sql.stops")
+            assert sequencer.busy
+            await anyio.sleep(1.0)  # the lease (0.2 s) and the first growing polls
+            runs = sequencer.runs
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        assert not sequencer.busy
+        assert sequencer.runs - runs <= 2  # at 10 ms for good, this would be about 100
     finally:
         await conn.close()

@@ -132,14 +132,14 @@ async def test_a_publish_leaves_a_pending_row_a_receipt_and_one_wake_up_at_commi
 async def test_no_wake_up_while_a_sequencer_lease_is_current_and_one_after_it(
     database_url: str,
 ) -> None:
-    """A busy sequencer polls of its own accord and says so in `sequencer_busy_until`:
+    """A busy sequencer polls of its own accord and says so in `pgcast.sequencer_lease`:
     publishes then commit without the notification (and its database-wide lock)."""
     listener = await connect(database_url)
     conn = await connect(database_url)
     wake_ups: list[str] = []
     try:
         await listener.add_listener("pgcast_pending", lambda *_: wake_ups.append("pending"))
-        lease_sql = "UPDATE pgcast.log_state SET sequencer_busy_until = clock_timestamp() + $1"
+        lease_sql = "UPDATE pgcast.sequencer_lease SET busy_until = clock_timestamp() + $1"
         await conn.execute(lease_sql, timedelta(hours=1))
         await conn.fetchval("SELECT pgcast.publish('leased', '1')")
         await anyio.sleep(0.2)
@@ -156,11 +156,11 @@ async def test_no_wake_up_while_a_sequencer_lease_is_current_and_one_after_it(
         await conn.close()
 
 
-async def test_a_sequencer_run_moves_the_lease_forward_only_when_it_stamps(
+async def test_a_sequencer_run_sets_the_lease_only_when_it_stamps_and_asks_for_one(
     database_url: str,
 ) -> None:
     conn = await connect(database_url)
-    lease_sql = "SELECT sequencer_busy_until - clock_timestamp() FROM pgcast.log_state"
+    lease_sql = "SELECT busy_until - clock_timestamp() FROM pgcast.sequencer_lease"
     try:
         await conn.fetch("SELECT * FROM pgcast.sequence_returning(10, 1000000, 60)")
         assert await conn.fetchval(lease_sql) is None  # nothing to stamp: no lease
@@ -170,10 +170,11 @@ async def test_a_sequencer_run_moves_the_lease_forward_only_when_it_stamps(
         assert 55 < left.total_seconds() <= 60
         await conn.fetchval("SELECT pgcast.publish('leased', '2')")
         await conn.fetch("SELECT * FROM pgcast.sequence_returning(10, 1000000, 5)")
-        assert (await conn.fetchval(lease_sql)).total_seconds() > 55  # never shortened
+        left = await conn.fetchval(lease_sql)  # the latest run's lease: its process polls
+        assert 0 < left.total_seconds() <= 5
         await conn.fetchval("SELECT pgcast.publish('leased', '3')")
         await conn.fetch("SELECT * FROM pgcast.sequence_returning(10, 1000000)")
-        assert (await conn.fetchval(lease_sql)).total_seconds() > 55  # no lease asked: kept
+        assert 0 < (await conn.fetchval(lease_sql)).total_seconds() <= 5  # none asked: kept
         positions = await conn.fetch("SELECT pos FROM pgcast.events ORDER BY seq")
         assert [r["pos"] for r in positions] == [1, 2, 3]
     finally:

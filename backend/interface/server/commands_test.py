@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import signal
 import socket
@@ -17,8 +18,9 @@ import pytest
 
 from backend.connectors.database import without_password
 from backend.connectors.embedded import free_port
+from backend.core.allocator import for_other_programs
 from backend.testing.cli import Lines
-from backend.testing.server import wait_healthy
+from backend.testing.server import stop_process, wait_healthy
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -311,3 +313,25 @@ def test_a_port_in_use_is_one_line_and_status_1(database_url: str, workers: str)
 def test_migrate_takes_the_url_options_asyncpg_reads(database_url: str) -> None:
     result = _run("migrate", DATABASE_URL=f"{database_url}?sslmode=disable")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.external
+def test_serve_runs_itself_again_under_jemalloc_where_the_machine_has_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in for_other_programs(os.environ).items() if k != "ALLOCATOR"}
+    env.update(DATABASE_URL=database_url, PORT=str(port), HOST="127.0.0.1")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend", "serve"], env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        maps = Path(f"/proc/{process.pid}/maps").read_text()  # the same process, re-executed
+        expected = "jemalloc" if ctypes.util.find_library("jemalloc") else "pymalloc"
+        assert ("libjemalloc" in maps) == (expected == "jemalloc")
+        assert f"memory allocator: {expected}" in log.read_text()
+    finally:
+        stop_process(process)
