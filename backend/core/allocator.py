@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,12 @@ JEMALLOC_CONF = "background_thread:true"
 """Freed pages are returned by a background thread, not only on the next allocation."""
 ARENAS_ALL = 4096
 """jemalloc's `MALLCTL_ARENAS_ALL`: `arena.4096.purge` purges every arena."""
+
+
+@functools.cache
+def jemalloc_library() -> str | None:
+    """The jemalloc library the dynamic linker would load, or None."""
+    return ctypes.util.find_library("jemalloc")
 
 
 def environment(
@@ -79,7 +86,7 @@ def for_other_programs(env: Mapping[str, str]) -> dict[str, str]:
 def run_under(choice: Choice) -> None:
     """Re-execute this command under the chosen allocator if it is not running under it yet;
     otherwise return (and log which allocator this process has)."""
-    found = None if CHOSEN in os.environ else ctypes.util.find_library("jemalloc")
+    found = None if CHOSEN in os.environ else jemalloc_library()
     env = environment(choice, os.environ, found)
     if env is not None and env.get(CHOSEN) == "jemalloc":
         sys.stdout.flush()

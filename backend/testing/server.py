@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes.util
-import functools
 import os
 import signal
 import subprocess
@@ -13,12 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 import httpx
 
 from backend.connectors.embedded import free_port as free_port
-from backend.core.allocator import Choice, environment
+from backend.core.allocator import Choice, environment, jemalloc_library
 
 PORT_ATTEMPTS = 3
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
@@ -90,18 +88,13 @@ def spawn(
     return server
 
 
-@functools.cache
-def _jemalloc() -> str | None:
-    return ctypes.util.find_library("jemalloc")
-
-
 def _under_allocator(env: dict[str, str]) -> dict[str, str]:
     """The environment `serve` would re-execute itself with, given at once: the same
     allocator without a second interpreter start per server."""
     choice = env.get("ALLOCATOR", "auto")
-    if choice not in ("auto", "jemalloc", "pymalloc"):
+    if choice not in get_args(Choice):
         return env  # `serve` reports the bad setting itself
-    return environment(cast(Choice, choice), env, _jemalloc()) or env
+    return environment(cast(Choice, choice), env, jemalloc_library()) or env
 
 
 def _start(database_url: str, port: int, extra_env: dict[str, str] | None) -> ServerProcess:

@@ -84,29 +84,24 @@ def _paced(
         for i, (sse, ws) in enumerate(shares)
         if sse or ws
     ]
+    paced = {"topic": TOPIC, "seconds": sizes.latency_seconds, "rate": rate, "padding": ctx.padding}
     publisher = (
         Child(
             sql_publishers,
             f"{label}-publisher",
             dsn=ctx.stack.url,
             mode="pgcast",
-            topic=TOPIC,
             connections=1,
-            seconds=sizes.latency_seconds,
-            rate=rate,
-            padding=ctx.padding,
+            **paced,
         )
         if sql
         else Child(
             http_publishers,
             f"{label}-publisher",
             port=server.port,
-            topic=TOPIC,
             connections=sizes.latency_publishers,
             batch=0,
-            seconds=sizes.latency_seconds,
-            rate=rate,
-            padding=ctx.padding,
+            **paced,
         )
     )
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ import pytest
 
 from backend.connectors.database import without_password
 from backend.connectors.embedded import free_port
-from backend.core.allocator import for_other_programs
+from backend.core.allocator import for_other_programs, jemalloc_library
 from backend.testing.cli import Lines
 from backend.testing.server import stop_process, wait_healthy
 
@@ -330,7 +329,7 @@ def test_serve_runs_itself_again_under_jemalloc_where_the_machine_has_it(
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)
         maps = Path(f"/proc/{process.pid}/maps").read_text()  # the same process, re-executed
-        expected = "jemalloc" if ctypes.util.find_library("jemalloc") else "pymalloc"
+        expected = "jemalloc" if jemalloc_library() else "pymalloc"
         assert ("libjemalloc" in maps) == (expected == "jemalloc")
         assert f"memory allocator: {expected}" in log.read_text()
     finally:

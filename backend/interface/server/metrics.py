@@ -221,7 +221,8 @@ class EngineFigures:
         )
         self.sequencer_spacing = Gauge(
             "pgcast_sequencer_spacing_seconds",
-            "Current spacing between sequencer runs while wake-ups keep coming",
+            "Current spacing between sequencer runs while wake-ups keep coming (or, while the"
+            " log is busy, between its polls)",
             registry=r,
             multiprocess_mode="livemax",
         )
