@@ -40,10 +40,13 @@ dev: setup ## Like run, with auto-reload on code changes
 PYCACHE := $(CURDIR)/$(VENV)/pycache
 # The suite waits on servers, databases and timers more than it computes (one worker per
 # core kept about one of two cores busy), so it runs one worker more than there are cores.
+# Whole modules go to a worker (a module's shared server starts once), in the order
+# backend/conftest.py gives them: modules that spawn processes first, so the run ends on
+# quick unit tests instead of one worker finishing a long scenario while the others idle.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
 
 test: setup ## The whole suite (unit + integrated + external), in parallel; the 20 slowest listed
-	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(PYCACHE) $(RUN)/pytest -n $(TEST_WORKERS) --durations=20
+	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(PYCACHE) $(RUN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 soak: setup ## Fault-injection scenarios at full size, one at a time (~20 min); see docs/reliability.md
 	PGCAST_SOAK=1 $(RUN)/pytest backend/faults -m external -p no:xdist -v $(ARGS)
