@@ -20,7 +20,7 @@ from bench.peers import suite as peers_suite
 from bench.procs import raise_nofile
 from bench.scenarios import registry
 from bench.scenarios.common import Context
-from bench.sizes import FULL, LARGE, QUICK
+from bench.sizes import FULL, QUICK
 from bench.stack import Stack
 
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -34,9 +34,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="pgcast benchmarks with baselines measured in the same run.",
     )
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke sizes")
-    parser.add_argument(
-        "--full", action="store_true", help="also the 19,000-subscriber sizes (minutes longer)"
-    )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"result folder (default {DEFAULT_OUT})"
     )
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     if args.peers:
         return peers_suite.main(args)
-    sizes = QUICK if args.quick else LARGE if args.full else FULL
+    sizes = QUICK if args.quick else FULL
     keys = args.only or list(registry())
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,11 @@ class Sizes:
     fanout_events: int = 50
     naive_listeners: int = 300
     # 4. idle memory
-    memory_steps: tuple[int, ...] = (1000, 5000)
+    # 19,000 idle subscribers in one process: the open-files hard limit here is 20,000
+    memory_steps: tuple[int, ...] = (1000, 5000, 19_000)
     memory_settle_seconds: float = 1.0
     memory_ceiling_max: int = 5000  # WebSocket and raw-server steps stop here (ports)
-    crowd: int = 0  # > 0: the idle-crowd check at the last memory step (`--full`)
+    crowd: int = 19_000  # > 0: the idle-crowd check at the last memory step, if reached
     # 5. queue
     queue_jobs: tuple[int, ...] = (3000, 20_000)  # a short run, then a sustained one
     queue_consumers: int = 8
@@ -45,10 +46,6 @@ class Sizes:
 
 
 FULL = Sizes()
-
-# `--full`: also 19,000 idle subscribers in one process (the open-files hard limit here is
-# 20,000), with the crowd check: /healthz, one publish to all, RSS after closing.
-LARGE = Sizes(memory_steps=(1000, 5000, 19_000), crowd=19_000)
 
 QUICK = Sizes(
     client_processes=1,
@@ -67,6 +64,7 @@ QUICK = Sizes(
     fanout_events=10,
     naive_listeners=5,
     memory_steps=(10, 20),
+    crowd=0,
     memory_settle_seconds=0.1,
     queue_jobs=(40,),
     queue_consumers=2,

@@ -21,7 +21,7 @@ from backend.connectors.migrations import upgrade
 from backend.testing.server import ServerProcess, spawn
 
 # The server as one would run it in production: no per-request INFO logging.
-SERVER_ENV = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS": "19500"}  # room for `--full`
+SERVER_ENV = {"LOG_LEVEL": "WARNING", "MAX_CONNECTIONS": "19500"}  # room for 19,000 subscribers
 ROOT = Path(__file__).resolve().parent.parent
 
 SCHEMA_SQL = """

@@ -111,8 +111,14 @@ def _jemalloc_purge() -> Callable[[], object] | None:
         ctypes.c_size_t,
     ]
     mallctl.restype = ctypes.c_int
-    name = f"arena.{ARENAS_ALL}.purge".encode()
-    return lambda: mallctl(name, None, None, None, 0)
+    flush = b"thread.tcache.flush"
+    purge = f"arena.{ARENAS_ALL}.purge".encode()
+
+    def release() -> None:
+        mallctl(flush, None, None, None, 0)
+        mallctl(purge, None, None, None, 0)
+
+    return release
 
 
 def _malloc_trim() -> Callable[[], object] | None:

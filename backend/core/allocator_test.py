@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,45 @@ def test_jemalloc_is_purged_exactly_where_it_is_loaded_and_glibc_trimmed_otherwi
     assert (allocator.JEMALLOC_PURGE is not None) == loaded
     if not loaded:
         assert (allocator.RELEASE is not None) == (platform.libc_ver()[0] == "glibc")
+
+
+RELEASE_SCRIPT = """
+import gc
+from backend.core.allocator import RELEASE, in_use
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+
+held = [[str(n)] for n in range(400_000)]
+keep = held[::4096]  # a few survivors, as a crowd leaves
+del held
+gc.collect()
+before = rss()
+RELEASE()
+print(in_use(), before, rss())
+"""
+
+
+def test_release_gives_a_freed_crowd_back_under_jemalloc() -> None:
+    library = allocator.jemalloc_library()
+    if library is None:
+        pytest.skip("no jemalloc on this machine")
+    env = {
+        **os.environ,
+        "LD_PRELOAD": library,
+        "PYTHONMALLOC": "malloc",
+        "MALLOC_CONF": "background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_SCRIPT],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    name, before, after = done.stdout.split()
+    assert name == "jemalloc"
+    assert int(before) - int(after) > 20 * 1024  # KiB: most of the freed crowd went back

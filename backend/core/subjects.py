@@ -10,7 +10,7 @@ on how many patterns are stored. Matching agrees exactly with `Pattern.matches`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -82,6 +82,15 @@ class SubjectTrie(Generic[T]):
         for node in level:
             found |= node.values
         return found
+
+    def tables(self) -> Iterator[set[T] | dict[str, _Node[T]]]:
+        """Every node's set of values and dict of children (for `backend.core.compaction`)."""
+        pending = [self._root]
+        while pending:
+            node = pending.pop()
+            yield node.values
+            yield node.children
+            pending.extend(node.children.values())
 
     def __bool__(self) -> bool:
         return bool(self._root.children)

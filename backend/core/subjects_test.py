@@ -91,3 +91,14 @@ def test_thousands_of_wildcards_under_one_prefix() -> None:
     assert trie.match("a.b.x7") == {7}
     assert trie.match("a.b.y") == set()
     assert trie.match("b.c.x7") == set()
+
+
+def test_tables_are_every_nodes_values_and_children() -> None:
+    trie: SubjectTrie[str] = SubjectTrie()
+    for text in ["a.b", "a.*", "c"]:
+        trie.add(Pattern(text), text)
+    tables = list(trie.tables())
+    values = [table for table in tables if isinstance(table, set)]
+    children = [table for table in tables if isinstance(table, dict)]
+    assert sorted(map(sorted, values)) == [[], [], ["a.*"], ["a.b"], ["c"]]
+    assert sorted(map(sorted, children)) == [[], [], [], ["*", "b"], ["a", "c"]]

@@ -30,6 +30,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from backend.connectors.outage import outage, report_failure
+from backend.core.compaction import Table
 from backend.core.filters import Filter
 from backend.core.mailbox import Mailbox
 from backend.core.names import Pattern
@@ -115,6 +116,12 @@ class Hub:
     def subscribers(self) -> int:
         """Subscribers on the live path."""
         return len(self._live)
+
+    def tables(self) -> Iterator[Table]:
+        """The sets and dicts that grow with the subscribers (`backend.core.compaction`)."""
+        yield self._live
+        yield self._overflowed
+        yield from self._subjects.tables()
 
     @property
     def draining(self) -> int:

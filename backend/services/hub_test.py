@@ -338,3 +338,15 @@ async def test_a_publish_during_a_sequencer_run_goes_out_at_once() -> None:
             with anyio.fail_after(1):
                 (got,) = await take(events, 1)
     assert got.pos == published[0].pos
+
+
+async def test_the_hubs_tables_are_those_that_grow_with_its_subscribers() -> None:
+    async with running_hub(MemoryLog()) as hub:
+        regs = [hub.register([Pattern(f"t.{n}")], None) for n in range(3)]
+        tables = list(hub.tables())
+        for reg in regs:
+            assert any(isinstance(table, set) and reg in table for table in tables[1:])
+            assert reg in tables[0]  # every subscriber on the live path
+        for reg in regs:
+            hub.unregister(reg)
+        assert not any(table for table in hub.tables())

@@ -6,7 +6,7 @@ attempts in flight at a time), and RSS is read one second after each step. The s
 another fresh server with WebSockets holding one subscription each. Baseline: the raw
 asyncio ceiling server (`bench.ceiling`) holding the same SSE connections (WebSockets and
 the ceiling stop at `memory_ceiling_max`), and RSS once they have all closed. With `crowd`
-(`--full`), at the top SSE step: /healthz latency, one publish delivered to every
+(19,000 by default), at the top SSE step: /healthz latency, one publish delivered to every
 subscriber, and RSS once they have all closed.
 """
 
@@ -34,10 +34,10 @@ METHOD = (
     "fresh server with WebSockets subscribed to one topic. Per connection = (RSS - RSS at "
     "0) / connections. Baseline: the raw asyncio server holding the same number of SSE "
     "connections. WebSockets: RSS once the clients have closed and the server has ended "
-    "every socket, plus 16 s (1 s below 1,000, where nothing is trimmed). Crowd check "
-    "(--full): /healthz round trip (worst of 10), one publish delivered to every "
+    "every socket, plus 16 s (1 s below 1,000, where nothing is trimmed). Crowd check at "
+    "the top SSE step: /healthz round trip (worst of 10), one publish delivered to every "
     "subscriber, RSS 16 s after the server has ended every stream. Past the raw server's "
-    "last step (--full), the SSE row compares both at that step and a second row gives "
+    "last step, the SSE row compares both at that step and a second row gives "
     "pgcast's figure at its own last step against the 10 KiB goal."
 )
 TOPIC = "bench.idle"

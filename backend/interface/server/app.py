@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
+from backend.core.compaction import Table, runtime_tables
 from backend.core.errors import ConfigError, PgcastError
 from backend.core.settings import Settings, get_settings
 from backend.interface.http import auth as http_auth
@@ -94,8 +95,17 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             metrics.attach(engine)
             tasks.start_soon(metrics.refresh_shared)
+
+            def crowd_tables() -> Iterator[Table]:
+                yield from engine.hub.tables()
+                yield from lifecycle.server_tables()
+                yield from runtime_tables()
+
             sse = SseSweep(
-                settings.heartbeat_seconds, settings.send_timeout, lifecycle.shutting_down
+                settings.heartbeat_seconds,
+                settings.send_timeout,
+                lifecycle.shutting_down,
+                crowd_tables,
             )
             tasks.start_soon(sse.run)
             socket_tasks = SocketTasks(await stack.enter_async_context(anyio.create_task_group()))
@@ -104,6 +114,7 @@ def create_app(
                 lifecycle.shutting_down,
                 socket_tasks,
                 settings.ws_ping_interval_seconds,
+                crowd_tables,
             )
             tasks.start_soon(ws.run)
             app.state.pgcast = AppState(engine, settings, lifecycle, metrics, guard, sse, ws)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
 
+from backend.core.compaction import Table
 from backend.core.errors import PgcastError
 
 
@@ -21,6 +23,9 @@ class Lifecycle:
     shutting_down: anyio.Event = field(default_factory=anyio.Event)
     open_streams: int = 0
     startup_error: PgcastError | None = None
+    server_tables: Callable[[], Iterable[Table]] = tuple
+    """The HTTP server's sets of connections and tasks (our runner's uvicorn server sets
+    it), which the sweeps compact after a crowd has left."""
     _idle: anyio.Event = field(default_factory=anyio.Event)
 
     def begin_shutdown(self) -> None:

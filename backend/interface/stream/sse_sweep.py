@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
 from sse_starlette.sse import AppStatus
 
+from backend.core.compaction import Table
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import ChunkWriter
@@ -109,11 +111,16 @@ class SseSweep:
     heartbeat: float
     send_timeout: float
     stopping: anyio.Event
+    tables: Callable[[], Iterable[Table]] = tuple
+    """Other sets and dicts that grow with the connections, compacted at each trim."""
     _streams: set[LiveStream] = field(default_factory=set)
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _reaping: anyio.Event | None = None
-    _trim: Trimmer = field(default_factory=Trimmer)
+    _trim: Trimmer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._trim = Trimmer(lambda: (self._streams, *self.tables()))
 
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn

@@ -3,20 +3,24 @@
 When thousands of streams close, much of what they held sits in reference cycles that an
 idle server's garbage collector does not get round to, and what Python frees the C
 allocator keeps, so the process's RSS stays near its peak (5.9x the start after 19,000
-SSE clients left). A full collection and then the allocator's release (jemalloc's purge of
-every arena, or glibc's `malloc_trim(0)`; `backend.core.allocator`) give it back. Both
-walk the whole heap, so the sweeps call them only after the number of open connections
-has fallen by at least TRIM_MIN_CLOSED and by half since its last high point (and once
-more a round later). Under pymalloc (`ALLOCATOR=pymalloc`, or no jemalloc on the machine)
-arenas of small Python objects go back only when wholly empty (docs/performance.md).
+SSE clients left). A full collection, then tables sized for what is left for the sets
+and dicts that held the crowd (`backend.core.compaction`: an emptied table is live memory
+no allocator can return), then the allocator's release (jemalloc's purge of every arena,
+or glibc's `malloc_trim(0)`; `backend.core.allocator`) give it back. Each walks a large
+part of the heap, so the sweeps call them only after the number of open connections has
+fallen by at least TRIM_MIN_CLOSED and by half since its last high point (and once more a
+round later). Under pymalloc (`ALLOCATOR=pymalloc`, or no jemalloc on the machine) arenas
+of small Python objects go back only when wholly empty (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable, Iterable
 
 from backend.core.allocator import RELEASE
+from backend.core.compaction import Table, compact
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +30,16 @@ TRIM_MIN_CLOSED = 1000
 class Trimmer:
     """Watches one count of open connections (noted once per sweep round) and trims
     after a large drop, and once more at the next round: a crowd that is still closing
-    when the drop is seen frees most of its memory after that first trim."""
+    when the drop is seen frees most of its memory after that first trim. `tables` gives
+    the sets and dicts to compact at each trim."""
 
-    __slots__ = ("again", "high", "trims")
+    __slots__ = ("again", "high", "tables", "trims")
 
-    def __init__(self) -> None:
+    def __init__(self, tables: Callable[[], Iterable[Table]] = tuple) -> None:
         self.high = 0
         self.trims = 0
         self.again = False
+        self.tables = tables
 
     def opened(self, open_now: int) -> None:
         """Raise the high point as streams open: a crowd may come and go between rounds."""
@@ -55,6 +61,11 @@ class Trimmer:
     def _trim(self) -> None:
         self.trims += 1
         gc.collect()  # a closed stream's objects hold cycles, and an idle server collects none
+        compacted = sum(compact(table) for table in self.tables())
         if RELEASE is not None:
             RELEASE()
-            logger.debug("returned freed memory to the OS", extra={"action": "malloc_trim"})
+            logger.debug(
+                "returned freed memory to the OS (%d emptied tables re-sized)",
+                compacted,
+                extra={"action": "malloc_trim"},
+            )

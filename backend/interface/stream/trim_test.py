@@ -3,6 +3,8 @@ and once more at the round after."""
 
 from __future__ import annotations
 
+import sys
+
 from backend.interface.stream.trim import TRIM_MIN_CLOSED, Trimmer
 
 
@@ -34,3 +36,15 @@ def test_a_crowd_that_came_and_went_between_two_rounds_is_trimmed_after() -> Non
         trimmer.opened(count)
     trimmer.note(0)
     assert trimmer.trims == 1
+
+
+def test_a_trim_re_sizes_the_tables_it_is_given_after_collecting() -> None:
+    held = set(range(20_000))
+    grown = sys.getsizeof(held)
+    trimmer = Trimmer(lambda: (held,))
+    trimmer.note(20_000)
+    held.difference_update(range(1, 20_000))
+    trimmer.note(0)
+    assert trimmer.trims == 1
+    assert held == {0}
+    assert sys.getsizeof(held) < grown / 100

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
 
+from backend.core.compaction import Table
 from backend.interface.server.protocols import keep_alive
 from backend.interface.stream.session import Farewell
 from backend.interface.stream.trim import Trimmer
@@ -50,11 +52,16 @@ class WsSweep:
     stopping: anyio.Event
     tasks: SocketTasks
     ping_interval: float = math.inf
+    tables: Callable[[], Iterable[Table]] = tuple
+    """Other sets and dicts that grow with the connections, compacted at each trim."""
     _sockets: set[Connection] = field(default_factory=set)
     _next_due: float = math.inf
     """Monotonic time of the earliest auth deadline or token expiry among the sockets."""
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    _trim: Trimmer = field(default_factory=Trimmer)
+    _trim: Trimmer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._trim = Trimmer(lambda: (self._sockets, *self.tables()))
 
     def add(self, connection: Connection) -> None:
         self._sockets.add(connection)
