@@ -98,7 +98,8 @@ def run_under(choice: Choice) -> None:
 
 
 def _jemalloc_purge() -> Callable[[], object] | None:
-    """jemalloc's purge of every arena, or None when jemalloc is not loaded."""
+    """jemalloc's flush of this thread's cache (regions cached there keep their pages)
+    and purge of every arena, or None when jemalloc is not loaded."""
     try:
         mallctl = ctypes.CDLL(None).mallctl
     except (OSError, AttributeError):

@@ -61,7 +61,7 @@ class Trimmer:
     def _trim(self) -> None:
         self.trims += 1
         gc.collect()  # a closed stream's objects hold cycles, and an idle server collects none
-        compacted = sum(compact(table) for table in self.tables())
+        compacted = self._compact()
         if RELEASE is not None:
             RELEASE()
             logger.debug(
@@ -69,3 +69,12 @@ class Trimmer:
                 compacted,
                 extra={"action": "malloc_trim"},
             )
+
+    def _compact(self) -> int:
+        """Re-size the emptied tables; a failure (the runtime's internals are not an API)
+        is logged and must not end the sweep that trims."""
+        try:
+            return sum(compact(table) for table in self.tables())
+        except Exception:
+            logger.warning("could not re-size the tables a crowd left", exc_info=True)
+            return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from backend.interface.stream.trim import TRIM_MIN_CLOSED, Trimmer
 
 
@@ -48,3 +50,16 @@ def test_a_trim_re_sizes_the_tables_it_is_given_after_collecting() -> None:
     assert trimmer.trims == 1
     assert held == {0}
     assert sys.getsizeof(held) < grown / 100
+
+
+def test_a_failed_compaction_is_logged_and_the_trim_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> tuple[set[int], ...]:
+        raise RuntimeError("an internal moved")
+
+    trimmer = Trimmer(broken)
+    trimmer.note(5000)
+    trimmer.note(0)
+    assert trimmer.trims == 1
+    assert "could not re-size the tables a crowd left" in caplog.text
