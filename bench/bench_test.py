@@ -41,7 +41,7 @@ def test_quick_run_measures_every_scenario_and_writes_its_files(tmp_path: Path) 
             assert isinstance(row["pgcast"], int | float), (scenario["key"], row)
             assert isinstance(row["baseline"], int | float), (scenario["key"], row)
     machine = data["machine"]
-    for field in ("cpu", "cores", "memory_gib", "python", "postgres", "pgcast_commit"):
+    for field in ("cpu", "cores", "memory_gib", "python", "postgres", "pgcast_commit", "allocator"):
         assert machine[field], field
 
     stamp = record.stem

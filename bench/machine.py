@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -82,7 +85,38 @@ def machine_info(postgres_version: str, data_folder: Path) -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "nofile_limit": _nofile(),
+        "allocator": server_allocator(),
     }
+
+
+def apt_install(packages: Sequence[str]) -> str | None:
+    """Install Debian packages when this is root with apt-get; None once installed, else
+    why not."""
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None:
+        return "this is not root with apt-get"
+    print(f"[bench] installing {' '.join(packages)} (apt-get) ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", *packages]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"`{' '.join(command)}` failed"
+    return None
+
+
+def server_allocator() -> str:
+    """The allocator the servers will run under, installing jemalloc first where it is
+    missing and this is root with apt-get: the memory a crowd leaves behind depends on
+    it (docs/performance.md, "jemalloc")."""
+    if os.environ.get("ALLOCATOR") == "pymalloc":
+        return "pymalloc (ALLOCATOR=pymalloc)"
+    why = None
+    if ctypes.util.find_library("jemalloc") is None:
+        why = apt_install(["libjemalloc2"])
+    library = ctypes.util.find_library("jemalloc")
+    if library is None:
+        return f"pymalloc (no jemalloc: {why or 'apt-get did not provide it'})"
+    return f"jemalloc ({library})"
 
 
 def _nofile() -> int:

@@ -71,7 +71,8 @@ def markdown(run: dict[str, Any], results: list[ScenarioResult], charts: list[st
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
         f"Linux {machine['kernel']}; Python {machine['python']}; PostgreSQL "
         f"{machine['postgres']} (embedded, fsync on; 8 KiB write+fdatasync median "
-        f"{machine['fsync_ms_median']} ms); pgcast `{machine['pgcast_commit']}`; "
+        f"{machine['fsync_ms_median']} ms); pgcast `{machine['pgcast_commit']}`, memory "
+        f"allocator {machine.get('allocator', 'not recorded')}; "
         f"load average (1, 5, 15 min) at start {machine['load_average_at_start']}, at end "
         f"{machine.get('load_average_at_end')}.",
         "",

@@ -8,14 +8,13 @@ running as root with apt-get, otherwise Nchan is skipped with a note.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import venv
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import ROOT
+from bench.machine import ROOT, apt_install
 
 PEERS_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = PEERS_DIR / "requirements.txt"
@@ -93,21 +92,14 @@ def find_nchan() -> Nchan:
     found = _found()
     if found.available:
         return found
-    apt = shutil.which("apt-get")
-    if os.geteuid() != 0 or apt is None:
+    why = apt_install(DEBIAN_PACKAGES)
+    if why is not None:
         return Nchan(
             None,
             None,
-            "Nchan skipped: nginx or libnginx-mod-nchan is not installed and this is not "
-            "root with apt-get (install them with `apt-get install nginx-light "
-            "libnginx-mod-nchan`)",
+            f"Nchan skipped: nginx or libnginx-mod-nchan is not installed and {why} (install "
+            "them with `apt-get install nginx-light libnginx-mod-nchan`)",
         )
-    print(f"[bench] installing {' '.join(DEBIAN_PACKAGES)} (apt-get) ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", *DEBIAN_PACKAGES]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            return Nchan(None, None, f"Nchan skipped: `{' '.join(command)}` failed")
     found = _found()
     if not found.available:
         return Nchan(None, None, "Nchan skipped: apt-get did not provide the module")
