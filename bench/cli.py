@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import charts, report
-from bench.machine import ROOT, machine_info
+from bench.machine import ROOT, install_jemalloc, machine_info
 from bench.model import ScenarioResult
 from bench.peers import suite as peers_suite
 from bench.procs import raise_nofile
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
+    if not args.quick:
+        install_jemalloc()
     if args.peers:
         return peers_suite.main(args)
     sizes = QUICK if args.quick else FULL

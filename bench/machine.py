@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import platform
 import resource
@@ -13,7 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from backend.core import allocator
+from backend.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -104,19 +106,30 @@ def apt_install(packages: Sequence[str]) -> str | None:
     return None
 
 
+def install_jemalloc() -> None:
+    """Before a measuring run starts any server: jemalloc from Debian where it is missing
+    and this is root with apt-get. The servers run under it as `serve` does, and the
+    memory a crowd leaves behind depends on it (docs/performance.md, "jemalloc")."""
+    if allocator.jemalloc_library() is not None:
+        return
+    why = apt_install(["libjemalloc2"])
+    allocator.jemalloc_library.cache_clear()
+    if allocator.jemalloc_library() is None:
+        reason = why or "apt-get did not provide it"
+        print(f"[bench] no jemalloc ({reason}): the servers run under pymalloc", flush=True)
+
+
 def server_allocator() -> str:
-    """The allocator the servers will run under, installing jemalloc first where it is
-    missing and this is root with apt-get: the memory a crowd leaves behind depends on
-    it (docs/performance.md, "jemalloc")."""
-    if os.environ.get("ALLOCATOR") == "pymalloc":
-        return "pymalloc (ALLOCATOR=pymalloc)"
-    why = None
-    if ctypes.util.find_library("jemalloc") is None:
-        why = apt_install(["libjemalloc2"])
-    library = ctypes.util.find_library("jemalloc")
-    if library is None:
-        return f"pymalloc (no jemalloc: {why or 'apt-get did not provide it'})"
-    return f"jemalloc ({library})"
+    """The allocator the servers run under, chosen as `serve` chooses (`ALLOCATOR`)."""
+    choice = os.environ.get("ALLOCATOR", "auto")
+    library = allocator.jemalloc_library()
+    try:
+        chosen = allocator.environment(cast(allocator.Choice, choice), {}, library) or {}
+    except ConfigError as exc:
+        return f"none ({exc.message})"
+    if chosen.get(allocator.CHOSEN) == "jemalloc":
+        return f"jemalloc ({library})"
+    return f"pymalloc (ALLOCATOR={choice}{'' if library else ', no jemalloc found'})"
 
 
 def _nofile() -> int:

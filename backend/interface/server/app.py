@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
-from backend.core.compaction import Table, runtime_tables
+from backend.core.compaction import runtime_tables
 from backend.core.errors import ConfigError, PgcastError
 from backend.core.settings import Settings, get_settings
 from backend.interface.http import auth as http_auth
@@ -95,12 +95,8 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             metrics.attach(engine)
             tasks.start_soon(metrics.refresh_shared)
-
-            def crowd_tables() -> Iterator[Table]:
-                yield from engine.hub.tables()
-                yield from lifecycle.server_tables()
-                yield from runtime_tables()
-
+            # The runner hands over its server's tables through the lifecycle.
+            crowd_tables = (engine.hub.tables, lambda: lifecycle.server_tables(), runtime_tables)
             sse = SseSweep(
                 settings.heartbeat_seconds,
                 settings.send_timeout,

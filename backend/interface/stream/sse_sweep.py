@@ -16,20 +16,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
 from sse_starlette.sse import AppStatus
 
-from backend.core.compaction import Table
 from backend.entities.event import Event
 from backend.interface.server.metrics import DirectTally
 from backend.interface.server.protocols import ChunkWriter
 from backend.interface.stream.encoding import sse_chunk, sse_chunks
 from backend.interface.stream.session import Farewell, Session
-from backend.interface.stream.trim import Trimmer
+from backend.interface.stream.trim import TableSource, Trimmer
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +109,9 @@ class SseSweep:
     heartbeat: float
     send_timeout: float
     stopping: anyio.Event
-    tables: Callable[[], Iterable[Table]] = tuple
-    """Other sets and dicts that grow with the connections, compacted at each trim."""
+    tables: tuple[TableSource, ...] = ()
+    """Where other sets and dicts that grow with the connections are, compacted at each
+    trim."""
     _streams: set[LiveStream] = field(default_factory=set)
     _next_expiry: float = math.inf
     _nap: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -120,7 +119,7 @@ class SseSweep:
     _trim: Trimmer = field(init=False)
 
     def __post_init__(self) -> None:
-        self._trim = Trimmer(lambda: (self._streams, *self.tables()))
+        self._trim = Trimmer(lambda: (self._streams,), *self.tables)
 
     def shutting_down(self) -> bool:
         """Our runner's signal, or sse-starlette's flag, which it sets when any uvicorn

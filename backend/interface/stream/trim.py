@@ -6,11 +6,12 @@ allocator keeps, so the process's RSS stays near its peak (5.9x the start after 
 SSE clients left). A full collection, then tables sized for what is left for the sets
 and dicts that held the crowd (`backend.core.compaction`: an emptied table is live memory
 no allocator can return), then the allocator's release (jemalloc's purge of every arena,
-or glibc's `malloc_trim(0)`; `backend.core.allocator`) give it back. Each walks a large
-part of the heap, so the sweeps call them only after the number of open connections has
-fallen by at least TRIM_MIN_CLOSED and by half since its last high point (and once more a
-round later). Under pymalloc (`ALLOCATOR=pymalloc`, or no jemalloc on the machine) arenas
-of small Python objects go back only when wholly empty (docs/performance.md).
+or glibc's `malloc_trim(0)`; `backend.core.allocator`) give it back. The collection and
+the release walk the whole heap, so the sweeps call them only after the number of open
+connections has fallen by at least TRIM_MIN_CLOSED and by half since its last high point
+(and once more a round later). Under pymalloc (`ALLOCATOR=pymalloc`, or no jemalloc on
+the machine) arenas of small Python objects go back only when wholly empty
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from collections.abc import Callable, Iterable
 from backend.core.allocator import RELEASE
 from backend.core.compaction import Table, compact
 
+TableSource = Callable[[], Iterable[Table]]
+"""Gives the sets and dicts of one owner (the hub, the HTTP server, the runtime)."""
+
 logger = logging.getLogger(__name__)
 
 TRIM_MIN_CLOSED = 1000
@@ -30,16 +34,16 @@ TRIM_MIN_CLOSED = 1000
 class Trimmer:
     """Watches one count of open connections (noted once per sweep round) and trims
     after a large drop, and once more at the next round: a crowd that is still closing
-    when the drop is seen frees most of its memory after that first trim. `tables` gives
-    the sets and dicts to compact at each trim."""
+    when the drop is seen frees most of its memory after that first trim. Each of
+    `sources` gives sets and dicts to compact at each trim."""
 
-    __slots__ = ("again", "high", "tables", "trims")
+    __slots__ = ("again", "high", "sources", "trims")
 
-    def __init__(self, tables: Callable[[], Iterable[Table]] = tuple) -> None:
+    def __init__(self, *sources: TableSource) -> None:
         self.high = 0
         self.trims = 0
         self.again = False
-        self.tables = tables
+        self.sources = sources
 
     def opened(self, open_now: int) -> None:
         """Raise the high point as streams open: a crowd may come and go between rounds."""
@@ -71,10 +75,13 @@ class Trimmer:
             )
 
     def _compact(self) -> int:
-        """Re-size the emptied tables; a failure (the runtime's internals are not an API)
-        is logged and must not end the sweep that trims."""
-        try:
-            return sum(compact(table) for table in self.tables())
-        except Exception:
-            logger.warning("could not re-size the tables a crowd left", exc_info=True)
-            return 0
+        """Re-size the emptied tables, source by source; a failure (the runtime's internals
+        are not an API) is logged, leaves the other sources' tables to be re-sized, and
+        must not end the sweep that trims."""
+        compacted = 0
+        for source in self.sources:
+            try:
+                compacted += sum(compact(table) for table in source())
+            except Exception:
+                logger.warning("could not re-size the tables a crowd left", exc_info=True)
+        return compacted

@@ -20,16 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
 
-from backend.core.compaction import Table
 from backend.interface.server.protocols import keep_alive
 from backend.interface.stream.session import Farewell
-from backend.interface.stream.trim import Trimmer
+from backend.interface.stream.trim import TableSource, Trimmer
 from backend.interface.stream.ws.frames import POLICY_VIOLATION
 from backend.interface.stream.ws.tasks import SocketTasks
 
@@ -52,8 +50,9 @@ class WsSweep:
     stopping: anyio.Event
     tasks: SocketTasks
     ping_interval: float = math.inf
-    tables: Callable[[], Iterable[Table]] = tuple
-    """Other sets and dicts that grow with the connections, compacted at each trim."""
+    tables: tuple[TableSource, ...] = ()
+    """Where other sets and dicts that grow with the connections are, compacted at each
+    trim."""
     _sockets: set[Connection] = field(default_factory=set)
     _next_due: float = math.inf
     """Monotonic time of the earliest auth deadline or token expiry among the sockets."""
@@ -61,7 +60,7 @@ class WsSweep:
     _trim: Trimmer = field(init=False)
 
     def __post_init__(self) -> None:
-        self._trim = Trimmer(lambda: (self._sockets, *self.tables()))
+        self._trim = Trimmer(lambda: (self._sockets,), *self.tables)
 
     def add(self, connection: Connection) -> None:
         self._sockets.add(connection)
