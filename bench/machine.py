@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from backend.core import allocator
 from backend.core.errors import ConfigError
+from backend.testing.server import under_allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -120,15 +121,19 @@ def install_jemalloc() -> None:
 
 
 def server_allocator() -> str:
-    """The allocator the servers run under, chosen as `serve` chooses (`ALLOCATOR`)."""
-    choice = os.environ.get("ALLOCATOR", "auto")
-    library = allocator.jemalloc_library()
+    """The allocator the servers run under: read from the environment they are started
+    with (`under_allocator`, the choice `serve` makes by `ALLOCATOR`)."""
     try:
-        chosen = allocator.environment(cast(allocator.Choice, choice), {}, library) or {}
+        env = under_allocator(dict(os.environ))
     except ConfigError as exc:
         return f"none ({exc.message})"
-    if chosen.get(allocator.CHOSEN) == "jemalloc":
+    library = allocator.jemalloc_library()
+    chosen = env.get(allocator.CHOSEN)
+    if chosen is None:
+        return f"none (`serve` refuses ALLOCATOR={env.get('ALLOCATOR')!r})"
+    if chosen == "jemalloc":
         return f"jemalloc ({library})"
+    choice = env.get("ALLOCATOR", "auto")
     return f"pymalloc (ALLOCATOR={choice}{'' if library else ', no jemalloc found'})"
 
 

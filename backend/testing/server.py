@@ -88,7 +88,7 @@ def spawn(
     return server
 
 
-def _under_allocator(env: dict[str, str]) -> dict[str, str]:
+def under_allocator(env: dict[str, str]) -> dict[str, str]:
     """The environment `serve` would re-execute itself with, given at once: the same
     allocator without a second interpreter start per server."""
     choice = env.get("ALLOCATOR", "auto")
@@ -100,7 +100,7 @@ def _under_allocator(env: dict[str, str]) -> dict[str, str]:
 def _start(database_url: str, port: int, extra_env: dict[str, str] | None) -> ServerProcess:
     env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"}
     env.update(extra_env or {})
-    env = _under_allocator(env)
+    env = under_allocator(env)
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgcast-server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
