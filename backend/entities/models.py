@@ -35,9 +35,16 @@ events = Table(
     Column("data", JSONB, nullable=False),
     Column("headers", JSONB, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # A chunk of a captured statement (migration 0012): how many changes, and their rows.
+    Column("span", Integer, nullable=True),
+    Column("old_rows", ARRAY(Text), nullable=True),
+    Column("new_rows", ARRAY(Text), nullable=True),
     Index("events_pos_idx", "pos", unique=True, postgresql_where=text("pos IS NOT NULL")),
     Index("events_pending_idx", "seq", postgresql_where=text("pos IS NULL")),
     Index("events_topic_pos_idx", "topic", "pos", postgresql_where=text("pos IS NOT NULL")),
+    CheckConstraint("span BETWEEN 1 AND 10000", name="events_span_check"),
+    Index("events_chunk_pos_idx", "pos", postgresql_where=text("span IS NOT NULL")),
+    Index("events_chunk_topic_pos_idx", "topic", "pos", postgresql_where=text("span IS NOT NULL")),
 )
 
 log_state = Table(

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 import anyio
 
+from backend.connectors.store.log import END_OF_LOG
 from backend.core.filters import Filter
 from backend.core.names import Pattern
 from backend.entities.event import Event
 from backend.services.hub import Hub
 from backend.services.log_reader import LogReader
 from backend.services.subscribe import expired, resolve_start
-
-END_OF_LOG = 2**62
 
 
 @dataclass(frozen=True, slots=True)

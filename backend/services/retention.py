@@ -31,9 +31,9 @@ class Retention:
         total = 0
         while True:
             async with self.pool.acquire() as conn:
-                deleted = await log_queries.prune_before(conn, cutoff, self.batch)
-            total += deleted
-            if deleted < self.batch:
+                pruned = await log_queries.prune_before(conn, cutoff, self.batch)
+            total += pruned.events
+            if pruned.rows < self.batch:
                 break
         async with self.pool.acquire() as conn:
             await prune_keys(conn, self.idempotency_ttl, datetime.now(UTC))

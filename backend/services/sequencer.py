@@ -28,10 +28,11 @@ lease); after the lease the process polls at growing intervals (each wait as lon
 time since it ended, up to `poll_interval`) for transactions that published under the
 lease and commit later.
 
-A run stamps up to `hand_limit` events in a statement that also returns them, as long as
-they fit `HAND_BYTES` (the position lock is held until they are sent), and hands them to
-this process's hub, which then needs no read of its own for them. What does not fit, and a
-larger backlog (a bulk capture, stamped in big batches that return only a count), the hub
+A run stamps up to `hand_limit` log rows in a statement that also returns their events,
+as long as they fit `HAND_BYTES` (the position lock is held until they are sent) and up
+to the first chunk of a captured statement (its events are built when read), and hands
+them to this process's hub, which then needs no read of its own for them. What is not
+returned, and a larger backlog (stamped in big batches that return only a count), the hub
 reads in pages, as it reads what other processes stamp. The run's own `pgcast_events`
 notification may reach the hub before the run's answer does; the hub holds such wake-ups
 until the run has handed its events over, so it does not read them back.
@@ -163,15 +164,15 @@ class Sequencer:
         # Each statement is one transaction in autocommit and leaves no session state.
         async with self.pool.acquire(live=True, stateless=True) as conn:
             with self.recipient.expecting_hand_over():
-                events, stamped = await log_queries.sequence_returning(
-                    conn, self.hand_limit, HAND_BYTES, lease
-                )
-                if events:
-                    self.recipient.hand_over(events)
-            if not stamped:
+                run = await log_queries.sequence_returning(conn, self.hand_limit, HAND_BYTES, lease)
+                if run.events:
+                    self.recipient.hand_over(run.events)
+            if run.head is None:
                 return None
-            head = events[0].pos + stamped - 1
-            more = await log_queries.sequence_pending(conn) if stamped == self.hand_limit else 0
-            if more or len(events) < stamped:
+            # A full batch of rows gave at least `hand_limit` positions: there may be more.
+            more = (
+                await log_queries.sequence_pending(conn) if run.positions >= self.hand_limit else 0
+            )
+            if more or len(run.events) < run.positions:
                 self.recipient.wake()
-            return head + more
+            return run.head + more

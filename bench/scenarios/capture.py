@@ -70,8 +70,8 @@ async def _update(url: str, table: str, wait_positioned: bool) -> dict[str, Any]
         done = time.perf_counter() - started
         events = (
             await conn.fetchval(
-                "SELECT count(*) FROM pgcast.events WHERE topic = $1 AND type = 'update'"
-                " AND pos IS NOT NULL",
+                "SELECT sum(coalesce(span, 1)) FROM pgcast.events WHERE topic = $1"
+                " AND type = 'update' AND pos IS NOT NULL",
                 TOPIC,
             )
             if wait_positioned

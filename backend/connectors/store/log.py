@@ -15,7 +15,6 @@ from backend.core.errors import InvalidEvent
 from backend.core.names import Pattern
 from backend.entities.event import Event, NewEvent
 
-_COLUMNS = "pos, topic, type, key, data::text AS data_json, created_at"
 # What Postgres (or the driver, encoding a value) says about an event it will not store:
 # bad data (class 22, e.g. \u0000 in jsonb), a violated constraint (23), a limit (54).
 _REJECTED: tuple[type[Exception], ...] = (
@@ -63,13 +62,94 @@ def _event(row: Any) -> Event:
     )
 
 
+CHUNK_CHANGES = 10000
+"""The most changes one chunk row of a captured statement holds (migration 0012, which
+checks it on every row), so the chunk a position falls into starts at most this many
+positions before it."""
+END_OF_LOG = 2**62
+
+_ROW_COLUMNS = "seq, pos, span, topic, type, key, data, created_at"
+
+
+def _page_sql(topic_sql: str, extra: str = "") -> str:
+    """Events of the rows matching `topic_sql` with $1 < pos <= $4, at most $2 of them
+    ($3: CHUNK_CHANGES), with `extra` columns.
+
+    A row of the log is an event, or a chunk of a captured statement's changes (span
+    set), whose events pgcast.chunk_events builds. The rows are the chunk the position
+    after $1 falls inside, if any, and the rows after it; a row is taken while the events
+    after $1 in the rows before it number under $2, and a chunk is expanded only as far
+    as the page needs, so retention's gaps and other topics' rows change nothing.
+    """
+    return f"""
+    WITH found AS (
+        (SELECT {_ROW_COLUMNS} FROM pgcast.events
+          WHERE span IS NOT NULL AND pos <= $1 AND pos > $1 - $3 AND pos + span - 1 > $1
+            AND {topic_sql}
+          ORDER BY pos DESC LIMIT 1)
+        UNION ALL
+        (SELECT {_ROW_COLUMNS} FROM pgcast.events
+          WHERE pos > $1 AND pos <= $4 AND {topic_sql}
+          ORDER BY pos LIMIT $2)
+    ), page AS MATERIALIZED (
+        SELECT * FROM (
+            SELECT f.*, coalesce(sum(f.width) OVER (ORDER BY f.pos
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint
+                        AS before
+              FROM (SELECT found.*,
+                           greatest(0, pos + coalesce(span, 1) - 1 - greatest(pos - 1, $1))
+                           AS width
+                      FROM found) AS f
+        ) AS counted
+         WHERE before < $2
+    )
+    SELECT e.*{extra} FROM (
+        SELECT pos, topic, type, key, data::text AS data_json, created_at
+          FROM page WHERE span IS NULL
+        UNION ALL
+        SELECT c.pos, p.topic, p.type, c.key, c.data_json, p.created_at
+          FROM page p
+         CROSS JOIN LATERAL pgcast.chunk_events(
+               p.seq, $1, least($4, greatest(p.pos - 1, $1) + $2 - p.before)) AS c
+         WHERE p.span IS NOT NULL
+    ) AS e
+    ORDER BY pos LIMIT $2
+    """
+
+
+def _rows_sql(topic_sql: str, extra: str = "") -> str:
+    """The rows `_page_sql` would expand, as they are: the chunk the position after $1
+    falls inside (only its position and span), then up to $2 rows after $1. When none of
+    them is a chunk, they are the page, read as cheaply as a plain range scan."""
+    return f"""
+    (SELECT pos, span, NULL::text AS topic, NULL::text AS type, NULL::text AS key,
+            NULL::text AS data_json, NULL::timestamptz AS created_at{extra}
+       FROM pgcast.events
+      WHERE span IS NOT NULL AND pos <= $1 AND pos > $1 - $3 AND pos + span - 1 > $1
+        AND {topic_sql}
+      ORDER BY pos DESC LIMIT 1)
+    UNION ALL
+    (SELECT pos, span, topic, type, key, data::text AS data_json, created_at{extra}
+       FROM pgcast.events
+      WHERE pos > $1 AND pos <= $4 AND {topic_sql}
+      ORDER BY pos LIMIT $2)
+    """
+
+
+async def _read(
+    conn: Connection, topic_sql: str, args: Sequence[Any], extra: str = ""
+) -> list[Any]:
+    """A page's rows: one plain statement, and a second that builds the events of a
+    captured statement's chunks only when the first met one."""
+    rows = await conn.fetch(_rows_sql(topic_sql, extra), *args)
+    if any(r["span"] is not None for r in rows):
+        rows = await conn.fetch(_page_sql(topic_sql, extra), *args)
+    return rows
+
+
 async def read_all_after(conn: Connection, after: int, limit: int) -> list[Event]:
     """The hub's one read per wake-up: every topic, in position order."""
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM pgcast.events WHERE pos > $1 ORDER BY pos LIMIT $2",
-        after,
-        limit,
-    )
+    rows = await _read(conn, "true", (after, limit, CHUNK_CHANGES, END_OF_LOG))
     return [_event(r) for r in rows]
 
 
@@ -86,18 +166,12 @@ async def read_page(
     conn: Connection, selector: TopicSelector, after: int, upto: int, limit: int
 ) -> Page:
     """Matching events with after < pos <= upto, and how far retention has pruned."""
-    topic_sql, topic_args = selector.clause(4)
-    rows = await conn.fetch(
-        f"""
-        SELECT {_COLUMNS}, (SELECT pruned_through FROM pgcast.log_state WHERE id = 1) AS pruned
-          FROM pgcast.events
-         WHERE pos > $1 AND pos <= $2 AND {topic_sql}
-         ORDER BY pos LIMIT $3
-        """,
-        after,
-        upto,
-        limit,
-        *topic_args,
+    topic_sql, topic_args = selector.clause(5)
+    rows = await _read(
+        conn,
+        topic_sql,
+        (after, limit, CHUNK_CHANGES, upto, *topic_args),
+        ", (SELECT pruned_through FROM pgcast.log_state WHERE id = 1) AS pruned",
     )
     if rows:
         return Page([_event(r) for r in rows], rows[0]["pruned"])
@@ -190,7 +264,8 @@ async def _append(conn: Connection, sql: str, events: Sequence[NewEvent]) -> lis
 
 
 async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
-    """Stamp positions on committed, unpositioned events until none are left."""
+    """Stamp positions on committed, unpositioned log rows until none are left; how many
+    positions it gave."""
     total = 0
     while True:
         stamped: int = await conn.fetchval("SELECT pgcast.sequence_pending($1)", batch)
@@ -199,18 +274,31 @@ async def sequence_pending(conn: Connection, batch: int = 10000) -> int:
             return total
 
 
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """One sequencer run: the positions it gave, the log's head after it (None when it
+    gave none), and the first of its events as the log now holds them."""
+
+    positions: int
+    head: int | None
+    events: list[Event]
+
+
 async def sequence_returning(
     conn: Connection, batch: int, budget: int, lease: float = 0.0
-) -> tuple[list[Event], int]:
-    """Stamp positions on up to `batch` committed, unpositioned events, in one transaction;
-    return how many it stamped, and the first of them as the log now holds them, in
-    position order, as long as their stored sizes add up to `budget` bytes (at least one):
-    the position lock is held until they are sent. If it stamps any, SQL publishers send
-    no wake-up for the next `lease` seconds (the caller polls instead)."""
+) -> Stamped:
+    """Stamp positions on up to `batch` committed, unpositioned log rows, in one transaction,
+    and return the first of their events in position order, as long as their stored sizes
+    add up to `budget` bytes (at least one) and up to the first chunk of a captured
+    statement: the position lock is held until they are sent. If it stamps any, SQL
+    publishers send no wake-up for the next `lease` seconds (the caller polls instead)."""
     rows = await conn.fetch(
         "SELECT * FROM pgcast.sequence_returning($1, $2, $3)", batch, budget, lease
     )
-    return [_event(r) for r in rows], rows[0]["stamped"] if rows else 0
+    if not rows:
+        return Stamped(0, None, [])
+    events = [_event(r) for r in rows if r["pos"] is not None]
+    return Stamped(rows[0]["stamped"], rows[0]["head"], events)
 
 
 async def sequence_and_read(
@@ -229,14 +317,23 @@ async def sequence_and_read(
             return [_event(r) for r in rows if r["pos"] is not None]
 
 
-async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> int:
-    """Delete one batch of the oldest events created before `cutoff`, as a prefix of the log.
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one pruning statement deleted: rows of the log, and the events they held (a
+    chunk row of a captured statement holds many)."""
+
+    rows: int
+    events: int
+
+
+async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> Pruned:
+    """Delete one batch of the oldest log rows created before `cutoff`, as a prefix of the log.
 
     Only a prefix is removed, so `pruned_through` is an exact boundary: every position at or
     below it is gone and every position above it is still there.
     """
     async with conn.transaction():
-        deleted: int | None = await conn.fetchval(
+        row = await conn.fetchrow(
             """
             WITH oldest AS (
                 SELECT pos, created_at FROM pgcast.events
@@ -247,17 +344,17 @@ async def prune_before(conn: Connection, cutoff: datetime, batch: int) -> int:
                 DELETE FROM pgcast.events e
                  USING oldest o, boundary b
                  WHERE e.pos = o.pos AND (b.first_kept IS NULL OR o.pos < b.first_kept)
-                RETURNING e.pos
+                RETURNING e.pos + coalesce(e.span, 1) - 1 AS last, coalesce(e.span, 1) AS width
             )
             UPDATE pgcast.log_state
-               SET pruned_through = greatest(pruned_through, (SELECT max(pos) FROM gone))
+               SET pruned_through = greatest(pruned_through, (SELECT max(last) FROM gone))
              WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)
-            RETURNING (SELECT count(*) FROM gone)
+            RETURNING (SELECT count(*) FROM gone) AS rows, (SELECT sum(width) FROM gone) AS events
             """,
             cutoff,
             batch,
         )
-    return deleted or 0
+    return Pruned(row["rows"], row["events"]) if row else Pruned(0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +389,17 @@ async def topic_summaries(
         ), wanted AS (
             SELECT topic FROM names WHERE topic IS NOT NULL AND {topic_sql} LIMIT $2
         )
-        SELECT w.topic, s.events, s.newest, e.created_at
+        SELECT w.topic, s.events + coalesce(c.more, 0) AS events,
+               e.pos + coalesce(e.span, 1) - 1 AS newest, e.created_at
           FROM wanted w
          CROSS JOIN LATERAL (
                SELECT count(*) AS events, max(pos) AS newest FROM pgcast.events
                 WHERE topic = w.topic AND pos IS NOT NULL
          ) s
+         CROSS JOIN LATERAL (
+               SELECT sum(span - 1) AS more FROM pgcast.events
+                WHERE topic = w.topic AND span IS NOT NULL AND pos IS NOT NULL
+         ) c
           JOIN pgcast.events e ON e.pos = s.newest
          ORDER BY w.topic
         """,

@@ -36,7 +36,7 @@ async def test_warm_prepares_the_hot_statements_and_changes_nothing(database_url
             "INSERT INTO pgcast.queue_messages",
             "FOR UPDATE SKIP LOCKED",
             "SET state = 'acked'",
-            "FROM pgcast.events WHERE pos > $1",
+            "WHERE pos > $1 AND pos <= $4",
         ):
             assert fragment in texts, fragment
         assert await writer.fetch(ROWS) == before

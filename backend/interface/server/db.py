@@ -137,7 +137,7 @@ def shell(
 
       pgcast db shell
 
-      pgcast db shell -c 'SELECT topic, count(*) FROM pgcast.events GROUP BY topic;'
+      pgcast db shell -c 'SELECT topic, max(pos) FROM pgcast.events GROUP BY topic;'
 
       pgcast db shell < examples/orders.sql
     """
