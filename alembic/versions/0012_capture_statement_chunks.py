@@ -110,6 +110,7 @@ DECLARE
     has_key boolean;       -- the table has a primary key now
     changes bigint;
     volume bigint;
+    new_volume bigint;
     writer jsonb;          -- the writer's settings that decide how values print
     same_keys boolean;
     old_text text[];
@@ -167,14 +168,14 @@ BEGIN
     -- which decide how the events print, are recorded.
     IF wanted IS NULL AND has_key THEN
         IF TG_OP = 'INSERT' THEN
-            SELECT count(*), coalesce(sum(pg_column_size(r)), 0) INTO changes, volume
+            SELECT count(*), coalesce(sum(pg_column_size(r.*)), 0) INTO changes, volume
               FROM new_rows AS r;
         ELSE
-            SELECT count(*), coalesce(sum(pg_column_size(r)), 0) INTO changes, volume
+            SELECT count(*), coalesce(sum(pg_column_size(r.*)), 0) INTO changes, volume
               FROM old_rows AS r;
             IF TG_OP = 'UPDATE' THEN
-                SELECT greatest(volume, coalesce(sum(pg_column_size(r)), 0)) INTO volume
-                  FROM new_rows AS r;
+                SELECT coalesce(sum(pg_column_size(r.*)), 0) INTO new_volume FROM new_rows AS r;
+                volume := greatest(volume, new_volume);
             END IF;
         END IF;
         IF changes >= chunk_from AND volume <= chunk_volume THEN
@@ -193,10 +194,10 @@ BEGIN
             -- outgrow one array; then the statement takes the one-row-per-change path.
             BEGIN
                 IF TG_OP = 'INSERT' THEN
-                    SELECT array_agg(r::text) INTO new_text FROM new_rows AS r;
+                    SELECT array_agg((r.*)::text) INTO new_text FROM new_rows AS r;
                     same_keys := true;
                 ELSIF TG_OP = 'DELETE' THEN
-                    SELECT array_agg(r::text) INTO old_text FROM old_rows AS r;
+                    SELECT array_agg((r.*)::text) INTO old_text FROM old_rows AS r;
                     same_keys := true;
                 ELSE
                     IF cardinality(key_cols) = 1 THEN
@@ -208,9 +209,9 @@ BEGIN
                     END IF;
                     EXECUTE format(
                         'SELECT o.keys IS NOT DISTINCT FROM n.keys, o.rows, n.rows '
-                        '  FROM (SELECT array_agg(%1$s) AS keys, array_agg(r::text) AS rows '
+                        '  FROM (SELECT array_agg(%1$s) AS keys, array_agg((r.*)::text) AS rows '
                         '          FROM old_rows AS r) AS o, '
-                        '       (SELECT array_agg(%1$s) AS keys, array_agg(r::text) AS rows '
+                        '       (SELECT array_agg(%1$s) AS keys, array_agg((r.*)::text) AS rows '
                         '          FROM new_rows AS r) AS n',
                         key_row)
                         INTO same_keys, old_text, new_text;
@@ -327,11 +328,11 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
                CASE WHEN m[1] = '' THEN NULL
                     WHEN left(m[1], 1) = '"' THEN
                         regexp_replace(replace(substr(m[1], 2, length(m[1]) - 2), '""', '"'),
-                                       '\\(.)', '\1', 'g')
+                                       E'\\\\(.)', E'\\1', 'g')
                     ELSE m[1] END
                ORDER BY n), '{}')
       FROM regexp_matches(substr(record_text, 2, length(record_text) - 2) || ',',
-                          '("(?:[^"\\]|""|\\.)*"|[^,]*),', 'g') WITH ORDINALITY AS f(m, n)
+                          E'("(?:[^"\\\\]|""|\\\\.)*"|[^,]*),', 'g') WITH ORDINALITY AS f(m, n)
 $$;
 """
 
@@ -346,23 +347,25 @@ CREATE FUNCTION pgcast.chunk_field_sql(
 ) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
-        WHEN form = 'jsonb' AND attempt = 3 THEN
-            format('CASE WHEN pg_input_is_valid(x.%1$s[%2$s], %3$L) '
-                   'THEN to_jsonb((x.%1$s[%2$s])::%4$s) ELSE to_jsonb(x.%1$s[%2$s]) END',
-                   side, n, type_name, type_name)
-        ELSE format(CASE form WHEN 'jsonb' THEN 'to_jsonb(%s)' WHEN 'json' THEN 'to_json(%s)::text'
-                              ELSE '(%s)::text' END,
+        WHEN attempt = 3 THEN
+            format('CASE WHEN pg_input_is_valid(x.%1$s[%2$s], %3$L) THEN %4$s ELSE %5$s END',
+                   side, n, type_name,
+                   format(template, format('(x.%s[%s])::%s', side, n, type_name)),
+                   format(template, format('x.%s[%s]', side, n)))
+        ELSE format(template,
                     CASE WHEN attempt = 1 THEN format('(x.%s).%I', side, name)
                          WHEN attempt = 2 THEN format('(x.%s[%s])::%s', side, n, type_name)
                          ELSE format('x.%s[%s]', side, n) END)
     END
+      FROM (SELECT CASE form WHEN 'jsonb' THEN 'to_jsonb(%s)' WHEN 'json' THEN 'to_json(%s)::text'
+                             ELSE '(%s)::text' END AS template) AS t
 $$;
 """
 
 _CHUNK_EVENTS = r"""
 CREATE FUNCTION pgcast.chunk_events(chunk bigint, after bigint, upto bigint DEFAULT NULL)
 RETURNS TABLE (pos bigint, type text, key text, data_json text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 #variable_conflict use_column
@@ -428,7 +431,12 @@ BEGIN
                          'bytea_output', 'lc_monetary')
     LOOP
         saved := saved || jsonb_build_object(setting.key, current_setting(setting.key));
-        PERFORM set_config(setting.key, setting.value, true);
+        BEGIN
+            PERFORM set_config(setting.key, setting.value, true);
+        EXCEPTION WHEN OTHERS THEN  -- a zone or locale this server does not have
+            RAISE WARNING 'pgcast: captured changes at positions % to %: the writer''s % (%) is not available here (%)',
+                c.pos + first_i - 1, c.pos + last_i - 1, setting.key, setting.value, SQLERRM;
+        END;
     END LOOP;
 
     -- Four ways to read the rows back, each used when the one before cannot read them:
@@ -459,18 +467,22 @@ BEGIN
               FROM unnest(key_cols) WITH ORDINALITY AS k(name, ord)
               JOIN unnest(cols) WITH ORDINALITY AS u(c, n) ON u.c = k.name;
         END IF;
+        -- A row object from fields: names and values as two arrays (a function call
+        -- takes at most 100 arguments, so no jsonb_build_object).
         SELECT CASE WHEN attempt = 1 THEN 'to_jsonb(x.n)' ELSE
-                   'CASE WHEN x.n IS NOT NULL THEN jsonb_build_object('
-                   || string_agg(quote_literal(u.c) || ', '
-                                 || pgcast.chunk_field_sql(attempt, 'n', u.n::integer, u.c,
-                                                           types[u.n], 'jsonb'),
-                                 ', ' ORDER BY u.n) || ') END' END,
+                   format('CASE WHEN x.n IS NOT NULL THEN (SELECT jsonb_object_agg(f.k, f.v) '
+                          'FROM unnest(%L::text[], ARRAY[%s]::jsonb[]) AS f(k, v)) END',
+                          array_agg(u.c ORDER BY u.n),
+                          string_agg(pgcast.chunk_field_sql(attempt, 'n', u.n::integer, u.c,
+                                                            types[u.n], 'jsonb'),
+                                     ', ' ORDER BY u.n)) END,
                CASE WHEN attempt = 1 THEN 'to_jsonb(x.o)' ELSE
-                   'CASE WHEN x.o IS NOT NULL THEN jsonb_build_object('
-                   || string_agg(quote_literal(u.c) || ', '
-                                 || pgcast.chunk_field_sql(attempt, 'o', u.n::integer, u.c,
-                                                           types[u.n], 'jsonb'),
-                                 ', ' ORDER BY u.n) || ') END' END,
+                   format('CASE WHEN x.o IS NOT NULL THEN (SELECT jsonb_object_agg(f.k, f.v) '
+                          'FROM unnest(%L::text[], ARRAY[%s]::jsonb[]) AS f(k, v)) END',
+                          array_agg(u.c ORDER BY u.n),
+                          string_agg(pgcast.chunk_field_sql(attempt, 'o', u.n::integer, u.c,
+                                                            types[u.n], 'jsonb'),
+                                     ', ' ORDER BY u.n)) END,
                format('to_jsonb(array_remove(ARRAY[%s]::text[], NULL))',
                       string_agg(format('CASE WHEN coalesce(%s, %L) '
                                         'IS DISTINCT FROM coalesce(%s, %L) THEN %L END',

@@ -455,3 +455,66 @@ async def test_reading_a_chunk_leaves_the_readers_settings_as_they_were(
             zone = await db.fetchval("SHOW TimeZone")
     assert zone == "UTC"
     assert orjson.loads(events[0].data_json)["new"]["at"] == "2026-06-01T12:00:00+12:00"
+
+
+async def test_columns_named_like_the_triggers_own_names_and_a_wide_table(
+    database_url: str,
+) -> None:
+    wide_columns = ", ".join(f"c{n} int" for n in range(1, 61))
+    async with (
+        database(
+            database_url,
+            "CREATE TABLE public.named (id int PRIMARY KEY, r int, volume int, x text, n int)",
+            "CREATE TABLE public.named_rows (id int PRIMARY KEY, r int, volume int, x text, n int)",
+            f"CREATE TABLE public.wide60 (id int PRIMARY KEY, {wide_columns})",
+        ) as db,
+        open_pool(database_url, size=1) as pool,
+    ):
+        await add_capture(pool, "public.named", "t.named")
+        await add_capture(
+            pool, "public.named_rows", "t.named_rows", ["id", "r", "volume", "x", "n"]
+        )
+        await add_capture(pool, "public.wide60", "t.wide60")
+        for table in ("named", "named_rows"):
+            await db.execute(
+                f"INSERT INTO {table} SELECT g, g, g * 2, 'x' || g, g"
+                f" FROM generate_series(1, {ROWS}) g"
+            )
+            await db.execute(f"UPDATE {table} SET volume = volume + 1, r = NULL")
+        values = ", ".join(f"g + {n}" for n in range(1, 61))
+        await db.execute(f"INSERT INTO wide60 SELECT g, {values} FROM generate_series(1, {ROWS}) g")
+        assert await chunk_rows(db, "t.named") == 2
+        assert await chunk_rows(db, "t.wide60") == 1
+        named = shapes(await read_all(db, "t.named"))
+        named_rows = shapes(await read_all(db, "t.named_rows"))
+        wide_before = shapes(await read_all(db, "t.wide60"))
+        # Read field by field after the table changed: 61 columns in one row object.
+        await db.execute("ALTER TABLE wide60 ADD COLUMN extra text")
+        wide_after = shapes(await read_all(db, "t.wide60"))
+    assert named == named_rows
+    assert named[ROWS][2]["new"] == {"id": 1, "r": None, "volume": 3, "x": "x1", "n": 1}
+    assert wide_after == wide_before
+    assert len(wide_before[0][2]["new"]) == 61
+
+
+async def test_a_composite_key_keeps_its_form_when_a_value_reads_as_text(
+    database_url: str,
+) -> None:
+    async with captured(
+        database_url,
+        "CREATE TYPE public.feel AS ENUM ('calm', 'loud')",
+        "CREATE TABLE public.moods (region text, id int, at date, feel feel,"
+        " PRIMARY KEY (region, id, at))",
+        moods="t.moods",
+    ) as db:
+        await db.execute("SET DateStyle = 'German'")
+        await db.execute(
+            "INSERT INTO moods SELECT 'north', g, '2026-03-01'::date + g, 'loud'"
+            f" FROM generate_series(1, {ROWS}) g"
+        )
+        await db.execute("RESET DateStyle")
+        before = shapes(await read_all(db, "t.moods"))
+        await db.execute("ALTER TYPE public.feel RENAME VALUE 'loud' TO 'noisy'")
+        after = shapes(await read_all(db, "t.moods"))
+    assert before[0][1] == '["north",1,"2026-03-02"]'
+    assert after == before

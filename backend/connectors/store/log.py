@@ -122,6 +122,7 @@ def _rows_sql(topic_sql: str, extra: str = "") -> str:
     falls inside (only its position and span), then up to $2 rows after $1. When none of
     them is a chunk, they are the page, read as cheaply as a plain range scan."""
     return f"""
+    SELECT * FROM (
     (SELECT pos, span, NULL::text AS topic, NULL::text AS type, NULL::text AS key,
             NULL::text AS data_json, NULL::timestamptz AS created_at{extra}
        FROM pgcast.events
@@ -133,6 +134,7 @@ def _rows_sql(topic_sql: str, extra: str = "") -> str:
        FROM pgcast.events
       WHERE pos > $1 AND pos <= $4 AND {topic_sql}
       ORDER BY pos LIMIT $2)
+    ) AS rows ORDER BY pos
     """
 
 
