@@ -25,7 +25,7 @@ text, when even that fails), so a chunk never stops a reader. The view `pgcast.l
 lists the positioned log one event per row, for SQL that reads it.
 
 Upgrading scans `pgcast.events` once to build the two small partial indexes below, while
-publishes wait (about a second per million events here).
+publishes wait (0.15 s per million events here, the table in memory).
 
 Revision ID: 0012
 Revises: 0011

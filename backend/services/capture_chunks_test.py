@@ -16,7 +16,7 @@ from backend.connectors.database import Connection, open_pool
 from backend.connectors.store import log as log_queries
 from backend.connectors.store.log import END_OF_LOG, TopicSelector
 from backend.core.names import Pattern
-from backend.entities.event import Event, format_id
+from backend.entities.event import Event, NewEvent, format_id
 from backend.services.capture import add_capture
 from backend.testing.engine import running_engine, take
 from backend.testing.tables import database
@@ -518,3 +518,19 @@ async def test_a_composite_key_keeps_its_form_when_a_value_reads_as_text(
         after = shapes(await read_all(db, "t.moods"))
     assert before[0][1] == '["north",1,"2026-03-02"]'
     assert after == before
+
+
+async def test_an_idempotent_publish_behind_a_chunk_gets_its_position_after_it(
+    database_url: str,
+) -> None:
+    async with captured(
+        database_url,
+        "CREATE TABLE public.ahead (id int PRIMARY KEY, n int NOT NULL)",
+        ahead="t.ahead",
+    ) as db:
+        await log_queries.sequence_pending(db)
+        head = await db.fetchval("SELECT last_pos FROM pgcast.log_state")
+        await db.execute(f"INSERT INTO ahead SELECT g, 0 FROM generate_series(1, {ROWS}) g")
+        seqs = await log_queries.insert_events(db, [NewEvent("t.mine", b'"mine"')])
+        (event,) = await log_queries.sequence_and_read(db, seqs, batch=1)
+    assert (event.pos, event.data_json) == (head + ROWS + 1, b'"mine"')
