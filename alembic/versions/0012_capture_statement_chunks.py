@@ -72,6 +72,7 @@ def upgrade() -> None:
     op.execute(_CAPTURE_CHANGES)
     op.execute(_RECORD_FIELDS)
     op.execute(_CHUNK_FIELD_SQL)
+    op.execute(_CHUNK_ROW_SQL)
     op.execute(_CHUNK_EVENTS)
     op.execute(_LOG_VIEW)
     op.execute(_SEQUENCE_PENDING)
@@ -362,6 +363,24 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 """
 
+# A chunk's row (side o or n) as a JSON object in the SQL chunk_events generates: the
+# row type's own on attempt 1, else built from its fields, names and values as two arrays
+# (a function call takes at most 100 arguments, so no jsonb_build_object).
+_CHUNK_ROW_SQL = r"""
+CREATE FUNCTION pgcast.chunk_row_sql(attempt integer, side text, cols text[], types text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN attempt = 1 THEN format('to_jsonb(x.%s)', side) ELSE
+        format('CASE WHEN x.%1$s IS NOT NULL THEN (SELECT jsonb_object_agg(f.k, f.v) '
+               'FROM unnest(%2$L::text[], ARRAY[%3$s]::jsonb[]) AS f(k, v)) END',
+               side, cols,
+               (SELECT string_agg(pgcast.chunk_field_sql(attempt, side, u.n::integer, u.c,
+                                                         types[u.n], 'jsonb'),
+                                  ', ' ORDER BY u.n)
+                  FROM unnest(cols) WITH ORDINALITY AS u(c, n))) END
+$$;
+"""
+
 _CHUNK_EVENTS = r"""
 CREATE FUNCTION pgcast.chunk_events(chunk bigint, after bigint, upto bigint DEFAULT NULL)
 RETURNS TABLE (pos bigint, type text, key text, data_json text)
@@ -467,23 +486,9 @@ BEGIN
               FROM unnest(key_cols) WITH ORDINALITY AS k(name, ord)
               JOIN unnest(cols) WITH ORDINALITY AS u(c, n) ON u.c = k.name;
         END IF;
-        -- A row object from fields: names and values as two arrays (a function call
-        -- takes at most 100 arguments, so no jsonb_build_object).
-        SELECT CASE WHEN attempt = 1 THEN 'to_jsonb(x.n)' ELSE
-                   format('CASE WHEN x.n IS NOT NULL THEN (SELECT jsonb_object_agg(f.k, f.v) '
-                          'FROM unnest(%L::text[], ARRAY[%s]::jsonb[]) AS f(k, v)) END',
-                          array_agg(u.c ORDER BY u.n),
-                          string_agg(pgcast.chunk_field_sql(attempt, 'n', u.n::integer, u.c,
-                                                            types[u.n], 'jsonb'),
-                                     ', ' ORDER BY u.n)) END,
-               CASE WHEN attempt = 1 THEN 'to_jsonb(x.o)' ELSE
-                   format('CASE WHEN x.o IS NOT NULL THEN (SELECT jsonb_object_agg(f.k, f.v) '
-                          'FROM unnest(%L::text[], ARRAY[%s]::jsonb[]) AS f(k, v)) END',
-                          array_agg(u.c ORDER BY u.n),
-                          string_agg(pgcast.chunk_field_sql(attempt, 'o', u.n::integer, u.c,
-                                                            types[u.n], 'jsonb'),
-                                     ', ' ORDER BY u.n)) END,
-               format('to_jsonb(array_remove(ARRAY[%s]::text[], NULL))',
+        new_json := pgcast.chunk_row_sql(attempt, 'n', cols, types);
+        old_json := pgcast.chunk_row_sql(attempt, 'o', cols, types);
+        SELECT format('to_jsonb(array_remove(ARRAY[%s]::text[], NULL))',
                       string_agg(format('CASE WHEN coalesce(%s, %L) '
                                         'IS DISTINCT FROM coalesce(%s, %L) THEN %L END',
                                         pgcast.chunk_field_sql(attempt, 'n', u.n::integer, u.c,
@@ -492,7 +497,7 @@ BEGIN
                                                                types[u.n], 'jsonb'), 'null',
                                         u.c),
                                  ', ' ORDER BY u.n))
-          INTO new_json, old_json, changed_sql
+          INTO changed_sql
           FROM unnest(cols) WITH ORDINALITY AS u(c, n);
         data_sql := CASE c.type
             WHEN 'insert' THEN format('jsonb_build_object(%L, %s, %L, NULL)',

@@ -71,35 +71,44 @@ END_OF_LOG = 2**62
 _ROW_COLUMNS = "seq, pos, span, topic, type, key, data, created_at"
 
 
+# The rows a page may need: the chunk whose positions hold the one after $1 (a chunk
+# starts at most $3 = CHUNK_CHANGES positions before it), then up to $2 rows after $1 and
+# up to $4.
+_STRADDLES = "span IS NOT NULL AND pos <= $1 AND pos > $1 - $3 AND pos + span - 1 > $1"
+_AFTER = "pos > $1 AND pos <= $4"
+
+
+def _candidates(topic_sql: str, straddler: str, rows: str) -> str:
+    return f"""
+    (SELECT {straddler} FROM pgcast.events WHERE {_STRADDLES} AND {topic_sql}
+      ORDER BY pos DESC LIMIT 1)
+    UNION ALL
+    (SELECT {rows} FROM pgcast.events WHERE {_AFTER} AND {topic_sql}
+      ORDER BY pos LIMIT $2)
+    """
+
+
 def _page_sql(topic_sql: str, extra: str = "") -> str:
-    """Events of the rows matching `topic_sql` with $1 < pos <= $4, at most $2 of them
-    ($3: CHUNK_CHANGES), with `extra` columns.
+    """Events of the candidate rows matching `topic_sql`, at most $2 of them, with `extra`
+    columns.
 
     A row of the log is an event, or a chunk of a captured statement's changes (span
-    set), whose events pgcast.chunk_events builds. The rows are the chunk the position
-    after $1 falls inside, if any, and the rows after it; a row is taken while the events
-    after $1 in the rows before it number under $2, and a chunk is expanded only as far
-    as the page needs, so retention's gaps and other topics' rows change nothing.
+    set), whose events pgcast.chunk_events builds. A row is taken while the events after
+    $1 in the rows before it number under $2, and a chunk is expanded only as far as the
+    page needs, so retention's gaps and other topics' rows change nothing.
     """
     return f"""
-    WITH found AS (
-        (SELECT {_ROW_COLUMNS} FROM pgcast.events
-          WHERE span IS NOT NULL AND pos <= $1 AND pos > $1 - $3 AND pos + span - 1 > $1
-            AND {topic_sql}
-          ORDER BY pos DESC LIMIT 1)
-        UNION ALL
-        (SELECT {_ROW_COLUMNS} FROM pgcast.events
-          WHERE pos > $1 AND pos <= $4 AND {topic_sql}
-          ORDER BY pos LIMIT $2)
+    WITH found AS ({_candidates(topic_sql, _ROW_COLUMNS, _ROW_COLUMNS)}),
+    widths AS (
+        SELECT found.*,
+               greatest(0, pos + coalesce(span, 1) - 1 - greatest(pos - 1, $1)) AS width
+          FROM found
     ), page AS MATERIALIZED (
         SELECT * FROM (
-            SELECT f.*, coalesce(sum(f.width) OVER (ORDER BY f.pos
+            SELECT w.*, coalesce(sum(w.width) OVER (ORDER BY w.pos
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint
                         AS before
-              FROM (SELECT found.*,
-                           greatest(0, pos + coalesce(span, 1) - 1 - greatest(pos - 1, $1))
-                           AS width
-                      FROM found) AS f
+              FROM widths w
         ) AS counted
          WHERE before < $2
     )
@@ -118,24 +127,14 @@ def _page_sql(topic_sql: str, extra: str = "") -> str:
 
 
 def _rows_sql(topic_sql: str, extra: str = "") -> str:
-    """The rows `_page_sql` would expand, as they are: the chunk the position after $1
-    falls inside (only its position and span), then up to $2 rows after $1. When none of
-    them is a chunk, they are the page, read as cheaply as a plain range scan."""
-    return f"""
-    SELECT * FROM (
-    (SELECT pos, span, NULL::text AS topic, NULL::text AS type, NULL::text AS key,
-            NULL::text AS data_json, NULL::timestamptz AS created_at{extra}
-       FROM pgcast.events
-      WHERE span IS NOT NULL AND pos <= $1 AND pos > $1 - $3 AND pos + span - 1 > $1
-        AND {topic_sql}
-      ORDER BY pos DESC LIMIT 1)
-    UNION ALL
-    (SELECT pos, span, topic, type, key, data::text AS data_json, created_at{extra}
-       FROM pgcast.events
-      WHERE pos > $1 AND pos <= $4 AND {topic_sql}
-      ORDER BY pos LIMIT $2)
-    ) AS rows ORDER BY pos
-    """
+    """The candidate rows as they are (of a chunk only its position and span). When none
+    of them is a chunk they are the page, read as cheaply as a plain range scan."""
+    straddler = (
+        "pos, span, NULL::text AS topic, NULL::text AS type, NULL::text AS key,"
+        f" NULL::text AS data_json, NULL::timestamptz AS created_at{extra}"
+    )
+    rows = f"pos, span, topic, type, key, data::text AS data_json, created_at{extra}"
+    return f"SELECT * FROM ({_candidates(topic_sql, straddler, rows)}) AS rows ORDER BY pos"
 
 
 async def _read(
