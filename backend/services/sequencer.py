@@ -9,9 +9,9 @@ processes safe and ordered.
 Each run that finds work is a commit of its own (WAL flush and NOTIFY), and that commit
 competes with the publishers' own. A stream of SQL publishes wakes the sequencer once per
 transaction, so runs are spaced: a wake-up that comes within the spacing of the last run
-waits for it. The spacing starts at `min_interval`; while the log grows faster than
+waits for it. The spacing starts at `min_interval`; once the log grows faster than
 `busy_rate` events per second it doubles after each run (up to `max_interval`), and once
-it slows down it halves again. A heavy stream then pays one run per few milliseconds of
+it slows below half that rate it halves again. A heavy stream then pays one run per few milliseconds of
 commits instead of one per handful of events, while a slower stream (and its delivery
 latency) keeps the short spacing. The rate is how far the log's head moved between two
 runs that stamped something, whatever process stamped it, so a longer spacing does not
@@ -20,8 +20,8 @@ at once.
 
 The wake-ups themselves are costly: a notifying commit holds PostgreSQL's database-wide
 notification lock through its WAL flush, so concurrent publishers committed one at a time.
-While the log grows at `busy_rate` or more (whatever the spacing), a run that stamps events
-also takes a lease of `busy_lease` seconds (`pgcast.sequencer_lease`):
+While the log is busy in that sense (whatever the spacing), a run that stamps events also
+takes a lease of `busy_lease` seconds (`pgcast.sequencer_lease`):
 `pgcast.publish` sends no wake-up while one is current, and this process runs on its
 spacing until the lease ends. A run that finds nothing ends the busy state (no further
 lease); after the lease the process polls at growing intervals (each wait as long as the
@@ -147,9 +147,12 @@ class Sequencer:
 
     def _space(self, head: int) -> None:
         """After a run that stamped up to `head`: double or halve the spacing by the rate
-        at which the log grew since the last such run."""
+        at which the log grew since the last such run. A busy log stays busy until that
+        rate falls below half `busy_rate`: measured over a few milliseconds, a rate near
+        the threshold would otherwise flip the spacing run by run."""
         last = self._head
-        self.busy = last is not None and head - last >= self.busy_rate * (
+        threshold = self.busy_rate / 2 if self.busy else self.busy_rate
+        self.busy = last is not None and head - last >= threshold * (
             self._started - self._head_at
         )
         if self.busy:
