@@ -4,8 +4,10 @@ orjson holds numbers as 64-bit integers and doubles, so `18446744073709551616` o
 `0.1000000000000000000001` would silently change on the way through, while PostgreSQL's
 `jsonb` keeps them. Only a number with at least 16 digits or a three-digit exponent can
 change (up to 15 significant digits and exponents under 100 survive a double exactly),
-so a cheap scan of the text decides: in the common case orjson does all the work; else
-just those numbers become `int` or `Decimal` and are written back digit for digit.
+so a cheap scan of the text decides: in the common case orjson does all the work. A
+flagged number that is a double's shortest form (a Unix time with microseconds) comes
+through orjson unchanged too, so only a text with some other long number takes the exact
+parse, where just those numbers become `int` or `Decimal`, written back digit for digit.
 
 Parsing also enforces the two rules every input shares: at most MAX_DEPTH levels of
 nesting, and no NUL character (PostgreSQL cannot store one) in any string or key.
@@ -37,6 +39,8 @@ _SHAPES = bytes.maketrans(b"0123456789.eE+-", b"99999999999eeee")
 _LONG_MANTISSA = b"9" * 16
 _LONG_EXPONENT = b"e999"
 _RISKY = re.compile(r"[0-9.]{16,}|[eE][+-]?[0-9]{3,}")
+_RISKY_BYTES = re.compile(_RISKY.pattern.encode())
+_NUMBER_BYTES = frozenset(b"0123456789.eE+-")
 # Strings are matched whole so that digits inside them are skipped; numbers per RFC 8259.
 _STRING_OR_NUMBER = re.compile(
     r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?', re.S
@@ -51,7 +55,8 @@ def loads(text: bytes | str, what: str = "the body", *, allow_nul: bool = False)
     """The JSON value of `text`; InvalidJson if malformed or too deep, InvalidEvent if a
     string or key holds a NUL (naming where) unless `allow_nul` (the caller checks later).
     `what` names the text in messages."""
-    value = _parse_exactly(text, what) if _may_change(text) else _parse(text, what)
+    risky = _risky_numbers(text)
+    value = _parse_exactly(text, what) if risky and not _risky_keep(risky) else _parse(text, what)
     if not allow_nul and contains_nul(text):
         refuse_nul(value)
     return value
@@ -98,11 +103,38 @@ def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{orjson.dumps(key).decode()}]"
 
 
-def _may_change(text: bytes | str) -> bool:
-    """Whether orjson might change a number in `text` (false positives only cost time)."""
+def _risky_numbers(text: bytes | str) -> bytes | None:
+    """`text` as bytes if orjson might change a number in it, else None (false positives
+    only cost time)."""
     raw = text if isinstance(text, bytes) else text.encode(errors="surrogatepass")
     shapes = raw.translate(_SHAPES)
-    return _LONG_MANTISSA in shapes or _LONG_EXPONENT in shapes
+    return raw if _LONG_MANTISSA in shapes or _LONG_EXPONENT in shapes else None
+
+
+def _risky_keep(raw: bytes) -> bool:
+    """Whether every number `_RISKY` flags in `raw` is a double's shortest form, which
+    orjson reads and writes back unchanged (a Unix time with microseconds, say): then
+    orjson alone parses `raw` exactly. Each flagged run is widened to every number
+    character around it; one inside a string, or anything that is not such a double, is
+    left to the exact parse, which only costs time."""
+    checked_to = 0
+    for match in _RISKY_BYTES.finditer(raw):
+        if match.start() < checked_to:
+            continue
+        start, checked_to = match.span()
+        while start and raw[start - 1] in _NUMBER_BYTES:
+            start -= 1
+        while checked_to < len(raw) and raw[checked_to] in _NUMBER_BYTES:
+            checked_to += 1
+        token = raw[start:checked_to]
+        if not (b"." in token or b"e" in token or b"E" in token):
+            return False  # an integer: orjson keeps it as one only up to 64 bits
+        try:
+            if orjson.dumps(float(token)) != token:
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 def _parse(text: bytes | str, what: str) -> Any:

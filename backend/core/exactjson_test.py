@@ -58,6 +58,31 @@ def test_a_long_fraction_that_is_a_doubles_shortest_form_stays_a_float(text: str
     assert exactjson.dumps(value) == text.encode()
 
 
+def test_a_kept_double_beside_a_long_integer_leaves_each_exact() -> None:
+    value = exactjson.loads('{"ts": 1796011917.5834508, "n": 12345678901234567890}')
+    assert value == {"ts": 1796011917.5834508, "n": 12345678901234567890}
+    assert type(value["ts"]) is float
+
+
+@pytest.mark.parametrize(
+    ("text", "orjson_alone"),
+    [
+        (b'{"ts":1796011917.5834508}', True),
+        (b"[-0.30000000000000004, 1.7976931348623157e+308, -123]", True),
+        (b'["1796011917.5834508", 2.2250738585072014e-308]', True),
+        (b"[0.30000000000000004, 12345678901234567890]", False),
+        (b"[1.23456789012345678]", False),
+        (b"1e400", False),
+        (b'["e1796011917.5834508"]', False),  # widened into the string: left to the exact parse
+    ],
+)
+def test_the_scan_leaves_to_orjson_only_doubles_shortest_forms(
+    text: bytes, orjson_alone: bool
+) -> None:
+    assert exactjson._risky_keep(text) is orjson_alone
+    assert exact(exactjson.dumps(exactjson.loads(text))) == exact(text)
+
+
 def test_a_long_fraction_a_double_would_round_is_still_exact() -> None:
     (kept, rounded) = exactjson.loads("[1.2345678901234567, 1.23456789012345678]")
     assert kept == 1.2345678901234567
