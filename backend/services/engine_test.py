@@ -256,6 +256,34 @@ async def test_sql_publishes_reach_the_hub_without_a_read(database_url: str) -> 
     assert [e.id for e in got] == sorted(e.id for e in got)
 
 
+async def test_concurrent_publishes_reach_the_hub_without_a_read(database_url: str) -> None:
+    """Group-commit batches overlap (two workers), and a batch's notification, or the
+    hand-over of the batch after it, can arrive before its own hand-over: the hub waits
+    for the batches in flight instead of reading their events back."""
+    async with (
+        running_engine(database_url, poll_interval_seconds=30) as engine,
+        engine.subscribe("handed", after="latest") as events,
+    ):
+        with anyio.fail_after(5):  # the listener is up and the start-up read is over
+            while not (engine.listener.connected and engine.hub.stats.reads):
+                await anyio.sleep(0.01)
+        reads_before, handed_before = engine.hub.stats.reads, engine.hub.stats.handed
+
+        async def publisher(n: int) -> None:
+            for i in range(10):
+                await engine.publish("handed", [n, i])
+
+        async with anyio.create_task_group() as tg:
+            for n in range(32):
+                tg.start_soon(publisher, n)
+        got = await take(events, 320)
+        assert engine.committer.stats.batches < 320  # the batches did overlap and group
+        assert engine.hub.stats.handed - handed_before == 320
+        assert engine.hub.stats.reads == reads_before
+    assert sorted(e.data for e in got) == sorted([n, i] for n in range(32) for i in range(10))
+    assert [e.id for e in got] == sorted(e.id for e in got)
+
+
 async def test_cursor_validation(database_url: str) -> None:
     async with running_engine(database_url) as engine:
         event = await engine.publish("c", 1)

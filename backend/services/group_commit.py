@@ -23,6 +23,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import anyio
@@ -77,6 +78,8 @@ class GroupCommitter:
     queue_size: int = 10000
     commit_timeout: float = 30.0
     on_batch: Callable[[int], None] | None = None
+    expecting: Callable[[], AbstractContextManager[None]] = nullcontext
+    """Wraps each batch's statement and hand-over (the hub's `expecting_hand_over`)."""
     stats: GroupCommitStats = field(default_factory=GroupCommitStats)
     _queue: deque[_Request] = field(default_factory=deque, init=False)
     # Set when a request is queued, when `max_requests` are queued, and when a batch left
@@ -175,12 +178,13 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:
-            published = await publish_events(
-                self.pool,
-                [event for request in batch for event in request.events],
-                on_published=self.on_published,
-                live=True,
-            )
+            with self.expecting():
+                published = await publish_events(
+                    self.pool,
+                    [event for request in batch for event in request.events],
+                    on_published=self.on_published,
+                    live=True,
+                )
         except InvalidEvent as exc:
             # Refused before anything was stored: retry one by one, so only the bad request
             # fails. Any other error may come after the commit, where a retry would store

@@ -100,8 +100,10 @@ class Hub:
     _target: int = 0
     """The highest position a wake-up announced; a wake-up already read past needs no read."""
     _must_read: bool = False
-    _expecting: int = 0
-    """Runs of this process's sequencer in flight, whose events will be handed over."""
+    _in_flight: set[int] = field(default_factory=set)
+    """Statements of this process in flight whose events it will hand over, by number."""
+    _flights: int = 0
+    _flight_ended: anyio.Event | None = None
     _handed: dict[int, list[Event]] = field(default_factory=dict)
     """Events this process positioned (published, or stamped by its sequencer), by first
     position, not yet handed out."""
@@ -158,7 +160,7 @@ class Hub:
         if head is None:
             self._must_read = True
             self._wake.set()
-        elif self._raise_target(head) and not self._expecting:
+        elif self._raise_target(head):
             self._wake.set()
 
     def _raise_target(self, head: int) -> bool:
@@ -170,16 +172,30 @@ class Hub:
 
     @contextmanager
     def expecting_hand_over(self) -> Iterator[None]:
-        """While this process's sequencer stamps: a wake-up announcing a head (its own
-        notification, racing its answer) waits for the hand-over instead of causing a
-        read of the same events. Released at the end either way."""
-        self._expecting += 1
+        """Around a statement of this process that positions events and hands them over (a
+        group-commit batch, a sequencer run). Its commit's notification, or the hand-over of
+        a batch that committed after it, can reach the hub before its own hand-over: a read
+        then would fetch events about to be handed over. So a wake-up that announces a head
+        the hub cannot yet hand out waits for the statements in flight when it came, and
+        reads only what they did not hand over; a head another process announced is read
+        at most one statement later."""
+        flight = self._flights
+        self._flights += 1
+        self._in_flight.add(flight)
         try:
             yield
         finally:
-            self._expecting -= 1
-            if not self._expecting and self._target > self.position:
-                self._wake.set()
+            self._in_flight.discard(flight)
+            if self._flight_ended is not None:
+                self._flight_ended.set()
+
+    async def _await_flights(self) -> None:
+        """Until the statements in flight now have ended, their events handed over."""
+        last = self._flights - 1
+        while self._in_flight and min(self._in_flight) <= last:
+            self._flight_ended = anyio.Event()
+            await self._flight_ended.wait()
+        self._flight_ended = None
 
     def hand_over(self, events: list[Event]) -> None:
         """Events this process has just committed and positioned, in order: when they are
@@ -242,8 +258,10 @@ class Hub:
 
         No read when every wake-up since the last one announced a head already passed (a
         publish handed over, or its own NOTIFY coming back after the hub read its events),
-        unless `must_read`.
+        unless `must_read`; before reading for an announced head, one wait for this
+        process's statements in flight (`expecting_hand_over`).
         """
+        waited = False
         while True:
             handed = self._next_handed()
             if handed is not None:
@@ -251,6 +269,10 @@ class Hub:
                 continue
             if not must_read and self._target <= self.position:
                 return
+            if not (must_read or waited) and self._in_flight:
+                waited = True
+                await self._await_flights()
+                continue
             must_read = False
             events = await self.log.read_after(self.position, self.read_batch)
             self.stats.reads += 1

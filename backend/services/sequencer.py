@@ -11,12 +11,12 @@ competes with the publishers' own. A stream of SQL publishes wakes the sequencer
 transaction, so runs are spaced: a wake-up that comes within the spacing of the last run
 waits for it. The spacing starts at `min_interval`; once the log grows faster than
 `busy_rate` events per second it doubles after each run (up to `max_interval`), and once
-it slows below half that rate it halves again. A heavy stream then pays one run per few milliseconds of
-commits instead of one per handful of events, while a slower stream (and its delivery
-latency) keeps the short spacing. The rate is how far the log's head moved between two
-runs that stamped something, whatever process stamped it, so a longer spacing does not
-feed itself and several processes see the same rate. A wake-up after a quiet spell runs
-at once.
+it slows below half that rate it halves again. A heavy stream then pays one run per few
+milliseconds of commits instead of one per handful of events, while a slower stream (and
+its delivery latency) keeps the short spacing. The rate is how far the log's head moved
+between two runs that stamped something, whatever process stamped it, so a longer spacing
+does not feed itself and several processes see the same rate. A wake-up after a quiet
+spell runs at once.
 
 The wake-ups themselves are costly: a notifying commit holds PostgreSQL's database-wide
 notification lock through its WAL flush, so concurrent publishers committed one at a time.
@@ -152,9 +152,7 @@ class Sequencer:
         the threshold would otherwise flip the spacing run by run."""
         last = self._head
         threshold = self.busy_rate / 2 if self.busy else self.busy_rate
-        self.busy = last is not None and head - last >= threshold * (
-            self._started - self._head_at
-        )
+        self.busy = last is not None and head - last >= threshold * (self._started - self._head_at)
         if self.busy:
             self.spacing = min(self.spacing * 2, self.max_interval)
         else:
