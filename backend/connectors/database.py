@@ -171,9 +171,13 @@ async def open_pool(
     statements, `store.warm`); `Pool.prefill` opens them ahead of the first requests.
     """
     stateless: set[int] = set()
+    sessions: set[int] = set()
 
     async def init(conn: Connection) -> None:
         await _init_connection(conn)
+        pid = conn.get_server_pid()
+        sessions.add(pid)
+        conn.add_termination_listener(lambda _conn: sessions.discard(pid))
         if warm is not None:
             await warm(conn)
 
@@ -196,6 +200,7 @@ async def open_pool(
             acquire_timeout=acquire_timeout,
             live_reserve=live_reserve,
             stateless=stateless,
+            sessions=sessions,
         )
     finally:
         with anyio.move_on_after(5, shield=True) as scope:
@@ -229,13 +234,20 @@ class Pool:
         acquire_timeout: float,
         live_reserve: int,
         stateless: set[int],
+        sessions: set[int],
     ) -> None:
         self._driver = driver
         self._stateless = stateless
+        self._sessions = sessions
         reserve = max(0, min(live_reserve, size - 1))
         self._general = anyio.Semaphore(size - reserve)
         self._reserve = anyio.Semaphore(reserve) if reserve else None
         self.acquire_timeout = acquire_timeout
+
+    def owns(self, server_pid: int) -> bool:
+        """Whether `server_pid` is the database session of one of this pool's connections
+        (a notification's sender, say)."""
+        return server_pid in self._sessions
 
     @asynccontextmanager
     async def acquire(

@@ -29,7 +29,8 @@ from backend.core.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[str], None]
+Handler = Callable[[str, int], None]
+"""Called with a notification's payload and the server PID of the session that sent it."""
 INITIAL_BACKOFF = 0.05
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (*CANNOT_CONNECT, DatabaseUnavailable)
 
@@ -112,7 +113,7 @@ class Listener:
 
     @staticmethod
     def _dispatch(handler: Handler) -> Callable[[Any, int, str, object], None]:
-        def callback(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
-            handler(str(payload))
+        def callback(_conn: Any, pid: int, _channel: str, payload: object) -> None:
+            handler(str(payload), pid)
 
         return callback

@@ -108,9 +108,11 @@ class Engine:
             listener = Listener(
                 url,
                 {
-                    EVENTS_CHANNEL: lambda payload: hub.wake(_head_hint(payload)),
-                    PENDING_CHANNEL: lambda _payload: sequencer.wake(),
-                    QUEUES_CHANNEL: lambda payload: queues.waker.wake(payload),
+                    EVENTS_CHANNEL: lambda payload, sender: hub.wake(
+                        _head_hint(payload), ours=pool.owns(sender)
+                    ),
+                    PENDING_CHANNEL: lambda _payload, _sender: sequencer.wake(),
+                    QUEUES_CHANNEL: lambda payload, _sender: queues.waker.wake(payload),
                 },
                 on_connect=lambda: _wake_all(hub, sequencer),
                 probe_interval=settings.probe_interval_seconds,

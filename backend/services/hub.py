@@ -100,6 +100,8 @@ class Hub:
     _target: int = 0
     """The highest position a wake-up announced; a wake-up already read past needs no read."""
     _must_read: bool = False
+    _foreign: bool = False
+    """A wake-up since the last drain announced a head another process's session made."""
     _in_flight: set[int] = field(default_factory=set)
     """Statements of this process in flight whose events it will hand over, by number."""
     _flights: int = 0
@@ -155,12 +157,14 @@ class Hub:
         for pattern in reg.patterns:
             self._subjects.discard(pattern, reg)
 
-    def wake(self, head: int | None = None) -> None:
-        """A hint that the log may have grown (to `head`, when known)."""
+    def wake(self, head: int | None = None, *, ours: bool = False) -> None:
+        """A hint that the log may have grown (to `head`, when known). `ours`: the head was
+        announced by a session of this process, whose events are handed over."""
         if head is None:
             self._must_read = True
             self._wake.set()
         elif self._raise_target(head):
+            self._foreign = self._foreign or not ours
             self._wake.set()
 
     def _raise_target(self, head: int) -> bool:
@@ -175,10 +179,10 @@ class Hub:
         """Around a statement of this process that positions events and hands them over (a
         group-commit batch, a sequencer run). Its commit's notification, or the hand-over of
         a batch that committed after it, can reach the hub before its own hand-over: a read
-        then would fetch events about to be handed over. So a wake-up that announces a head
-        the hub cannot yet hand out waits for the statements in flight when it came, and
-        reads only what they did not hand over; a head another process announced is read
-        at most one statement later."""
+        then would fetch events about to be handed over. So a drain for a head that only
+        this process's sessions announced, and that the hub cannot yet hand out, first
+        waits for the statements in flight when it began, then reads what they did not
+        hand over. A head another process announced is read at once."""
         flight = self._flights
         self._flights += 1
         self._in_flight.add(flight)
@@ -230,10 +234,11 @@ class Hub:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
             must_read = self._must_read or not self._wake.is_set()  # told to, or a poll
+            foreign = self._foreign
             self._wake = anyio.Event()
-            self._must_read = False
+            self._must_read = self._foreign = False
             try:
-                await self._drain(must_read)
+                await self._drain(must_read, wait_for_ours=not (must_read or foreign))
                 backoff = 0.05
                 outage.recovered()
             except Exception as exc:  # noqa: BLE001 - keep delivering once the cause goes away
@@ -253,15 +258,14 @@ class Hub:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
-    async def _drain(self, must_read: bool) -> None:
+    async def _drain(self, must_read: bool, *, wait_for_ours: bool) -> None:
         """Hand out what this process published, then read until the log is drained.
 
         No read when every wake-up since the last one announced a head already passed (a
         publish handed over, or its own NOTIFY coming back after the hub read its events),
-        unless `must_read`; before reading for an announced head, one wait for this
-        process's statements in flight (`expecting_hand_over`).
+        unless `must_read`. `wait_for_ours`: only this process's sessions announced heads, so
+        before reading, one wait for its statements in flight (`expecting_hand_over`).
         """
-        waited = False
         while True:
             handed = self._next_handed()
             if handed is not None:
@@ -269,8 +273,8 @@ class Hub:
                 continue
             if not must_read and self._target <= self.position:
                 return
-            if not (must_read or waited) and self._in_flight:
-                waited = True
+            if wait_for_ours and self._in_flight:
+                wait_for_ours = False
                 await self._await_flights()
                 continue
             must_read = False

@@ -293,7 +293,7 @@ async def test_a_sequencer_runs_own_wake_up_waits_for_its_hand_over() -> None:
         reads = log.reads
         with hub.expecting_hand_over():
             stamped = [log.append("t", n) for n in range(3)]
-            hub.wake(log.head)
+            hub.wake(log.head, ours=True)
             for _ in range(20):  # room for the hub to read, were it woken
                 await anyio.lowlevel.checkpoint()
             assert log.reads == reads
@@ -316,17 +316,31 @@ async def test_events_positioned_elsewhere_during_a_run_are_read_once_it_ends() 
     assert [e.pos for e in got] == [e.pos for e in theirs + ours]
 
 
+async def test_a_head_another_process_announced_is_read_during_a_run() -> None:
+    """Only this process's own notifications wait for its statements in flight."""
+    log = MemoryLog()
+    async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        with hub.expecting_hand_over():
+            theirs = log.append("t", 1)
+            hub.wake(log.head)
+            with anyio.fail_after(1):
+                (got,) = await take(events, 1)
+    assert got.pos == theirs.pos
+
+
 async def test_a_cancelled_run_releases_held_wake_ups() -> None:
+    """The run committed and announced its head, then was cancelled before handing over:
+    its events are read once it has ended."""
     log = MemoryLog()
     async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
         with anyio.CancelScope() as scope, hub.expecting_hand_over():
-            theirs = log.append("t", 1)
-            hub.wake(log.head)
+            stamped = log.append("t", 1)
+            hub.wake(log.head, ours=True)
             scope.cancel()
             await anyio.sleep(1)
         with anyio.fail_after(1):  # woken at once, not by the 5 s poll
             (got,) = await take(events, 1)
-    assert got.pos == theirs.pos
+    assert got.pos == stamped.pos
 
 
 async def test_a_publish_during_a_sequencer_run_goes_out_at_once() -> None:
