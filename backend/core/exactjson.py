@@ -120,8 +120,9 @@ def _risky_keep(raw: bytes) -> bool:
     """Whether every number `_RISKY` flags in `raw` is a double's shortest form, which
     orjson reads and writes back unchanged (a Unix time with microseconds, say): then
     orjson alone parses `raw` exactly. A flagged run is taken with every number character
-    around it; one inside a string, or anything that is not such a double, is left to the
-    exact parse, which only costs time."""
+    around it. Runs inside strings are checked the same way, which is harmless: one that
+    is such a double changes nothing (orjson reads strings as they are), and any other
+    run, there or not, leaves the text to the exact parse, which only costs time."""
     runs = {
         run
         for run in raw.translate(_NUMBER_RUNS).split()

@@ -178,10 +178,15 @@ class Engine:
         self, topic: str, key: str, digest: bytes, events: Sequence[NewEvent]
     ) -> tuple[list[Event], bool]:
         """Idempotent publish: (events, replayed). Raises Conflict on a reused key."""
-        with self.hub.expecting_hand_over():
-            return await publish_idempotent(
-                self.pool, topic, key, digest, events, on_published=self.hub.hand_over
-            )
+        return await publish_idempotent(
+            self.pool,
+            topic,
+            key,
+            digest,
+            events,
+            on_published=self.hub.hand_over,
+            expecting=self.hub.expecting_hand_over,
+        )
 
     async def read_page(
         self,

@@ -277,7 +277,7 @@ async def test_concurrent_publishes_reach_the_hub_without_a_read(database_url: s
             for n in range(32):
                 tg.start_soon(publisher, n)
         got = await take(events, 320)
-        assert engine.committer.stats.batches < 320  # the batches did overlap and group
+        assert engine.committer.stats.batches < 320  # requests were grouped into batches
         assert engine.hub.stats.handed - handed_before == 320
         assert engine.hub.stats.reads == reads_before
     assert sorted(e.data for e in got) == sorted([n, i] for n in range(32) for i in range(10))

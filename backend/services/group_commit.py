@@ -79,7 +79,8 @@ class GroupCommitter:
     commit_timeout: float = 30.0
     on_batch: Callable[[int], None] | None = None
     expecting: Callable[[], AbstractContextManager[None]] = nullcontext
-    """Wraps each batch's statement and hand-over (the hub's `expecting_hand_over`)."""
+    """Wraps each batch's statement and hand-over, once it has its connection (the hub's
+    `expecting_hand_over`)."""
     stats: GroupCommitStats = field(default_factory=GroupCommitStats)
     _queue: deque[_Request] = field(default_factory=deque, init=False)
     # Set when a request is queued, when `max_requests` are queued, and when a batch left
@@ -178,13 +179,13 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:
-            with self.expecting():
-                published = await publish_events(
-                    self.pool,
-                    [event for request in batch for event in request.events],
-                    on_published=self.on_published,
-                    live=True,
-                )
+            published = await publish_events(
+                self.pool,
+                [event for request in batch for event in request.events],
+                on_published=self.on_published,
+                expecting=self.expecting,
+                live=True,
+            )
         except InvalidEvent as exc:
             # Refused before anything was stored: retry one by one, so only the bad request
             # fails. Any other error may come after the commit, where a retry would store

@@ -162,10 +162,13 @@ class Hub:
         announced by a session of this process, whose events are handed over."""
         if head is None:
             self._must_read = True
-            self._wake.set()
         elif self._raise_target(head):
             self._foreign = self._foreign or not ours
-            self._wake.set()
+        else:
+            return
+        self._wake.set()
+        if (head is None or not ours) and self._flight_ended is not None:
+            self._flight_ended.set()  # to be read at once, not after this process's statements
 
     def _raise_target(self, head: int) -> bool:
         """Note a head beyond what the hub has read; False when it has read past it."""
@@ -194,18 +197,23 @@ class Hub:
                 self._flight_ended.set()
 
     async def _await_flights(self) -> None:
-        """Until the statements in flight now have ended, their events handed over."""
+        """Until the statements in flight now have ended, their events handed over, or a
+        wake-up comes that is read at once (another process's head, one without a head)."""
         last = self._flights - 1
-        while self._in_flight and min(self._in_flight) <= last:
+        while (
+            self._in_flight
+            and min(self._in_flight) <= last
+            and not (self._foreign or self._must_read)
+        ):
             self._flight_ended = anyio.Event()
             await self._flight_ended.wait()
         self._flight_ended = None
 
     def hand_over(self, events: list[Event]) -> None:
         """Events this process has just committed and positioned, in order: when they are
-        the next ones in the log, the hub hands them out without reading them back. Never
-        held by `expecting_hand_over`: a publish landing during a sequencer run goes out
-        at once."""
+        the next ones in the log, the hub hands them out without reading them back, even
+        while other statements are in flight. Events that are not next wait for the
+        statements in flight (those before them are among them) before the gap is read."""
         if not events:
             return
         if len(self._handed) < MAX_HANDED:

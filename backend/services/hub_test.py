@@ -20,7 +20,7 @@ from backend.entities.event import Event, format_id
 from backend.services import hub as hub_module
 from backend.services.hub import Hub
 from backend.services.subscribe import EARLIEST, Subscription, open_subscription
-from backend.testing.engine import nothing_within, take
+from backend.testing.engine import take
 from backend.testing.memory_log import MemoryLog
 
 pytestmark = pytest.mark.anyio
@@ -303,17 +303,24 @@ async def test_a_sequencer_runs_own_wake_up_waits_for_its_hand_over() -> None:
     assert [e.pos for e in got] == [e.pos for e in stamped]
 
 
-async def test_events_positioned_elsewhere_during_a_run_are_read_once_it_ends() -> None:
+async def test_a_batch_handed_over_before_the_one_ahead_of_it_waits_for_it() -> None:
+    """Two overlapping statements of this process, the later one handed over first: the
+    hub waits for the earlier one rather than read both back, and keeps the order."""
     log = MemoryLog()
     async with running_hub(log) as hub, open_subscription(hub, "t") as (_, events):
+        reads = log.reads
         with hub.expecting_hand_over():
-            theirs = [log.append("t", n) for n in range(2)]  # another process, first
-            hub.wake(log.head)
-            ours = [log.append("t", n) for n in range(2)]
-            hub.hand_over(ours)
+            first = [log.append("t", n) for n in range(2)]
+            with hub.expecting_hand_over():
+                second = [log.append("t", n) for n in range(2, 4)]
+                hub.hand_over(second)
+            for _ in range(20):  # room for the hub to read, were it to
+                await anyio.lowlevel.checkpoint()
+            assert log.reads == reads
+            hub.hand_over(first)
         got = await take(events, 4)
-        assert await nothing_within(events, 0.1)
-    assert [e.pos for e in got] == [e.pos for e in theirs + ours]
+        assert log.reads == reads
+    assert [e.pos for e in got] == [e.pos for e in first + second]
 
 
 async def test_a_head_another_process_announced_is_read_during_a_run() -> None:

@@ -10,6 +10,7 @@ reads them back as subscribers will see them (`sequence_and_read`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from backend.connectors.database import Connection, Pool
@@ -78,12 +79,14 @@ async def publish_events(
     events: Sequence[NewEvent],
     *,
     on_published: Callable[[list[Event]], None] | None = None,
+    expecting: Callable[[], AbstractContextManager[None]] = nullcontext,
     live: bool = False,
 ) -> list[Event]:
     """Append `events` atomically; return them with their ids once they are committed.
 
     `on_published` receives the events, positioned, so the local hub can hand them out at
-    once without reading them back or waiting for its own NOTIFY. `live` publishers (group
+    once without reading them back or waiting for its own NOTIFY; `expecting` (the hub's
+    `expecting_hand_over`) wraps the statement and that hand-over. `live` publishers (group
     commit) may use the connections reserved for the live path.
     """
     if not events:
@@ -93,7 +96,10 @@ async def publish_events(
         async with pool.acquire(live=live, stateless=True) as conn:
             # One statement, its own transaction: positions taken, events written, committed.
             sent = True
-            published = await log_queries.append_positioned(conn, events)
+            with expecting():
+                published = await log_queries.append_positioned(conn, events)
+                if on_published is not None:
+                    on_published(published)
     except DatabaseUnavailable as exc:
         if sent:
             raise DatabaseUnavailable(
@@ -101,8 +107,6 @@ async def publish_events(
                 " known; retry with an Idempotency-Key to avoid copies"
             ) from exc
         raise DatabaseUnavailable(f"nothing was published: {exc.message}") from exc
-    if on_published is not None:
-        on_published(published)
     return published
 
 
@@ -114,11 +118,12 @@ async def publish_idempotent(
     events: Sequence[NewEvent],
     *,
     on_published: Callable[[list[Event]], None] | None = None,
+    expecting: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> tuple[list[Event], bool]:
     """Publish once per (topic, key); a replay returns the original events and stores nothing.
 
     Returns the events and whether this was a replay. Raises `Conflict` when the key was
-    used with a different body.
+    used with a different body. `on_published` and `expecting` as for `publish_events`.
     """
 
     async def store(conn: Connection) -> list[int]:
@@ -126,7 +131,8 @@ async def publish_idempotent(
 
     seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
     async with pool.acquire(stateless=True) as conn:
-        return await _sequenced(conn, seqs, on_published), replayed
+        with expecting():
+            return await _sequenced(conn, seqs, on_published), replayed
 
 
 async def _sequenced(

@@ -34,8 +34,8 @@ to the first chunk of a captured statement (its events are built when read), and
 them to this process's hub, which then needs no read of its own for them. What is not
 returned, and a larger backlog (stamped in big batches that return only a count), the hub
 reads in pages, as it reads what other processes stamp. The run's own `pgcast_events`
-notification may reach the hub before the run's answer does; the hub holds such wake-ups
-until the run has handed its events over, so it does not read them back.
+notification may reach the hub before the run's answer does; the run is inside the hub's
+`expecting_hand_over`, so the hub waits for its hand-over rather than read them back.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Recipient(Protocol):
         """Events were stamped that were not handed over: read the log."""
 
     def expecting_hand_over(self) -> AbstractContextManager[None]:
-        """Hold wake-ups that announce a head while a run is in flight."""
+        """Around a run: a head this process announced waits for its hand-over."""
 
 
 @dataclass(eq=False)

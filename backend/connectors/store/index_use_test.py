@@ -1,8 +1,9 @@
 """No statement on a hot path scans the whole log: their cost must not grow with it.
 
-Each statement runs more than five times, so the functions' kept plans and the server's
-prepared statements reach the generic plans PostgreSQL switches to. The log has never been
-analyzed, as after a fresh install or a bulk load.
+Each test runs twice: with PostgreSQL choosing between custom and generic plans as it
+does for the functions' kept plans and the server's prepared statements (each statement
+runs more than five times), and with generic plans forced. The log has never been
+analyzed (autovacuum is off for it here), as after a fresh install or a bulk load.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from backend.connectors.store.log import TopicSelector
 from backend.core.names import Pattern
 from backend.entities.event import NewEvent
 
-pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.integrated,
+    pytest.mark.anyio,
+    pytest.mark.parametrize("plans", ["auto", "force_generic_plan"]),
+]
 
 LOG_SIZE = 20_000
 RUNS = 8
@@ -30,37 +35,42 @@ SCANS = """
 """
 
 
-async def _fill(conn: Connection) -> None:
+async def _fill(conn: Connection, plans: str) -> None:
+    """The log filled, never analyzed, and the session's plan choice set."""
+    await conn.execute("ALTER TABLE pgcast.events SET (autovacuum_enabled = false)")
+    await conn.execute(f"SET plan_cache_mode = {plans}")
     await log.append_positioned(
         conn, [NewEvent("filler", b'{"n": %d}' % n) for n in range(LOG_SIZE)]
     )
 
 
-async def _stamp_three_ways(conn: Connection, n: int) -> None:
-    """One event each through both sequencer functions and the idempotent publish's."""
+async def _position_four_ways(conn: Connection, n: int) -> None:
+    """One event each through both sequencer functions, the idempotent publish's and the
+    server's own publish."""
     await conn.execute(PUBLISH, f'{{"n": {n}}}')
     assert (await log.sequence_returning(conn, 1000, 256 * 1024, 0.5)).positions == 1
     await conn.execute(PUBLISH, f'{{"n": {n}}}')
     assert await log.sequence_pending(conn) == 1
     seqs = await log.insert_events(conn, [NewEvent("orders", b'{"n": %d}' % n)])
     assert len(await log.sequence_and_read(conn, seqs)) == 1
+    assert len(await log.append_positioned(conn, [NewEvent("orders", b"{}")])) == 1
 
 
 async def test_sequencers_publish_reads_listings_and_pruning_use_indexes(
-    database_url: str,
+    database_url: str, plans: str
 ) -> None:
     conn = await connect(database_url)
     try:
-        await _fill(conn)
+        await _fill(conn, plans)
         selectors = [TopicSelector.of((Pattern.parse(p),)) for p in ("orders", "*")]
         async with conn.transaction():
             for n in range(RUNS):
-                await _stamp_three_ways(conn, n)
-                head = LOG_SIZE + 3 * (n + 1)
-                newest = [head - 2, head - 1, head]
-                assert [e.pos for e in await log.read_all_after(conn, head - 3, 100)] == newest
+                await _position_four_ways(conn, n)
+                head = LOG_SIZE + 4 * (n + 1)
+                newest = [head - 3, head - 2, head - 1, head]
+                assert [e.pos for e in await log.read_all_after(conn, head - 4, 100)] == newest
                 for selector in selectors:
-                    page = await log.read_page(conn, selector, head - 3, head, 100)
+                    page = await log.read_page(conn, selector, head - 4, head, 100)
                     assert [e.pos for e in page.events] == newest
                     listed = await log.topic_summaries(conn, selector, "g", 10)  # after "filler"
                     assert [(t.topic, t.newest_pos) for t in listed] == [("orders", head)]
@@ -70,13 +80,13 @@ async def test_sequencers_publish_reads_listings_and_pruning_use_indexes(
         await conn.close()
 
 
-async def test_reads_through_captured_chunks_use_indexes(database_url: str) -> None:
+async def test_reads_through_captured_chunks_use_indexes(database_url: str, plans: str) -> None:
     """A statement of 300 changes is one chunk row of 300 positions; the hub's and catch-up
     reads that start inside it find it by index too. (The view `pgcast.log` is not a hot
     path: it expands every chunk of the topics it is filtered by; docs/operations.md.)"""
     conn = await connect(database_url)
     try:
-        await _fill(conn)
+        await _fill(conn, plans)
         await conn.execute(
             "CREATE TABLE public.stock (id int PRIMARY KEY, n int);"
             " INSERT INTO public.stock SELECT g, 0 FROM generate_series(1, 300) g"
