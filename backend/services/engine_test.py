@@ -11,6 +11,7 @@ import pytest
 from backend.connectors.database import connect
 from backend.core.errors import CursorExpired, InvalidCursor, InvalidName
 from backend.services import publish, subscribe
+from backend.services.engine import Engine
 from backend.testing import postgres
 from backend.testing.engine import nothing_within, running_engine, take
 
@@ -232,6 +233,15 @@ async def test_live_path_reads_the_log_once_per_wake_up_for_all_subscribers(
         assert engine.hub.stats.deliveries >= 50 * 20
 
 
+async def _hub_counts_once_settled(engine: Engine) -> tuple[int, int]:
+    """The hub's reads and handed-over events, once the listener is up and the start-up
+    read is over."""
+    with anyio.fail_after(5):
+        while not (engine.listener.connected and engine.hub.stats.reads):
+            await anyio.sleep(0.01)
+    return engine.hub.stats.reads, engine.hub.stats.handed
+
+
 async def test_sql_publishes_reach_the_hub_without_a_read(database_url: str) -> None:
     """The sequencer hands what it stamps to this process's hub: no read per run, even
     though the run's own notification often arrives before its answer."""
@@ -241,10 +251,7 @@ async def test_sql_publishes_reach_the_hub_without_a_read(database_url: str) -> 
             running_engine(database_url, poll_interval_seconds=30) as engine,
             engine.subscribe("sql.handed", after="latest") as events,
         ):
-            with anyio.fail_after(5):  # the listener is up and the start-up read is over
-                while not (engine.listener.connected and engine.hub.stats.reads):
-                    await anyio.sleep(0.01)
-            reads_before, handed_before = engine.hub.stats.reads, engine.hub.stats.handed
+            reads_before, handed_before = await _hub_counts_once_settled(engine)
             for n in range(20):
                 await conn.execute("SELECT pgcast.publish('sql.handed', to_jsonb($1::int))", n)
             got = await take(events, 20)
@@ -264,10 +271,7 @@ async def test_concurrent_publishes_reach_the_hub_without_a_read(database_url: s
         running_engine(database_url, poll_interval_seconds=30) as engine,
         engine.subscribe("handed", after="latest") as events,
     ):
-        with anyio.fail_after(5):  # the listener is up and the start-up read is over
-            while not (engine.listener.connected and engine.hub.stats.reads):
-                await anyio.sleep(0.01)
-        reads_before, handed_before = engine.hub.stats.reads, engine.hub.stats.handed
+        reads_before, handed_before = await _hub_counts_once_settled(engine)
 
         async def publisher(n: int) -> None:
             for i in range(10):
