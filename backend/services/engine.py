@@ -126,10 +126,9 @@ class Engine:
             )
             committer = GroupCommitter(
                 pool,
-                hub.hand_over,
+                hub,
                 max_requests=settings.group_commit_max_requests,
                 max_wait=settings.group_commit_wait_ms / 1000,
-                expecting=hub.expecting_hand_over,
             )
             engine = cls(settings, pool, hub, listener, sequencer, retention, committer, queues)
             async with pool.acquire() as conn:
@@ -178,15 +177,7 @@ class Engine:
         self, topic: str, key: str, digest: bytes, events: Sequence[NewEvent]
     ) -> tuple[list[Event], bool]:
         """Idempotent publish: (events, replayed). Raises Conflict on a reused key."""
-        return await publish_idempotent(
-            self.pool,
-            topic,
-            key,
-            digest,
-            events,
-            on_published=self.hub.hand_over,
-            expecting=self.hub.expecting_hand_over,
-        )
+        return await publish_idempotent(self.pool, topic, key, digest, events, recipient=self.hub)
 
     async def read_page(
         self,

@@ -23,7 +23,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import anyio
@@ -32,7 +31,7 @@ import anyio.lowlevel
 from backend.connectors.database import Pool
 from backend.core.errors import DatabaseUnavailable, InvalidEvent, ShuttingDown
 from backend.entities.event import Event, NewEvent
-from backend.services.publish import publish_events
+from backend.services.publish import HandOver, publish_events
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +70,14 @@ class GroupCommitStats:
 @dataclass(eq=False)
 class GroupCommitter:
     pool: Pool
-    on_published: Callable[[list[Event]], None]
+    recipient: HandOver
+    """Gets each batch's events, positioned (the hub)."""
     max_requests: int = 256
     max_wait: float = 0.002
     workers: int = 2
     queue_size: int = 10000
     commit_timeout: float = 30.0
     on_batch: Callable[[int], None] | None = None
-    expecting: Callable[[], AbstractContextManager[None]] = nullcontext
-    """Wraps each batch's statement and hand-over, once it has its connection (the hub's
-    `expecting_hand_over`)."""
     stats: GroupCommitStats = field(default_factory=GroupCommitStats)
     _queue: deque[_Request] = field(default_factory=deque, init=False)
     # Set when a request is queued, when `max_requests` are queued, and when a batch left
@@ -182,8 +179,7 @@ class GroupCommitter:
             published = await publish_events(
                 self.pool,
                 [event for request in batch for event in request.events],
-                on_published=self.on_published,
-                expecting=self.expecting,
+                recipient=self.recipient,
                 live=True,
             )
         except InvalidEvent as exc:

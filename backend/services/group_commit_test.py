@@ -9,7 +9,7 @@ from backend.connectors.database import Connection, connect, open_pool
 from backend.core.errors import InvalidEvent, ShuttingDown
 from backend.entities.event import Event, NewEvent
 from backend.services.group_commit import GroupCommitter
-from backend.services.publish import new_event
+from backend.services.publish import NOBODY, new_event
 from backend.testing.engine import running_engine, take
 
 pytestmark = [pytest.mark.integrated, pytest.mark.anyio]
@@ -70,7 +70,7 @@ async def _wait_for_a_lock_wait(conn: Connection) -> None:
 
 async def test_stopping_answers_every_request_it_did_not_commit(database_url: str) -> None:
     async with open_pool(database_url, size=2) as pool:
-        committer = GroupCommitter(pool, lambda _events: None, workers=1, max_requests=1)
+        committer = GroupCommitter(pool, NOBODY, workers=1, max_requests=1)
         outcome: dict[str, list[Event] | ShuttingDown] = {}
 
         async def publish(name: str) -> None:
@@ -122,9 +122,7 @@ async def test_a_full_queue_holds_publishers_back_until_a_batch_leaves_it(
     database_url: str,
 ) -> None:
     async with open_pool(database_url, size=2) as pool:
-        committer = GroupCommitter(
-            pool, lambda _events: None, workers=1, max_requests=1, queue_size=1
-        )
+        committer = GroupCommitter(pool, NOBODY, workers=1, max_requests=1, queue_size=1)
         published: list[str] = []
 
         async def publish(name: str) -> None:

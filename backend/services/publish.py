@@ -9,9 +9,9 @@ reads them back as subscribers will see them (`sequence_and_read`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 from backend.connectors.database import Connection, Pool
 from backend.connectors.store import log as log_queries
@@ -27,6 +27,30 @@ RESERVED_SEGMENT = "pgcast"
 # own `error` event in browsers.
 RESERVED_TYPES = frozenset({"error"})
 MAX_KEY_LENGTH = 1024
+
+
+class HandOver(Protocol):
+    """Where this process's newly positioned events go: its hub, which hands them out at
+    once instead of reading them back or waiting for their NOTIFY."""
+
+    def hand_over(self, events: list[Event]) -> None:
+        """Events just committed and positioned, in position order."""
+
+    def expecting_hand_over(self) -> AbstractContextManager[None]:
+        """Around the statement that positions events and their hand-over."""
+
+
+class _Nobody:
+    """No hub to hand events to (a publish made outside an engine)."""
+
+    def hand_over(self, events: list[Event]) -> None:
+        pass
+
+    def expecting_hand_over(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+NOBODY: HandOver = _Nobody()
 
 
 def _optional_text(value: object, field: str, limit: int) -> str | None:
@@ -78,16 +102,14 @@ async def publish_events(
     pool: Pool,
     events: Sequence[NewEvent],
     *,
-    on_published: Callable[[list[Event]], None] | None = None,
-    expecting: Callable[[], AbstractContextManager[None]] = nullcontext,
+    recipient: HandOver = NOBODY,
     live: bool = False,
 ) -> list[Event]:
     """Append `events` atomically; return them with their ids once they are committed.
 
-    `on_published` receives the events, positioned, so the local hub can hand them out at
-    once without reading them back or waiting for its own NOTIFY; `expecting` (the hub's
-    `expecting_hand_over`) wraps the statement and that hand-over. `live` publishers (group
-    commit) may use the connections reserved for the live path.
+    `recipient` gets the events, positioned, inside its `expecting_hand_over` around the
+    statement (entered once the connection is taken). `live` publishers (group commit) may
+    use the connections reserved for the live path.
     """
     if not events:
         return []
@@ -96,10 +118,9 @@ async def publish_events(
         async with pool.acquire(live=live, stateless=True) as conn:
             # One statement, its own transaction: positions taken, events written, committed.
             sent = True
-            with expecting():
+            with recipient.expecting_hand_over():
                 published = await log_queries.append_positioned(conn, events)
-                if on_published is not None:
-                    on_published(published)
+                recipient.hand_over(published)
     except DatabaseUnavailable as exc:
         if sent:
             raise DatabaseUnavailable(
@@ -117,31 +138,23 @@ async def publish_idempotent(
     digest: bytes,
     events: Sequence[NewEvent],
     *,
-    on_published: Callable[[list[Event]], None] | None = None,
-    expecting: Callable[[], AbstractContextManager[None]] = nullcontext,
+    recipient: HandOver = NOBODY,
 ) -> tuple[list[Event], bool]:
     """Publish once per (topic, key); a replay returns the original events and stores nothing.
 
     Returns the events and whether this was a replay. Raises `Conflict` when the key was
-    used with a different body. `on_published` and `expecting` as for `publish_events`.
+    used with a different body. `recipient` as for `publish_events`.
     """
 
     async def store(conn: Connection) -> list[int]:
         return await log_queries.insert_events(conn, events)
 
     seqs, replayed = await run_once(pool, f"topic:{topic}", key, digest, store)
+    # Our rows are committed (in the key's transaction): the sequencer stamps them and reads
+    # them back as delivered, in one round trip on a connection that needs no reset.
     async with pool.acquire(stateless=True) as conn:
-        with expecting():
-            return await _sequenced(conn, seqs, on_published), replayed
-
-
-async def _sequenced(
-    conn: Connection, seqs: Sequence[int], on_published: Callable[[list[Event]], None] | None
-) -> list[Event]:
-    """Run the sequencer (our rows are committed, in the idempotency key's transaction)
-    and read the rows back as delivered, in one round trip (the connection goes back to
-    the pool without a reset, as it leaves no session state)."""
-    published = await log_queries.sequence_and_read(conn, seqs)
-    if on_published is not None and published:
-        on_published(published)
-    return published
+        with recipient.expecting_hand_over():
+            published = await log_queries.sequence_and_read(conn, seqs)
+            if published:
+                recipient.hand_over(published)
+            return published, replayed

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,7 +50,7 @@ import anyio
 from backend.connectors.database import Pool
 from backend.connectors.outage import report_failure
 from backend.connectors.store import log as log_queries
-from backend.entities.event import Event
+from backend.services.publish import HandOver
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +59,11 @@ HAND_BYTES = 256 * 1024
 at once, so the position lock is not held waiting for this process to read."""
 
 
-class Recipient(Protocol):
-    """Where a run's events go: the process's hub."""
-
-    def hand_over(self, events: list[Event]) -> None:
-        """Events just stamped, in position order."""
+class Recipient(HandOver, Protocol):
+    """Where a run's events go: the process's hub, which reads the log when told to."""
 
     def wake(self) -> None:
         """Events were stamped that were not handed over: read the log."""
-
-    def expecting_hand_over(self) -> AbstractContextManager[None]:
-        """Around a run: a head this process announced waits for its hand-over."""
 
 
 @dataclass(eq=False)
