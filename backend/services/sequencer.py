@@ -101,8 +101,7 @@ class Sequencer:
 
     async def run(self) -> None:
         while True:
-            with anyio.move_on_after(self._patience()):
-                await self._wake.wait()
+            await self._await_turn()
             if anyio.current_time() - self._finished < self.spacing:
                 await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
             else:
@@ -131,12 +130,19 @@ class Sequencer:
         if lease:
             self._polling_until = max(self._polling_until, self._finished + lease)
 
-    def _patience(self) -> float:
-        """How long to wait for a wake-up before running anyway."""
+    async def _await_turn(self) -> None:
+        """Until a wake-up or the poll. Under this process's lease publishers send no
+        wake-ups, and one would not start the next run before its spacing anyway, so it
+        sleeps out the spacing: a wait whose timeout ran out at every run paid for a
+        cancellation each time (anyio writes the task's description into it)."""
         now = anyio.current_time()
-        if now < self._polling_until:  # publishers send no wake-ups under the lease
-            return max(self._started + self.spacing - now, 0.0)
-        return min(self.poll_interval, max(self.spacing, now - self._polling_until))
+        if now < self._polling_until:
+            await anyio.sleep_until(self._started + self.spacing)
+            return
+        with anyio.move_on_after(
+            min(self.poll_interval, max(self.spacing, now - self._polling_until))
+        ):
+            await self._wake.wait()
 
     def _space(self, head: int) -> None:
         """After a run that stamped up to `head`: double or halve the spacing by the rate
