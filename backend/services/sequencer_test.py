@@ -3,8 +3,8 @@ and a wake-up after a quiet spell is served at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -66,6 +66,26 @@ async def _publish_for(conn: Connection, sequencer: Sequencer, seconds: float, t
     while anyio.current_time() - started < seconds:
         await conn.fetchval("SELECT pgcast.publish($1, '1')", topic)
         sequencer.wake()
+
+
+def _track_acquires(pool: Pool) -> list[bool]:
+    """One entry per connection `pool` hands out from now on (the real acquire still
+    runs), True once it is given back."""
+    given_back: list[bool] = []
+    real_acquire = pool.acquire
+
+    @asynccontextmanager
+    async def tracked(*, live: bool = False, stateless: bool = False) -> AsyncIterator[Connection]:
+        index = len(given_back)
+        given_back.append(False)
+        try:
+            async with real_acquire(live=live, stateless=stateless) as conn:
+                yield conn
+        finally:
+            given_back[index] = True
+
+    pool.acquire = tracked  # type: ignore[method-assign]
+    return given_back
 
 
 async def _until_positioned(conn: Connection) -> None:
@@ -343,5 +363,32 @@ async def test_polling_ends_soon_after_a_busy_stream_stops(database_url: str) ->
             tg.cancel_scope.cancel()
         assert not sequencer.busy
         assert sequencer.runs - runs <= 2  # at 10 ms for good, this would be about 100
+    finally:
+        await conn.close()
+
+
+async def test_busy_runs_keep_one_connection_and_give_it_back_once_the_stream_stops(
+    database_url: str,
+) -> None:
+    """Under its lease the sequencer only sleeps out the spacing between runs, so it keeps
+    its connection rather than give it back and take it again every run."""
+    conn = await connect(database_url)
+    try:
+        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+            given_back = _track_acquires(pool)
+            sequencer = _busy_from_50(pool, max_interval=0.01, busy_lease=0.3)
+            tg.start_soon(sequencer.run)
+            await _publish_for(conn, sequencer, 0.5, "sql.kept")
+            assert sequencer.busy
+            runs, taken = sequencer.runs, len(given_back)
+            await _publish_for(conn, sequencer, 0.3, "sql.kept")
+            assert sequencer.runs - runs >= 10
+            assert len(given_back) - taken <= 1  # the busy state may have begun anew once
+            with anyio.fail_after(2):  # stopped: a run finds nothing and gives it back
+                while sequencer.busy or not all(given_back):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        positions = await conn.fetch("SELECT pos FROM pgcast.events ORDER BY seq")
+        assert [r["pos"] for r in positions] == list(range(1, len(positions) + 1))
     finally:
         await conn.close()
