@@ -120,22 +120,24 @@ def create_app(
                 socket_tasks.close()
             tasks.cancel_scope.cancel()
 
+    # Starlette tries the routes in order, one regular expression each: the busiest
+    # requests (a publish, a worker's ack or nack) come first.
     routes = [
+        Route("/topics/{topic}/events", http_events.PublishRoute(), methods=["POST"]),
+        Route("/queues/{queue}/messages/{id}/ack", http_queues.ack, methods=["POST"]),
+        Route("/queues/{queue}/messages/{id}/nack", http_queues.nack, methods=["POST"]),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
         Route("/auth/cookie", http_auth.set_cookie, methods=["POST"]),
         Route("/auth/cookie", http_auth.delete_cookie, methods=["DELETE"]),
         Route("/topics", http_topics.topics, methods=["GET"]),
-        Route("/topics/{topic}/events", http_events.PublishRoute(), methods=["POST"]),
         Route("/topics/{topic}/events", http_events.topic_events, methods=["GET"]),
         Route("/events", http_events.events, methods=["GET"]),
         Route("/queues", http_queues.all_queues, methods=["GET"]),
         Route("/queues/{queue}", http_queues.queue_stats, methods=["GET"]),
         Route("/queues/{queue}/messages", http_queues.enqueue, methods=["POST"]),
         Route("/queues/{queue}/messages", http_queues.consume_messages, methods=["GET"]),
-        Route("/queues/{queue}/messages/{id}/ack", http_queues.ack, methods=["POST"]),
-        Route("/queues/{queue}/messages/{id}/nack", http_queues.nack, methods=["POST"]),
         Route("/queues/{queue}/messages/{id}/extend", http_queues.extend, methods=["POST"]),
         Route("/queues/{queue}/dead", http_queues.dead_letters, methods=["GET"]),
         Route("/queues/{queue}/dead/requeue", http_queues.requeue_all, methods=["POST"]),
