@@ -42,7 +42,7 @@ LONGER = 45.0
 """How much longer than `DURATION` the run may go on for those resumes."""
 
 
-@pytest.mark.timeout(scale(120, SOAK_SECONDS + 300))
+@pytest.mark.timeout(scale(120 + LONGER, SOAK_SECONDS + 300))
 async def test_mixed_load_loses_and_repeats_nothing(database_url: str, tmp_path: Path) -> None:
     server = Restartable(database_url, {"QUEUE_REAP_INTERVAL_SECONDS": "0.2"})
     url = server.url

@@ -103,17 +103,26 @@ class Sequencer:
         while True:
             await self._await_turn()
             await self._keep_spacing()
+            self._begin()
             try:
                 async with self.pool.acquire(live=True, stateless=True) as conn:
                     await self._run_while_busy(conn)
             except Exception as exc:  # noqa: BLE001 - the next wake-up or poll retries
                 report_failure(logger, "sequencer", exc, action="sequencer_failed")
+                self._finish(0.0)  # a failed connect too: the wake-up it answered is spent
                 self.busy = False  # retried by wake-ups and polls, not every spacing
 
+    def _begin(self) -> None:
+        """A run starts: wake-ups from now on ask for the next one."""
+        self._wake = anyio.Event()
+        self._started = anyio.current_time()
+
     async def _keep_spacing(self) -> None:
-        """A run within the spacing of the last one waits for it to pass; one after a
-        quiet spell runs at once, with the shortest spacing again."""
-        if anyio.current_time() - self._finished < self.spacing:
+        """A run within the spacing of the last one, or under this process's lease,
+        waits for the spacing to pass; one after a quiet spell runs at once, with the
+        shortest spacing again."""
+        now = anyio.current_time()
+        if now - self._finished < self.spacing or now < self._polling_until:
             await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
         else:
             self.spacing, self.busy = self.min_interval, False
@@ -122,11 +131,9 @@ class Sequencer:
         """Runs on `conn` for as long as the log stays busy. Between such runs this
         process holds the lease and only sleeps out the spacing, so it keeps the
         connection rather than give it back to the pool and take it again every few
-        milliseconds (a quarter of the server's CPU with one connection publishing
-        2,000 events/s from SQL)."""
+        milliseconds (a quarter of the server's CPU with one connection publishing from
+        SQL), as long as the pool can spare it (`Pool.can_spare`)."""
         while True:
-            self._wake = anyio.Event()
-            self._started = anyio.current_time()
             lease = self.busy_lease if self.busy else 0.0
             try:
                 head = await self._stamp(conn, lease)
@@ -139,10 +146,12 @@ class Sequencer:
                 self.busy = False  # the stream stopped: the polls run out with the lease
                 return
             self._space(head)
-            if not (self.busy and anyio.current_time() < self._polling_until):
+            now = anyio.current_time()
+            if not (self.busy and now < self._polling_until and self.pool.can_spare()):
                 return
             await self._await_turn()
             await self._keep_spacing()
+            self._begin()
 
     def _finish(self, lease: float) -> None:
         """After a run that stored a lease of `lease` seconds (0: none): poll until it ends,

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from backend.connectors.database import Connection, Pool, connect, open_pool
+from backend.connectors.scratch import with_database
 from backend.connectors.store.log import read_all_after
 from backend.entities.event import Event
 from backend.services.sequencer import HAND_BYTES, Sequencer
@@ -367,14 +368,17 @@ async def test_polling_ends_soon_after_a_busy_stream_stops(database_url: str) ->
         await conn.close()
 
 
-async def test_busy_runs_keep_one_connection_and_give_it_back_once_the_stream_stops(
-    database_url: str,
+@pytest.mark.parametrize(("size", "kept"), [(4, True), (2, False)])
+async def test_busy_runs_keep_one_connection_while_the_pool_can_spare_it(
+    database_url: str, size: int, kept: bool
 ) -> None:
     """Under its lease the sequencer only sleeps out the spacing between runs, so it keeps
-    its connection rather than give it back and take it again every run."""
+    its connection rather than give it back and take it again every run, unless that
+    would leave the general share without a free connection (a pool of 2 has one there
+    and one in the live reserve). The connection goes back once the stream stops."""
     conn = await connect(database_url)
     try:
-        async with open_pool(database_url, size=2) as pool, anyio.create_task_group() as tg:
+        async with open_pool(database_url, size=size) as pool, anyio.create_task_group() as tg:
             given_back = _track_acquires(pool)
             sequencer = _busy_from_50(pool, max_interval=0.01, busy_lease=0.3)
             tg.start_soon(sequencer.run)
@@ -383,7 +387,10 @@ async def test_busy_runs_keep_one_connection_and_give_it_back_once_the_stream_st
             runs, taken = sequencer.runs, len(given_back)
             await _publish_for(conn, sequencer, 0.3, "sql.kept")
             assert sequencer.runs - runs >= 10
-            assert len(given_back) - taken <= 1  # the busy state may have begun anew once
+            if kept:
+                assert len(given_back) - taken <= 1  # the busy state may have begun anew
+            else:
+                assert len(given_back) - taken >= sequencer.runs - runs - 1
             with anyio.fail_after(2):  # stopped: a run finds nothing and gives it back
                 while sequencer.busy or not all(given_back):
                     await anyio.sleep(0.01)
@@ -392,3 +399,36 @@ async def test_busy_runs_keep_one_connection_and_give_it_back_once_the_stream_st
         assert [r["pos"] for r in positions] == list(range(1, len(positions) + 1))
     finally:
         await conn.close()
+
+
+async def test_a_connection_that_cannot_be_had_is_asked_for_once_per_wake_up(
+    database_url: str,
+) -> None:
+    """The database refuses new sessions and the pool's are gone: a wake-up costs one
+    attempt, and the next waits for the next wake-up or poll (10 s here), not a loop."""
+    conn = await connect(database_url)
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.close()
+    admin = await connect(with_database(database_url, "postgres"))
+    try:
+        async with open_pool(database_url, size=2) as pool:
+            attempts = _track_acquires(pool)
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+            await anyio.sleep(0.2)  # the pool's sessions see their end
+            sequencer = Sequencer(pool, Recorder(), poll_interval=10, min_interval=0.01)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sequencer.run)
+                sequencer.wake()
+                await anyio.sleep(0.5)
+                sequencer.wake()
+                await anyio.sleep(0.5)
+                tg.cancel_scope.cancel()
+        assert sequencer.runs == 0
+        assert 2 <= len(attempts) <= 3
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
