@@ -241,8 +241,7 @@ class Pool:
         self._sessions = sessions
         reserve = max(0, min(live_reserve, size - 1))
         self._general = anyio.Semaphore(size - reserve)
-        self._reserve = anyio.Semaphore(reserve) if reserve else None
-        self._reserved = reserve
+        self._reserve = anyio.Semaphore(reserve, max_value=reserve) if reserve else None
         self.acquire_timeout = acquire_timeout
 
     def can_spare(self) -> bool:
@@ -250,7 +249,7 @@ class Pool:
         a few milliseconds apart: another is free for the general share, and none of the
         live reserve is taken (so the kept one is not the reserve's)."""
         reserve = self._reserve
-        return self._general.value > 0 and (reserve is None or reserve.value == self._reserved)
+        return self._general.value > 0 and (reserve is None or reserve.value == reserve.max_value)
 
     def owns(self, server_pid: int) -> bool:
         """Whether `server_pid` is the database session of one of this pool's connections

@@ -101,9 +101,7 @@ class Sequencer:
 
     async def run(self) -> None:
         while True:
-            await self._await_turn()
-            await self._keep_spacing()
-            self._begin()
+            await self._next_turn()
             try:
                 async with self.pool.acquire(live=True, stateless=True) as conn:
                     await self._run_while_busy(conn)
@@ -112,20 +110,31 @@ class Sequencer:
                 self._finish(0.0)  # a failed connect too: the wake-up it answered is spent
                 self.busy = False  # retried by wake-ups and polls, not every spacing
 
-    def _begin(self) -> None:
-        """A run starts: wake-ups from now on ask for the next one."""
+    async def _next_turn(self) -> None:
+        """Until the next run may start, which then starts (wake-ups from then on ask for
+        the one after it).
+
+        Under this process's lease publishers send no wake-ups, and one would not start a
+        run before its spacing anyway, so it sleeps out the spacing (a wait whose timeout
+        ran out at every run paid for a cancellation each time: anyio writes the task's
+        description into it). Otherwise it waits for a wake-up or the poll; a run within
+        the spacing of the last one waits for the spacing too, and one after a quiet spell
+        runs at once, with the shortest spacing again.
+        """
+        now = anyio.current_time()
+        if now < self._polling_until:
+            await anyio.sleep_until(self._started + self.spacing)
+        else:
+            with anyio.move_on_after(
+                min(self.poll_interval, max(self.spacing, now - self._polling_until))
+            ):
+                await self._wake.wait()
+            if anyio.current_time() - self._finished < self.spacing:
+                await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
+            else:
+                self.spacing, self.busy = self.min_interval, False
         self._wake = anyio.Event()
         self._started = anyio.current_time()
-
-    async def _keep_spacing(self) -> None:
-        """A run within the spacing of the last one, or under this process's lease,
-        waits for the spacing to pass; one after a quiet spell runs at once, with the
-        shortest spacing again."""
-        now = anyio.current_time()
-        if now - self._finished < self.spacing or now < self._polling_until:
-            await anyio.sleep_until(self._started + self.spacing)  # the stream goes on
-        else:
-            self.spacing, self.busy = self.min_interval, False
 
     async def _run_while_busy(self, conn: Connection) -> None:
         """Runs on `conn` for as long as the log stays busy. Between such runs this
@@ -149,9 +158,7 @@ class Sequencer:
             now = anyio.current_time()
             if not (self.busy and now < self._polling_until and self.pool.can_spare()):
                 return
-            await self._await_turn()
-            await self._keep_spacing()
-            self._begin()
+            await self._next_turn()
 
     def _finish(self, lease: float) -> None:
         """After a run that stored a lease of `lease` seconds (0: none): poll until it ends,
@@ -159,20 +166,6 @@ class Sequencer:
         self._finished = anyio.current_time()
         if lease:
             self._polling_until = max(self._polling_until, self._finished + lease)
-
-    async def _await_turn(self) -> None:
-        """Until a wake-up or the poll. Under this process's lease publishers send no
-        wake-ups, and one would not start the next run before its spacing anyway, so it
-        sleeps out the spacing: a wait whose timeout ran out at every run paid for a
-        cancellation each time (anyio writes the task's description into it)."""
-        now = anyio.current_time()
-        if now < self._polling_until:
-            await anyio.sleep_until(self._started + self.spacing)
-            return
-        with anyio.move_on_after(
-            min(self.poll_interval, max(self.spacing, now - self._polling_until))
-        ):
-            await self._wake.wait()
 
     def _space(self, head: int) -> None:
         """After a run that stamped up to `head`: double or halve the spacing by the rate
